@@ -1,0 +1,1152 @@
+//! Per-endpoint circuit breaker: a pure state machine with time passed in.
+//!
+//! ```text
+//!            failure_threshold consecutive failures
+//!   Closed ─────────────────────────────────────────▶ Open
+//!     ▲                                                │ ▲
+//!     │ probe success            open period elapsed   │ │ probe failure
+//!     │                          (on the next admit)   ▼ │ (period grows)
+//!     └──────────────────────────────────────────── HalfOpen
+//! ```
+//!
+//! The breaker never reads the clock and never sleeps: every call that depends on
+//! time takes `now`, so it can be driven by tests with arbitrary instants.
+//!
+//! Event attribution. [`Breaker::on_event`] does not say whether an outcome came
+//! from a connect or from a heartbeat, so the rules are:
+//!
+//! * **Closed**: a failure counts towards `failure_threshold`; a success resets
+//!   the count.
+//! * **Open**: every outcome is ignored. A heartbeat of a connection that was
+//!   established before the breaker opened proves little about new connects, and
+//!   late failures must not extend or shorten the open period. Only a probe may
+//!   close the breaker.
+//! * **HalfOpen with a probe in flight**: the next outcome is taken to be the
+//!   probe's. Success closes the breaker; failure re-opens it with a longer
+//!   period. (A heartbeat that happens to report first is thus treated as the
+//!   probe's verdict; both are evidence about the same endpoint, so this is
+//!   acceptable, and the probe's own later report is then handled by the new
+//!   state's rules.)
+//! * **HalfOpen without a probe in flight**: outcomes are ignored; the state
+//!   waits for a caller to take the probe.
+//!
+//! Transitions to half-open happen lazily, in [`Breaker::admit`]; every
+//! transition is returned exactly once, from the call that caused it.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How long callers refused because a half-open probe is in flight should wait
+/// before asking again (capped at the configured base open period).
+///
+/// The breaker does not know the connect timeout that bounds the probe, so it
+/// cannot say exactly when the probe will resolve; a short fixed interval keeps
+/// refused callers cheap while letting them notice promptly when the breaker
+/// closes.
+const PROBE_IN_FLIGHT_RETRY: Duration = Duration::from_secs(1);
+
+/// Circuit-breaker settings for each endpoint of a pool.
+///
+/// A breaker opens after [`failure_threshold`](Self::failure_threshold)
+/// consecutive failures (connect errors, connect timeouts, failed heartbeats)
+/// and then refuses new connects to that endpoint for an *open period*. When the
+/// period has passed, one probe connect is let through (the *half-open* state):
+/// its success closes the breaker, its failure re-opens it for a longer period.
+///
+/// The n-th consecutive open period (counting from the last time the breaker
+/// was closed) lasts `min(open_for * backoff_factor^(n-1), max_open_for)`, then
+/// shifted at random by up to `± jitter` of itself, so that many pools do not
+/// probe a recovering endpoint in lockstep.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use livepool::BreakerConfig;
+///
+/// let config = BreakerConfig::new()
+///     .failure_threshold(5)
+///     .open_for(Duration::from_secs(10))
+///     .max_open_for(Duration::from_secs(120))
+///     .backoff_factor(1.5)
+///     .jitter(0.2);
+///
+/// assert_ne!(config, BreakerConfig::default());
+/// assert_eq!(BreakerConfig::new(), BreakerConfig::default());
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct BreakerConfig {
+    failure_threshold: u32,
+    open_for: Duration,
+    max_open_for: Duration,
+    backoff_factor: f64,
+    jitter: f64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            // One failure can be a blip; three in a row with nothing in between
+            // is a pattern.
+            failure_threshold: 3,
+            // Long enough for a restarting server to come back, short enough
+            // that a recovered endpoint is not shunned for long.
+            open_for: Duration::from_secs(30),
+            // Bounds the wait so a long outage still gets probed every few
+            // minutes.
+            max_open_for: Duration::from_secs(5 * 60),
+            // Doubling reaches the cap in a handful of probes (30, 60, 120,
+            // 240, 300 s).
+            backoff_factor: 2.0,
+            // Enough spread to de-synchronise pools, small enough to keep
+            // periods predictable.
+            jitter: 0.1,
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// Creates the default configuration (same as [`BreakerConfig::default`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets how many consecutive failures open the breaker. Must be at least 1.
+    ///
+    /// Any success while closed resets the count.
+    ///
+    /// Default: 3.
+    pub fn failure_threshold(mut self, n: u32) -> Self {
+        self.failure_threshold = n;
+        self
+    }
+
+    /// Sets how long the breaker stays open the first time it opens (before
+    /// jitter). Must not be zero.
+    ///
+    /// Default: 30 seconds.
+    pub fn open_for(mut self, d: Duration) -> Self {
+        self.open_for = d;
+        self
+    }
+
+    /// Sets the upper bound (before jitter) of the open period as it grows on
+    /// consecutive re-opens. Must not be less than [`open_for`](Self::open_for).
+    ///
+    /// Default: 5 minutes.
+    pub fn max_open_for(mut self, d: Duration) -> Self {
+        self.max_open_for = d;
+        self
+    }
+
+    /// Sets the factor by which the open period grows each time a half-open
+    /// probe fails. Must be finite and at least 1.0 (1.0 means no growth).
+    ///
+    /// Default: 2.0.
+    pub fn backoff_factor(mut self, f: f64) -> Self {
+        self.backoff_factor = f;
+        self
+    }
+
+    /// Sets the random spread of each open period, as a fraction of it: a period
+    /// `p` becomes a value in `[p * (1 - fraction), p * (1 + fraction)]`. Must be
+    /// within `0.0..=1.0`; 0.0 disables jitter.
+    ///
+    /// Default: 0.1 (± 10 %).
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = fraction;
+        self
+    }
+
+    /// Checks the values; returns `Err((field, why))` for the first invalid field.
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.failure_threshold == 0 {
+            return Err(("failure_threshold", "must be at least 1"));
+        }
+        if self.open_for.is_zero() {
+            return Err(("open_for", "must be greater than zero"));
+        }
+        if self.max_open_for < self.open_for {
+            return Err(("max_open_for", "must not be less than open_for"));
+        }
+        if !self.backoff_factor.is_finite() {
+            return Err(("backoff_factor", "must be finite"));
+        }
+        if self.backoff_factor < 1.0 {
+            return Err(("backoff_factor", "must be at least 1.0"));
+        }
+        // `contains` is false for NaN.
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(("jitter", "must be within 0.0..=1.0"));
+        }
+        Ok(())
+    }
+
+    /// The un-jittered length of the `n`-th consecutive open period (`n >= 1`).
+    fn base_period(&self, n: u32) -> Duration {
+        let exponent = n.saturating_sub(1);
+        let cap = self.max_open_for;
+        let grown = self.open_for.as_secs_f64()
+            * self
+                .backoff_factor
+                .powi(i32::try_from(exponent).unwrap_or(i32::MAX));
+        if !grown.is_finite() || grown >= cap.as_secs_f64() {
+            return cap;
+        }
+        Duration::try_from_secs_f64(grown)
+            .unwrap_or(cap)
+            .clamp(self.open_for.min(cap), cap)
+    }
+}
+
+/// The state of an endpoint's circuit breaker.
+///
+/// # Examples
+///
+/// ```
+/// use livepool::BreakerState;
+///
+/// assert_eq!(BreakerState::HalfOpen.as_str(), "half_open");
+/// assert_eq!(BreakerState::Open.to_string(), "open");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BreakerState {
+    /// Connects are allowed; consecutive failures are being counted.
+    Closed,
+    /// Connects are refused until the open period has passed.
+    Open,
+    /// The open period has passed; a single probe connect decides whether the
+    /// breaker closes or opens again.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// A stable lower-case name for logs and metrics: `"closed"`, `"open"` or
+    /// `"half_open"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A change of an endpoint's circuit-breaker state.
+///
+/// The possible transitions are closed → open, open → half-open,
+/// half-open → closed and half-open → open.
+///
+/// # Examples
+///
+/// ```
+/// use livepool::{BreakerState, Transition};
+///
+/// fn describe(t: &Transition) -> String {
+///     match t.open_for {
+///         Some(d) if t.to == BreakerState::Open => {
+///             format!("{} -> {} for {:?}", t.from, t.to, d)
+///         }
+///         _ => format!("{} -> {}", t.from, t.to),
+///     }
+/// }
+/// # let _ = describe;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Transition {
+    /// The state before the transition.
+    pub from: BreakerState,
+    /// The state after the transition.
+    pub to: BreakerState,
+    /// When `to` is [`BreakerState::Open`]: how long it stays open (jitter
+    /// included). `None` otherwise.
+    pub open_for: Option<Duration>,
+}
+
+/// The result of a connect attempt or heartbeat, as reported to the breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Success,
+    Failure,
+}
+
+/// The breaker's answer to "may a connect attempt start now?".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Closed: go ahead.
+    Yes,
+    /// Half-open: this caller is the one probe; it must report an outcome via
+    /// [`Breaker::on_event`] or, if abandoned, call [`Breaker::probe_abandoned`].
+    Probe,
+    /// Open (or half-open with the probe in flight): refuse, retry after this
+    /// long.
+    No { retry_after: Duration },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Inner {
+    Closed { consecutive_failures: u32 },
+    Open { since: Instant, period: Duration },
+    HalfOpen { probe_in_flight: bool },
+}
+
+/// Circuit breaker for one endpoint. See the module docs for the rules.
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    config: BreakerConfig,
+    inner: Inner,
+    /// Number of times the breaker has opened since it was last closed; drives
+    /// the growth of the open period.
+    consecutive_opens: u32,
+    rng: SplitMix64,
+}
+
+impl Breaker {
+    /// Creates a closed breaker. `seed` seeds the jitter; with a jitter of 0 the
+    /// breaker is fully deterministic whatever the seed.
+    ///
+    /// `config` is expected to have passed [`BreakerConfig::validate`].
+    pub(crate) fn new(config: BreakerConfig, seed: u64) -> Self {
+        debug_assert_eq!(config.validate(), Ok(()));
+        Self {
+            config,
+            inner: Inner::Closed {
+                consecutive_failures: 0,
+            },
+            consecutive_opens: 0,
+            rng: SplitMix64(seed),
+        }
+    }
+
+    /// The current state. An open breaker whose period has passed still reports
+    /// `Open` until the next [`admit`](Self::admit) moves it to half-open.
+    pub(crate) fn state(&self) -> BreakerState {
+        match self.inner {
+            Inner::Closed { .. } => BreakerState::Closed,
+            Inner::Open { .. } => BreakerState::Open,
+            Inner::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Asks whether a connect attempt may start at `now`.
+    ///
+    /// Moves open → half-open when the open period has passed, returning that
+    /// transition; the caller is then the probe. At most one [`Admit::Probe`] is
+    /// outstanding at a time; others get [`Admit::No`] with a short
+    /// `retry_after` (1 s, or the base open period if shorter).
+    pub(crate) fn admit(&mut self, now: Instant) -> (Admit, Option<Transition>) {
+        match self.inner {
+            Inner::Closed { .. } => (Admit::Yes, None),
+            Inner::Open { since, period } => {
+                let elapsed = now.saturating_duration_since(since);
+                if elapsed >= period {
+                    self.inner = Inner::HalfOpen {
+                        probe_in_flight: true,
+                    };
+                    let transition = Transition {
+                        from: BreakerState::Open,
+                        to: BreakerState::HalfOpen,
+                        open_for: None,
+                    };
+                    (Admit::Probe, Some(transition))
+                } else {
+                    let retry_after = period - elapsed;
+                    (Admit::No { retry_after }, None)
+                }
+            }
+            Inner::HalfOpen {
+                probe_in_flight: true,
+            } => (
+                Admit::No {
+                    retry_after: self.probe_in_flight_retry(),
+                },
+                None,
+            ),
+            Inner::HalfOpen {
+                probe_in_flight: false,
+            } => {
+                self.inner = Inner::HalfOpen {
+                    probe_in_flight: true,
+                };
+                (Admit::Probe, None)
+            }
+        }
+    }
+
+    /// Reports the outcome of a connect or heartbeat at `now`; returns the
+    /// transition it caused, if any. See the module docs for how outcomes are
+    /// attributed in each state.
+    pub(crate) fn on_event(&mut self, outcome: Outcome, now: Instant) -> Option<Transition> {
+        match (self.inner, outcome) {
+            (Inner::Closed { .. }, Outcome::Success) => {
+                self.inner = Inner::Closed {
+                    consecutive_failures: 0,
+                };
+                None
+            }
+            (
+                Inner::Closed {
+                    consecutive_failures,
+                },
+                Outcome::Failure,
+            ) => {
+                let consecutive_failures = consecutive_failures.saturating_add(1);
+                if consecutive_failures >= self.config.failure_threshold {
+                    Some(self.open(BreakerState::Closed, now))
+                } else {
+                    self.inner = Inner::Closed {
+                        consecutive_failures,
+                    };
+                    None
+                }
+            }
+            // Only the probe decides; see the module docs.
+            (Inner::Open { .. }, _)
+            | (
+                Inner::HalfOpen {
+                    probe_in_flight: false,
+                },
+                _,
+            ) => None,
+            (
+                Inner::HalfOpen {
+                    probe_in_flight: true,
+                },
+                Outcome::Success,
+            ) => {
+                self.inner = Inner::Closed {
+                    consecutive_failures: 0,
+                };
+                self.consecutive_opens = 0;
+                Some(Transition {
+                    from: BreakerState::HalfOpen,
+                    to: BreakerState::Closed,
+                    open_for: None,
+                })
+            }
+            (
+                Inner::HalfOpen {
+                    probe_in_flight: true,
+                },
+                Outcome::Failure,
+            ) => Some(self.open(BreakerState::HalfOpen, now)),
+        }
+    }
+
+    /// Reports that the admitted probe was abandoned without an outcome (e.g.
+    /// its future was dropped), so the next [`admit`](Self::admit) may hand out
+    /// a new probe. A no-op unless half-open with a probe in flight.
+    ///
+    /// Call it only for a probe that has not reported an outcome.
+    pub(crate) fn probe_abandoned(&mut self) {
+        if let Inner::HalfOpen {
+            probe_in_flight: true,
+        } = self.inner
+        {
+            self.inner = Inner::HalfOpen {
+                probe_in_flight: false,
+            };
+        }
+    }
+
+    /// How long a caller should wait before [`admit`](Self::admit) may succeed.
+    ///
+    /// `Some` while open (the remaining open period, zero once it has passed
+    /// but no admit has moved the breaker to half-open yet) and while half-open
+    /// with the probe in flight; `None` when an admit now would be granted.
+    #[cfg(test)]
+    pub(crate) fn retry_after(&self, now: Instant) -> Option<Duration> {
+        match self.inner {
+            Inner::Closed { .. }
+            | Inner::HalfOpen {
+                probe_in_flight: false,
+            } => None,
+            Inner::Open { since, period } => {
+                Some(period.saturating_sub(now.saturating_duration_since(since)))
+            }
+            Inner::HalfOpen {
+                probe_in_flight: true,
+            } => Some(self.probe_in_flight_retry()),
+        }
+    }
+
+    fn probe_in_flight_retry(&self) -> Duration {
+        PROBE_IN_FLIGHT_RETRY.min(self.config.open_for)
+    }
+
+    /// Enters the open state at `now` with the next (grown, jittered) period.
+    fn open(&mut self, from: BreakerState, now: Instant) -> Transition {
+        self.consecutive_opens = self.consecutive_opens.saturating_add(1);
+        let period = self.jittered(self.config.base_period(self.consecutive_opens));
+        self.inner = Inner::Open { since: now, period };
+        Transition {
+            from,
+            to: BreakerState::Open,
+            open_for: Some(period),
+        }
+    }
+
+    /// Applies `± jitter` to `base`, never going below zero.
+    fn jittered(&mut self, base: Duration) -> Duration {
+        let jitter = self.config.jitter;
+        if jitter <= 0.0 || base.is_zero() {
+            return base;
+        }
+        // Uniform in [-1, 1).
+        let unit = self.rng.next_unit() * 2.0 - 1.0;
+        let factor = (1.0 + jitter * unit).max(0.0);
+        Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(base)
+    }
+}
+
+/// SplitMix64: a tiny, well-distributed PRNG; plenty for jitter.
+#[derive(Debug)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn next_unit(&mut self) -> f64 {
+        // 53 random bits fit exactly in an f64 mantissa.
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn no_jitter() -> BreakerConfig {
+        BreakerConfig::new().jitter(0.0)
+    }
+
+    fn fail_n(b: &mut Breaker, n: u32, now: Instant) -> Option<Transition> {
+        let mut last = None;
+        for _ in 0..n {
+            last = b.on_event(Outcome::Failure, now);
+        }
+        last
+    }
+
+    fn to_open(from: BreakerState, d: Duration) -> Option<Transition> {
+        Some(Transition {
+            from,
+            to: BreakerState::Open,
+            open_for: Some(d),
+        })
+    }
+
+    const OPEN_TO_HALF: Transition = Transition {
+        from: BreakerState::Open,
+        to: BreakerState::HalfOpen,
+        open_for: None,
+    };
+    const HALF_TO_CLOSED: Transition = Transition {
+        from: BreakerState::HalfOpen,
+        to: BreakerState::Closed,
+        open_for: None,
+    };
+
+    // ---- config ----
+
+    #[test]
+    fn defaults() {
+        let c = BreakerConfig::default();
+        assert_eq!(c.failure_threshold, 3);
+        assert_eq!(c.open_for, 30 * SEC);
+        assert_eq!(c.max_open_for, 300 * SEC);
+        assert_eq!(c.backoff_factor, 2.0);
+        assert_eq!(c.jitter, 0.1);
+        assert_eq!(BreakerConfig::new(), c);
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn setters() {
+        let c = BreakerConfig::new()
+            .failure_threshold(7)
+            .open_for(2 * SEC)
+            .max_open_for(9 * SEC)
+            .backoff_factor(1.5)
+            .jitter(0.25);
+        assert_eq!(c.failure_threshold, 7);
+        assert_eq!(c.open_for, 2 * SEC);
+        assert_eq!(c.max_open_for, 9 * SEC);
+        assert_eq!(c.backoff_factor, 1.5);
+        assert_eq!(c.jitter, 0.25);
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn validate_rejects_each_bad_field() {
+        let field = |c: BreakerConfig| c.validate().unwrap_err().0;
+        let d = BreakerConfig::new;
+        assert_eq!(field(d().failure_threshold(0)), "failure_threshold");
+        assert_eq!(
+            field(d().open_for(Duration::ZERO).max_open_for(Duration::ZERO)),
+            "open_for"
+        );
+        assert_eq!(field(d().open_for(Duration::ZERO)), "open_for");
+        assert_eq!(field(d().max_open_for(29 * SEC)), "max_open_for");
+        assert_eq!(field(d().backoff_factor(0.99)), "backoff_factor");
+        assert_eq!(field(d().backoff_factor(-1.0)), "backoff_factor");
+        assert_eq!(field(d().backoff_factor(f64::NAN)), "backoff_factor");
+        assert_eq!(field(d().backoff_factor(f64::INFINITY)), "backoff_factor");
+        assert_eq!(field(d().jitter(-0.01)), "jitter");
+        assert_eq!(field(d().jitter(1.01)), "jitter");
+        assert_eq!(field(d().jitter(f64::NAN)), "jitter");
+        assert_eq!(field(d().jitter(f64::INFINITY)), "jitter");
+        // First invalid field wins.
+        assert_eq!(
+            field(d().failure_threshold(0).jitter(5.0)),
+            "failure_threshold"
+        );
+        // Reasons are non-empty.
+        assert!(!d().jitter(2.0).validate().unwrap_err().1.is_empty());
+    }
+
+    #[test]
+    fn validate_accepts_edges() {
+        let d = BreakerConfig::new;
+        assert_eq!(d().failure_threshold(1).validate(), Ok(()));
+        assert_eq!(d().max_open_for(30 * SEC).validate(), Ok(()));
+        assert_eq!(d().backoff_factor(1.0).validate(), Ok(()));
+        assert_eq!(d().jitter(0.0).validate(), Ok(()));
+        assert_eq!(d().jitter(1.0).validate(), Ok(()));
+        assert_eq!(d().open_for(Duration::from_nanos(1)).validate(), Ok(()));
+    }
+
+    #[test]
+    fn base_period_grows_and_caps() {
+        let c = BreakerConfig::new();
+        let got: Vec<u64> = (1..=7).map(|n| c.base_period(n).as_secs()).collect();
+        assert_eq!(got, [30, 60, 120, 240, 300, 300, 300]);
+        assert_eq!(c.base_period(u32::MAX), 300 * SEC);
+        let flat = BreakerConfig::new().backoff_factor(1.0);
+        assert_eq!(flat.base_period(100), 30 * SEC);
+        let huge = BreakerConfig::new().max_open_for(Duration::MAX);
+        assert_eq!(huge.base_period(u32::MAX), Duration::MAX);
+    }
+
+    // ---- state names ----
+
+    #[test]
+    fn state_names() {
+        assert_eq!(BreakerState::Closed.as_str(), "closed");
+        assert_eq!(BreakerState::Open.as_str(), "open");
+        assert_eq!(BreakerState::HalfOpen.as_str(), "half_open");
+        assert_eq!(BreakerState::HalfOpen.to_string(), "half_open");
+    }
+
+    // ---- transitions ----
+
+    #[test]
+    fn starts_closed_and_admits() {
+        let now = t0();
+        let mut b = Breaker::new(BreakerConfig::new(), 1);
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.admit(now), (Admit::Yes, None));
+        assert_eq!(b.retry_after(now), None);
+    }
+
+    #[test]
+    fn closed_opens_after_threshold_consecutive_failures() {
+        let now = t0();
+        let mut b = Breaker::new(no_jitter(), 1);
+        assert_eq!(fail_n(&mut b, 2, now), None);
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(
+            b.on_event(Outcome::Failure, now),
+            to_open(BreakerState::Closed, 30 * SEC)
+        );
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn success_while_closed_resets_count() {
+        let now = t0();
+        let mut b = Breaker::new(no_jitter(), 1);
+        fail_n(&mut b, 2, now);
+        assert_eq!(b.on_event(Outcome::Success, now), None);
+        assert_eq!(fail_n(&mut b, 2, now), None);
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.on_event(Outcome::Failure, now).is_some());
+    }
+
+    #[test]
+    fn threshold_one_opens_on_first_failure() {
+        let now = t0();
+        let mut b = Breaker::new(no_jitter().failure_threshold(1), 1);
+        assert_eq!(
+            b.on_event(Outcome::Failure, now),
+            to_open(BreakerState::Closed, 30 * SEC)
+        );
+    }
+
+    #[test]
+    fn open_refuses_with_remaining_time() {
+        let now = t0();
+        let mut b = Breaker::new(no_jitter(), 1);
+        fail_n(&mut b, 3, now);
+        assert_eq!(
+            b.admit(now),
+            (
+                Admit::No {
+                    retry_after: 30 * SEC
+                },
+                None
+            )
+        );
+        assert_eq!(
+            b.admit(now + 10 * SEC),
+            (
+                Admit::No {
+                    retry_after: 20 * SEC
+                },
+                None
+            )
+        );
+        assert_eq!(b.retry_after(now + 10 * SEC), Some(20 * SEC));
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn open_ignores_outcomes() {
+        let now = t0();
+        let mut b = Breaker::new(no_jitter(), 1);
+        fail_n(&mut b, 3, now);
+        // A healthy old connection's heartbeat does not close it...
+        assert_eq!(b.on_event(Outcome::Success, now + SEC), None);
+        // ...and late failures do not extend or shorten it.
+        assert_eq!(b.on_event(Outcome::Failure, now + 20 * SEC), None);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.retry_after(now + 20 * SEC), Some(10 * SEC));
+        assert_eq!(b.admit(now + 30 * SEC), (Admit::Probe, Some(OPEN_TO_HALF)));
+    }
+
+    #[test]
+    fn open_becomes_half_open_lazily_on_admit() {
+        let now = t0();
+        let mut b = Breaker::new(no_jitter(), 1);
+        fail_n(&mut b, 3, now);
+        let later = now + 30 * SEC;
+        // Period passed but nobody asked yet.
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.retry_after(later), Some(Duration::ZERO));
+        assert_eq!(b.admit(later), (Admit::Probe, Some(OPEN_TO_HALF)));
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+    }
+
+    #[test]
+    fn half_open_admits_exactly_one_probe() {
+        let now = t0();
+        let mut b = Breaker::new(no_jitter(), 1);
+        fail_n(&mut b, 3, now);
+        let later = now + 31 * SEC;
+        assert_eq!(b.admit(later).0, Admit::Probe);
+        for i in 0..5 {
+            assert_eq!(
+                b.admit(later + i * SEC),
+                (Admit::No { retry_after: SEC }, None)
+            );
+        }
+        assert_eq!(b.retry_after(later), Some(SEC));
+    }
+
+    #[test]
+    fn probe_retry_is_capped_by_open_for() {
+        let now = t0();
+        let short = Duration::from_millis(200);
+        let mut b = Breaker::new(no_jitter().open_for(short), 1);
+        fail_n(&mut b, 3, now);
+        assert_eq!(b.admit(now + short).0, Admit::Probe);
+        assert_eq!(b.admit(now + short).0, Admit::No { retry_after: short });
+    }
+
+    #[test]
+    fn probe_success_closes_and_resets_growth() {
+        let now = t0();
+        let mut b = Breaker::new(no_jitter(), 1);
+        fail_n(&mut b, 3, now);
+        let mut t = now + 30 * SEC;
+        b.admit(t);
+        // Probe fails: re-open with 60 s.
+        assert_eq!(
+            b.on_event(Outcome::Failure, t),
+            to_open(BreakerState::HalfOpen, 60 * SEC)
+        );
+        t += 60 * SEC;
+        assert_eq!(b.admit(t), (Admit::Probe, Some(OPEN_TO_HALF)));
+        assert_eq!(b.on_event(Outcome::Success, t), Some(HALF_TO_CLOSED));
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.admit(t), (Admit::Yes, None));
+        assert_eq!(b.retry_after(t), None);
+        // Failure count starts from zero, period from the base again.
+        assert_eq!(fail_n(&mut b, 2, t), None);
+        assert_eq!(
+            b.on_event(Outcome::Failure, t),
+            to_open(BreakerState::Closed, 30 * SEC)
+        );
+    }
+
+    #[test]
+    fn probe_failures_grow_period_up_to_cap() {
+        let now = t0();
+        let mut b = Breaker::new(no_jitter(), 1);
+        let mut t = now;
+        let mut periods = vec![fail_n(&mut b, 3, t).unwrap().open_for.unwrap()];
+        for _ in 0..6 {
+            t += *periods.last().unwrap();
+            assert_eq!(b.admit(t), (Admit::Probe, Some(OPEN_TO_HALF)));
+            let tr = b.on_event(Outcome::Failure, t).unwrap();
+            assert_eq!(
+                (tr.from, tr.to),
+                (BreakerState::HalfOpen, BreakerState::Open)
+            );
+            periods.push(tr.open_for.unwrap());
+        }
+        let secs: Vec<u64> = periods.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, [30, 60, 120, 240, 300, 300, 300]);
+    }
+
+    #[test]
+    fn abandoned_probe_lets_another_through() {
+        let now = t0();
+        let mut b = Breaker::new(no_jitter(), 1);
+        fail_n(&mut b, 3, now);
+        let t = now + 30 * SEC;
+        assert_eq!(b.admit(t).0, Admit::Probe);
+        assert!(matches!(b.admit(t).0, Admit::No { .. }));
+        b.probe_abandoned();
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert_eq!(b.retry_after(t), None);
+        // No second open -> half-open transition is reported.
+        assert_eq!(b.admit(t), (Admit::Probe, None));
+        assert!(matches!(b.admit(t).0, Admit::No { .. }));
+        assert_eq!(b.on_event(Outcome::Success, t), Some(HALF_TO_CLOSED));
+    }
+
+    #[test]
+    fn probe_abandoned_is_noop_elsewhere() {
+        let now = t0();
+        let mut b = Breaker::new(no_jitter(), 1);
+        b.probe_abandoned();
+        assert_eq!(b.state(), BreakerState::Closed);
+        fail_n(&mut b, 3, now);
+        b.probe_abandoned();
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.retry_after(now), Some(30 * SEC));
+        // Half-open without a probe stays without one.
+        b.admit(now + 30 * SEC);
+        b.probe_abandoned();
+        b.probe_abandoned();
+        assert_eq!(b.admit(now + 30 * SEC), (Admit::Probe, None));
+        assert!(matches!(b.admit(now + 30 * SEC).0, Admit::No { .. }));
+    }
+
+    #[test]
+    fn half_open_without_probe_ignores_outcomes() {
+        let now = t0();
+        let mut b = Breaker::new(no_jitter(), 1);
+        fail_n(&mut b, 3, now);
+        let t = now + 30 * SEC;
+        b.admit(t);
+        b.probe_abandoned();
+        assert_eq!(b.on_event(Outcome::Success, t), None);
+        assert_eq!(b.on_event(Outcome::Failure, t), None);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+    }
+
+    #[test]
+    fn time_going_backwards_is_tolerated() {
+        let now = t0() + 100 * SEC;
+        let mut b = Breaker::new(no_jitter(), 1);
+        fail_n(&mut b, 3, now);
+        let earlier = now - 50 * SEC;
+        assert_eq!(b.retry_after(earlier), Some(30 * SEC));
+        assert_eq!(
+            b.admit(earlier).0,
+            Admit::No {
+                retry_after: 30 * SEC
+            }
+        );
+    }
+
+    #[test]
+    fn jitter_stays_in_bounds_and_varies_with_seed() {
+        let now = t0();
+        let mut seen = std::collections::HashSet::new();
+        for seed in 0..200 {
+            let mut b = Breaker::new(BreakerConfig::new(), seed);
+            let d = fail_n(&mut b, 3, now).unwrap().open_for.unwrap();
+            assert!(d >= 27 * SEC && d <= 33 * SEC, "{d:?}");
+            seen.insert(d);
+        }
+        assert!(seen.len() > 100);
+    }
+
+    #[test]
+    fn full_jitter_never_negative() {
+        let now = t0();
+        for seed in 0..200 {
+            let mut b = Breaker::new(BreakerConfig::new().jitter(1.0), seed);
+            let d = fail_n(&mut b, 3, now).unwrap().open_for.unwrap();
+            assert!(d <= 60 * SEC, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn same_seed_same_jitter() {
+        let now = t0();
+        let run = |seed| {
+            let mut b = Breaker::new(BreakerConfig::new(), seed);
+            fail_n(&mut b, 3, now).unwrap().open_for.unwrap()
+        };
+        assert_eq!(run(42), run(42));
+    }
+
+    #[test]
+    fn splitmix_unit_range() {
+        let mut r = SplitMix64(0);
+        for _ in 0..10_000 {
+            let u = r.next_unit();
+            assert!((0.0..1.0).contains(&u));
+        }
+    }
+
+    // ---- properties ----
+
+    #[derive(Clone, Copy, Debug)]
+    enum Op {
+        /// Advance time by this many ms, then admit.
+        Admit(u64),
+        /// Advance time, then report an outcome (a heartbeat or the probe's).
+        Event(bool, u64),
+        /// Abandon the probe, if the simulated caller holds one.
+        Abandon,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u64..120_000).prop_map(Op::Admit),
+            4 => (any::<bool>(), 0u64..120_000).prop_map(|(ok, dt)| Op::Event(ok, dt)),
+            1 => Just(Op::Abandon),
+        ]
+    }
+
+    prop_compose! {
+        fn config()(
+            threshold in 1u32..5,
+            open_ms in 1u64..60_000,
+            cap_mult in 1u64..20,
+            factor in 1.0f64..4.0,
+            jitter in prop_oneof![Just(0.0), Just(1.0), 0.0f64..=1.0],
+        ) -> BreakerConfig {
+            BreakerConfig::new()
+                .failure_threshold(threshold)
+                .open_for(Duration::from_millis(open_ms))
+                .max_open_for(Duration::from_millis(open_ms * cap_mult))
+                .backoff_factor(factor)
+                .jitter(jitter)
+        }
+    }
+
+    /// Everything observable from one step, for determinism comparisons.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Admit(Admit, Option<Transition>),
+        Event(Option<Transition>),
+        Abandon,
+    }
+
+    /// Runs `ops`, checking the per-step invariants, and returns what was seen.
+    fn run_checked(config: &BreakerConfig, seed: u64, ops: &[Op]) -> Vec<Seen> {
+        let start = Instant::now();
+        let mut now = start;
+        let mut b = Breaker::new(config.clone(), seed);
+        let mut seen = Vec::new();
+        // Simulated caller: holds the probe until it reports or abandons it.
+        let mut caller_holds_probe = false;
+        // Breaker-side view: a probe was handed out and not yet resolved.
+        let mut probe_outstanding = false;
+        let mut probes_this_half_open = 0u32;
+        let mut abandons_this_half_open = 0u32;
+        let mut opens = 0u32;
+
+        for &op in ops {
+            let before = b.state();
+            let transition = match op {
+                Op::Admit(dt) => {
+                    now += Duration::from_millis(dt);
+                    let expected_retry = b.retry_after(now);
+                    let (admit, tr) = b.admit(now);
+                    // Never wedged: half-open with no probe out hands one out.
+                    if before == BreakerState::HalfOpen && !probe_outstanding {
+                        assert_eq!(admit, Admit::Probe);
+                    }
+                    match admit {
+                        Admit::Yes => {
+                            assert_eq!(before, BreakerState::Closed);
+                        }
+                        Admit::Probe => {
+                            assert_eq!(b.state(), BreakerState::HalfOpen);
+                            // (1) at most one outstanding probe...
+                            assert!(!probe_outstanding, "second outstanding probe");
+                            if tr.is_some() {
+                                probes_this_half_open = 0;
+                                abandons_this_half_open = 0;
+                            }
+                            probes_this_half_open += 1;
+                            // ...and one per open period, unless abandoned.
+                            assert!(probes_this_half_open <= 1 + abandons_this_half_open);
+                            probe_outstanding = true;
+                            caller_holds_probe = true;
+                        }
+                        Admit::No { retry_after } => {
+                            assert_ne!(before, BreakerState::Closed);
+                            assert!(retry_after > Duration::ZERO);
+                            assert_eq!(Some(retry_after), expected_retry);
+                        }
+                    }
+                    seen.push(Seen::Admit(admit, tr));
+                    tr
+                }
+                Op::Event(ok, dt) => {
+                    now += Duration::from_millis(dt);
+                    let outcome = if ok {
+                        Outcome::Success
+                    } else {
+                        Outcome::Failure
+                    };
+                    let tr = b.on_event(outcome, now);
+                    if before == BreakerState::HalfOpen && probe_outstanding {
+                        probe_outstanding = false;
+                        caller_holds_probe = false;
+                    }
+                    seen.push(Seen::Event(tr));
+                    tr
+                }
+                Op::Abandon => {
+                    if caller_holds_probe {
+                        b.probe_abandoned();
+                        caller_holds_probe = false;
+                        if probe_outstanding {
+                            probe_outstanding = false;
+                            abandons_this_half_open += 1;
+                        }
+                    }
+                    seen.push(Seen::Abandon);
+                    None
+                }
+            };
+
+            // Every state change is reported exactly once, by the call that made it.
+            let after = b.state();
+            match transition {
+                Some(tr) => {
+                    assert_eq!((tr.from, tr.to), (before, after));
+                    // (3) only the allowed edges.
+                    let allowed = matches!(
+                        (tr.from, tr.to),
+                        (BreakerState::Closed, BreakerState::Open)
+                            | (BreakerState::Open, BreakerState::HalfOpen)
+                            | (BreakerState::HalfOpen, BreakerState::Closed)
+                            | (BreakerState::HalfOpen, BreakerState::Open)
+                    );
+                    assert!(allowed, "illegal transition {tr:?}");
+                    assert_eq!(tr.open_for.is_some(), tr.to == BreakerState::Open);
+                    match (tr.from, tr.to) {
+                        (BreakerState::Closed, BreakerState::Open) => opens = 1,
+                        (BreakerState::HalfOpen, BreakerState::Open) => opens += 1,
+                        (BreakerState::HalfOpen, BreakerState::Closed) => opens = 0,
+                        _ => {}
+                    }
+                    // (2) open period bounds.
+                    if let Some(d) = tr.open_for {
+                        let j = config.jitter;
+                        let base = config.open_for.as_secs_f64();
+                        let cap = config.max_open_for.as_secs_f64();
+                        let grown = (base * config.backoff_factor.powi(opens as i32 - 1)).min(cap);
+                        let got = d.as_secs_f64();
+                        let eps = 1e-6;
+                        assert!(
+                            got >= grown * (1.0 - j) - eps,
+                            "{got} < {grown} * (1 - {j})"
+                        );
+                        assert!(
+                            got <= grown * (1.0 + j) + eps,
+                            "{got} > {grown} * (1 + {j})"
+                        );
+                        assert!(got >= base * (1.0 - j) - eps);
+                        assert!(got <= cap * (1.0 + j) + eps);
+                    }
+                }
+                None => assert_eq!(before, after, "unreported transition"),
+            }
+            if after != BreakerState::HalfOpen {
+                probe_outstanding = false;
+            }
+        }
+        seen
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn prop_invariants(
+            config in config(),
+            seed in any::<u64>(),
+            ops in proptest::collection::vec(op(), 0..200),
+        ) {
+            run_checked(&config, seed, &ops);
+        }
+
+        #[test]
+        fn prop_zero_jitter_is_deterministic(
+            config in config(),
+            seeds in (any::<u64>(), any::<u64>()),
+            ops in proptest::collection::vec(op(), 0..200),
+        ) {
+            let config = config.jitter(0.0);
+            let a = run_checked(&config, seeds.0, &ops);
+            let b = run_checked(&config, seeds.1, &ops);
+            prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn prop_same_seed_is_deterministic(
+            config in config(),
+            seed in any::<u64>(),
+            ops in proptest::collection::vec(op(), 0..100),
+        ) {
+            let a = run_checked(&config, seed, &ops);
+            let b = run_checked(&config, seed, &ops);
+            prop_assert_eq!(a, b);
+        }
+    }
+}

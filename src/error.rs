@@ -1,0 +1,294 @@
+//! Errors: [`Error`] from `get()`, [`BuildError`] from `build()`.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Which phase of a checkout ran out of time.
+///
+/// ```
+/// use livepool::TimeoutPhase;
+/// assert_eq!(TimeoutPhase::Connect.as_str(), "connect");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TimeoutPhase {
+    /// Waiting for a free slot in a full pool.
+    Wait,
+    /// Opening a new connection.
+    Connect,
+    /// Checking an idle member (waiting for its running heartbeat).
+    Recycle,
+}
+
+impl TimeoutPhase {
+    /// A stable lowercase name.
+    ///
+    /// ```
+    /// assert_eq!(livepool::TimeoutPhase::Wait.as_str(), "wait");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeoutPhase::Wait => "wait",
+            TimeoutPhase::Connect => "connect",
+            TimeoutPhase::Recycle => "recycle",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Kind {
+    Timeout(TimeoutPhase),
+    Closed,
+    Connect,
+    CircuitOpen { retry_after: Duration },
+}
+
+/// The error of [`Pool::get`](crate::Pool::get).
+///
+/// Opaque: ask it what happened with the predicates; the underlying cause (for a failed
+/// connect, the real `io::Error`) is its [`source`](std::error::Error::source).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // Nothing listens on port 1 of loopback: the connect is refused at once.
+/// let pool = livepool::Pool::builder("127.0.0.1:1").build().unwrap();
+/// let err = pool.get().await.unwrap_err();
+/// assert!(err.is_connect());
+/// assert!(err.to_string().contains("refused"), "{err}");
+/// # }
+/// ```
+pub struct Error {
+    kind: Kind,
+    addr: Option<SocketAddr>,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl Error {
+    pub(crate) fn timeout(phase: TimeoutPhase, addr: Option<SocketAddr>) -> Self {
+        Error {
+            kind: Kind::Timeout(phase),
+            addr,
+            source: None,
+        }
+    }
+
+    pub(crate) fn with_source(mut self, e: io::Error) -> Self {
+        self.source = Some(Box::new(e));
+        self
+    }
+
+    pub(crate) fn closed() -> Self {
+        Error {
+            kind: Kind::Closed,
+            addr: None,
+            source: None,
+        }
+    }
+
+    pub(crate) fn connect(addr: SocketAddr, e: io::Error) -> Self {
+        Error {
+            kind: Kind::Connect,
+            addr: Some(addr),
+            source: Some(Box::new(e)),
+        }
+    }
+
+    pub(crate) fn circuit_open(
+        addr: SocketAddr,
+        retry_after: Duration,
+        last: Option<io::Error>,
+    ) -> Self {
+        Error {
+            kind: Kind::CircuitOpen { retry_after },
+            addr: Some(addr),
+            source: last.map(|e| Box::new(e) as Box<dyn StdError + Send + Sync>),
+        }
+    }
+
+    /// True when a phase timed out; [`Error::timeout_phase`] says which.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: livepool::Pool) {
+    /// if let Err(e) = pool.get().await { if e.is_timeout() { eprintln!("{e}"); } }
+    /// # }
+    /// ```
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, Kind::Timeout(_))
+    }
+
+    /// The phase that timed out, if this is a timeout.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: livepool::Pool) {
+    /// if let Err(e) = pool.get().await { println!("{:?}", e.timeout_phase()); }
+    /// # }
+    /// ```
+    pub fn timeout_phase(&self) -> Option<TimeoutPhase> {
+        match self.kind {
+            Kind::Timeout(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// True when the pool is closed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool = livepool::Pool::builder("127.0.0.1:1").build().unwrap();
+    /// pool.close();
+    /// assert!(pool.get().await.unwrap_err().is_closed());
+    /// # }
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        matches!(self.kind, Kind::Closed)
+    }
+
+    /// True when opening a connection failed (refused, unreachable, …) or timed out.
+    /// The `io::Error` is the [`source`](std::error::Error::source).
+    ///
+    /// ```no_run
+    /// # async fn f(pool: livepool::Pool) {
+    /// if let Err(e) = pool.get().await { if e.is_connect() { eprintln!("endpoint down: {e}"); } }
+    /// # }
+    /// ```
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Connect | Kind::Timeout(TimeoutPhase::Connect)
+        )
+    }
+
+    /// True when the circuit breaker refused the checkout without trying to connect.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: livepool::Pool) {
+    /// if let Err(e) = pool.get().await { if e.is_circuit_open() { println!("retry in {:?}", e.retry_after()); } }
+    /// # }
+    /// ```
+    pub fn is_circuit_open(&self) -> bool {
+        matches!(self.kind, Kind::CircuitOpen { .. })
+    }
+
+    /// How long until the breaker lets a connect through again, when it is open.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: livepool::Pool) {
+    /// if let Err(e) = pool.get().await { if let Some(d) = e.retry_after() { tokio::time::sleep(d).await; } }
+    /// # }
+    /// ```
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self.kind {
+            Kind::CircuitOpen { retry_after } => Some(retry_after),
+            _ => None,
+        }
+    }
+
+    /// The `io::Error` behind a failed connect, if there is one.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: livepool::Pool) {
+    /// if let Err(e) = pool.get().await { println!("{:?}", e.io_error().map(|e| e.kind())); }
+    /// # }
+    /// ```
+    pub fn io_error(&self) -> Option<&io::Error> {
+        self.source.as_ref()?.downcast_ref::<io::Error>()
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("addr", &self.addr)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Timeout(TimeoutPhase::Wait) => {
+                f.write_str("timed out waiting for a free connection")?
+            }
+            Kind::Timeout(TimeoutPhase::Recycle) => {
+                f.write_str("timed out checking an idle connection")?
+            }
+            Kind::Timeout(TimeoutPhase::Connect) => f.write_str("timed out connecting")?,
+            Kind::Closed => return f.write_str("pool is closed"),
+            Kind::Connect => f.write_str("connect failed")?,
+            Kind::CircuitOpen { retry_after } => {
+                write!(f, "circuit breaker open, retry after {retry_after:?}")?
+            }
+        }
+        if let Some(addr) = self.addr {
+            write!(f, " ({addr})")?;
+        }
+        // The cause is part of the message: "connection refused" must be what a user reads.
+        if let Some(src) = &self.source {
+            write!(f, ": {src}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_ref()
+            .map(|e| e.as_ref() as &(dyn StdError + 'static))
+    }
+}
+
+/// A configuration refused by [`Builder::build`](crate::Builder::build), naming the field.
+///
+/// ```
+/// let err = livepool::Pool::builder("127.0.0.1:1").max_size(0).build().unwrap_err();
+/// assert_eq!(err.field(), "max_size");
+/// assert!(err.to_string().starts_with("invalid max_size"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildError {
+    field: &'static str,
+    reason: String,
+}
+
+impl BuildError {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        BuildError {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The builder field that is wrong (the setter's name).
+    ///
+    /// ```
+    /// let err = livepool::Pool::builder("127.0.0.1:1").connect_timeout(Some(std::time::Duration::ZERO)).build().unwrap_err();
+    /// assert_eq!(err.field(), "connect_timeout");
+    /// ```
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// Why it is wrong.
+    ///
+    /// ```
+    /// let err = livepool::Pool::builder("127.0.0.1:1").max_size(0).build().unwrap_err();
+    /// assert!(!err.reason().is_empty());
+    /// ```
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: {}", self.field, self.reason)
+    }
+}
+
+impl StdError for BuildError {}

@@ -1,0 +1,746 @@
+//! Protocol heartbeats for idle pooled connections.
+//!
+//! The pool keeps idle connections in shared storage and a background reaper
+//! pings them in place. Because the socket is shared, a heartbeat only gets a
+//! `&TcpStream` and must stick to the `&self` readiness API of tokio
+//! (`readable()` / `try_read`, `writable()` / `try_write`). It must never use
+//! `poll_read_ready`, which belongs to the connection's owner.
+//!
+//! The pool wraps every [`Heartbeat::beat`] in its own
+//! `tokio::time::timeout`, so a beat does not need a timeout of its own. A
+//! beat may be dropped at any `.await`; the pool then evicts the connection,
+//! so leaving a half-written ping or a half-read pong behind is acceptable.
+//!
+//! Two heartbeats are built in: [`FrameHeartbeat`] (a small binary
+//! ping/pong frame) and [`RedisHeartbeat`] (`PING` → `+PONG`). Custom
+//! protocols can implement [`Heartbeat`] with the [`write_all`] and
+//! [`read_exact`] helpers.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+
+/// A protocol-level ping performed on an idle connection.
+///
+/// Implementations must be object safe; the pool stores an
+/// `Arc<dyn Heartbeat>` and calls [`beat`](Heartbeat::beat) from its
+/// background reaper while the connection sits idle.
+///
+/// # Rules for implementors
+///
+/// * Only use the shared-reference API of [`TcpStream`]: `readable()` with
+///   `try_read`, and `writable()` with `try_write`. The [`write_all`] and
+///   [`read_exact`] helpers in this module do exactly that and handle
+///   partial transfers and spurious wake-ups.
+/// * Do not add a timeout: the pool already bounds every beat.
+/// * Being dropped halfway through is fine; the pool evicts the connection
+///   when a beat fails or is cancelled.
+/// * Read only the bytes of the expected reply, so that a healthy connection
+///   is left with nothing unread.
+///
+/// # Example
+///
+/// A heartbeat that wraps a built-in one and counts successful beats:
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// use livepool::{Heartbeat, HeartbeatError, RedisHeartbeat};
+/// use tokio::net::TcpStream;
+///
+/// #[derive(Debug, Default)]
+/// struct CountingRedis {
+///     ok: AtomicU64,
+/// }
+///
+/// #[async_trait::async_trait]
+/// impl Heartbeat for CountingRedis {
+///     async fn beat(&self, stream: &TcpStream) -> Result<(), HeartbeatError> {
+///         RedisHeartbeat.beat(stream).await?;
+///         self.ok.fetch_add(1, Ordering::Relaxed);
+///         Ok(())
+///     }
+/// }
+///
+/// // The pool stores heartbeats as trait objects.
+/// let heartbeat: Arc<dyn Heartbeat> = Arc::new(CountingRedis::default());
+/// # let _ = heartbeat;
+/// ```
+#[async_trait::async_trait]
+pub trait Heartbeat: Send + Sync + fmt::Debug + 'static {
+    /// Performs one protocol ping on an idle connection.
+    ///
+    /// Returns `Ok(())` when the peer answered correctly; any error makes the
+    /// pool evict the connection.
+    async fn beat(&self, stream: &TcpStream) -> Result<(), HeartbeatError>;
+}
+
+/// Why a heartbeat failed.
+///
+/// The kind of failure can be queried with [`is_io`](Self::is_io),
+/// [`is_closed`](Self::is_closed) and [`is_bad_reply`](Self::is_bad_reply).
+/// For I/O failures the underlying [`io::Error`] is available through
+/// [`std::error::Error::source`].
+///
+/// # Example
+///
+/// ```
+/// use std::error::Error as _;
+/// use livepool::HeartbeatError;
+///
+/// let err = HeartbeatError::bad_reply("expected pong");
+/// assert!(err.is_bad_reply());
+/// assert_eq!(err.to_string(), "bad heartbeat reply: expected pong");
+///
+/// let err = HeartbeatError::io(std::io::ErrorKind::ConnectionReset.into());
+/// assert!(err.is_io());
+/// assert!(err.source().is_some());
+/// ```
+pub struct HeartbeatError {
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Io(io::Error),
+    Closed,
+    BadReply(String),
+}
+
+impl HeartbeatError {
+    /// The heartbeat failed because of an I/O error on the socket.
+    pub fn io(e: io::Error) -> Self {
+        Self { kind: Kind::Io(e) }
+    }
+
+    /// The peer closed the connection (a read returned 0 bytes) mid-beat.
+    pub fn closed() -> Self {
+        Self { kind: Kind::Closed }
+    }
+
+    /// The peer answered, but with a wrong or garbled reply.
+    pub fn bad_reply(detail: impl Into<String>) -> Self {
+        Self {
+            kind: Kind::BadReply(detail.into()),
+        }
+    }
+
+    /// Returns `true` if the heartbeat failed with an I/O error.
+    pub fn is_io(&self) -> bool {
+        matches!(self.kind, Kind::Io(_))
+    }
+
+    /// Returns `true` if the peer closed the connection during the heartbeat.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.kind, Kind::Closed)
+    }
+
+    /// Returns `true` if the peer sent a wrong or garbled reply.
+    pub fn is_bad_reply(&self) -> bool {
+        matches!(self.kind, Kind::BadReply(_))
+    }
+
+    /// A short, stable label for metrics and logs (e.g. an eviction reason).
+    #[allow(dead_code)] // used by the pool's eviction bookkeeping
+    pub(crate) fn reason(&self) -> &'static str {
+        match self.kind {
+            Kind::Io(_) => "heartbeat_io",
+            Kind::Closed => "heartbeat_closed",
+            Kind::BadReply(_) => "heartbeat_bad_reply",
+        }
+    }
+}
+
+impl fmt::Debug for HeartbeatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeartbeatError")
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl fmt::Display for HeartbeatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Io(_) => f.write_str("heartbeat i/o error"),
+            Kind::Closed => f.write_str("peer closed the connection during heartbeat"),
+            Kind::BadReply(detail) => write!(f, "bad heartbeat reply: {detail}"),
+        }
+    }
+}
+
+impl StdError for HeartbeatError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match &self.kind {
+            Kind::Io(e) => Some(e),
+            Kind::Closed | Kind::BadReply(_) => None,
+        }
+    }
+}
+
+impl From<io::Error> for HeartbeatError {
+    fn from(e: io::Error) -> Self {
+        Self::io(e)
+    }
+}
+
+/// Writes all of `buf` to a shared stream.
+///
+/// Uses only `writable()` and `try_write`, so it is usable from a heartbeat
+/// that holds a `&TcpStream`. Partial writes and spurious readiness are
+/// handled by looping. A write that accepts 0 bytes is reported as an I/O
+/// error of kind [`io::ErrorKind::WriteZero`].
+///
+/// Cancel safety: if dropped, an unknown prefix of `buf` may have been sent.
+pub async fn write_all(stream: &TcpStream, buf: &[u8]) -> Result<(), HeartbeatError> {
+    let mut written = 0;
+    while written < buf.len() {
+        stream.writable().await.map_err(HeartbeatError::io)?;
+        match stream.try_write(&buf[written..]) {
+            Ok(0) => {
+                return Err(HeartbeatError::io(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "socket accepted no bytes",
+                )));
+            }
+            Ok(n) => written += n,
+            Err(e) if is_retry(&e) => continue,
+            Err(e) => return Err(HeartbeatError::io(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads exactly `buf.len()` bytes from a shared stream.
+///
+/// Uses only `readable()` and `try_read`, so it is usable from a heartbeat
+/// that holds a `&TcpStream`. Never reads more than `buf.len()` bytes. If the
+/// peer closes the connection before `buf` is full (a read returns 0), the
+/// result is [`HeartbeatError::closed`].
+///
+/// Cancel safety: if dropped, an unknown prefix of the reply may have been
+/// consumed from the socket.
+pub async fn read_exact(stream: &TcpStream, buf: &mut [u8]) -> Result<(), HeartbeatError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        stream.readable().await.map_err(HeartbeatError::io)?;
+        match stream.try_read(&mut buf[filled..]) {
+            Ok(0) => return Err(HeartbeatError::closed()),
+            Ok(n) => filled += n,
+            Err(e) if is_retry(&e) => continue,
+            Err(e) => return Err(HeartbeatError::io(e)),
+        }
+    }
+    Ok(())
+}
+
+fn is_retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// Mask for the 24-bit timestamp carried in a [`FrameHeartbeat`] frame.
+const TS_MASK: u32 = 0x00FF_FFFF;
+
+/// Milliseconds since a process-wide monotonic base, truncated to 24 bits.
+fn now_ms24() -> u32 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    // Truncation is intended: only the low 24 bits go on the wire.
+    (base.elapsed().as_millis() as u32) & TS_MASK
+}
+
+/// A heartbeat using a fixed 8-byte binary ping/pong frame.
+///
+/// Frame layout (all integers big-endian):
+///
+/// | bytes  | field                                          |
+/// |--------|------------------------------------------------|
+/// | `0`    | type: [`PING`](Self::PING) `0x01` or [`PONG`](Self::PONG) `0x02` |
+/// | `1..5` | sequence number, `u32`                          |
+/// | `5..8` | timestamp: low 24 bits of a millisecond clock   |
+///
+/// A plain `u32` timestamp would make the frame 9 bytes long. To keep the
+/// frame at 8 bytes, the full sequence number is kept (the pong must echo
+/// it) and only the low 24 bits of the timestamp are carried. That still
+/// measures round-trip times of up to 2^24 ms (about 4.6 hours) correctly
+/// with wrapping arithmetic. The timestamp is informational: the heartbeat
+/// logs the round-trip time at `trace` level but does not validate it.
+///
+/// Each [`beat`](Heartbeat::beat) sends a ping with the next sequence number
+/// (starting at 1 and wrapping) and expects a pong with the same sequence
+/// number. A server answers by sending back the frame with the type changed
+/// to `PONG`.
+///
+/// # Example
+///
+/// Client side, given an idle connection:
+///
+/// ```no_run
+/// use livepool::{FrameHeartbeat, Heartbeat};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let stream = tokio::net::TcpStream::connect("127.0.0.1:7000").await?;
+/// let heartbeat = FrameHeartbeat::new();
+/// heartbeat.beat(&stream).await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Server side, turning a ping into its pong:
+///
+/// ```
+/// use livepool::FrameHeartbeat;
+///
+/// let ping = FrameHeartbeat::encode(FrameHeartbeat::PING, 7, 1234);
+/// let (kind, seq, ts) = FrameHeartbeat::decode(&ping);
+/// assert_eq!(kind, FrameHeartbeat::PING);
+/// let pong = FrameHeartbeat::encode(FrameHeartbeat::PONG, seq, ts);
+/// assert_eq!(FrameHeartbeat::decode(&pong), (FrameHeartbeat::PONG, 7, 1234));
+/// ```
+#[derive(Debug, Default)]
+pub struct FrameHeartbeat {
+    seq: AtomicU32,
+}
+
+impl FrameHeartbeat {
+    /// Frame type of a ping (client to server).
+    pub const PING: u8 = 0x01;
+    /// Frame type of a pong (server to client).
+    pub const PONG: u8 = 0x02;
+    /// Length of a frame in bytes.
+    pub const LEN: usize = 8;
+
+    /// Creates a heartbeat whose first ping carries sequence number 1.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Encodes a frame. Only the low 24 bits of `timestamp_ms` are kept.
+    pub fn encode(kind: u8, seq: u32, timestamp_ms: u32) -> [u8; 8] {
+        let seq = seq.to_be_bytes();
+        let ts = (timestamp_ms & TS_MASK).to_be_bytes();
+        [kind, seq[0], seq[1], seq[2], seq[3], ts[1], ts[2], ts[3]]
+    }
+
+    /// Decodes a frame into `(kind, seq, timestamp24)`.
+    ///
+    /// The kind byte is returned as is, without validation.
+    pub fn decode(frame: &[u8; 8]) -> (u8, u32, u32) {
+        let seq = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]);
+        let ts = u32::from_be_bytes([0, frame[5], frame[6], frame[7]]);
+        (frame[0], seq, ts)
+    }
+
+    fn next_seq(&self) -> u32 {
+        self.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
+    }
+}
+
+#[async_trait::async_trait]
+impl Heartbeat for FrameHeartbeat {
+    async fn beat(&self, stream: &TcpStream) -> Result<(), HeartbeatError> {
+        let seq = self.next_seq();
+        let ping = Self::encode(Self::PING, seq, now_ms24());
+        write_all(stream, &ping).await?;
+
+        let mut pong = [0u8; Self::LEN];
+        read_exact(stream, &mut pong).await?;
+        let (kind, echoed, ts) = Self::decode(&pong);
+        if kind != Self::PONG {
+            return Err(HeartbeatError::bad_reply(format!(
+                "expected pong type 0x{:02x}, got 0x{kind:02x}",
+                Self::PONG
+            )));
+        }
+        if echoed != seq {
+            return Err(HeartbeatError::bad_reply(format!(
+                "pong seq {echoed} does not echo ping seq {seq}"
+            )));
+        }
+        let rtt_ms = now_ms24().wrapping_sub(ts) & TS_MASK;
+        tracing::trace!(seq, rtt_ms, "frame heartbeat ok");
+        Ok(())
+    }
+}
+
+/// A heartbeat for Redis (RESP) servers: sends `PING`, expects `+PONG`.
+///
+/// The command is sent as the RESP array `*1\r\n$4\r\nPING\r\n` and exactly
+/// the 7 bytes `+PONG\r\n` are read back. Anything else is a
+/// [bad reply](HeartbeatError::bad_reply), including Redis error replies such
+/// as `-LOADING` or `-NOAUTH`; the error text received so far (up to 32
+/// bytes, stopping at CRLF) is included in the message.
+///
+/// Note that a connection in RESP3 push mode or inside `SUBSCRIBE` answers
+/// `PING` differently; do not use this heartbeat for such connections.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use livepool::{Heartbeat, RedisHeartbeat};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let heartbeat: Arc<dyn Heartbeat> = Arc::new(RedisHeartbeat);
+/// let stream = tokio::net::TcpStream::connect("127.0.0.1:6379").await?;
+/// heartbeat.beat(&stream).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RedisHeartbeat;
+
+impl RedisHeartbeat {
+    const PING: &'static [u8] = b"*1\r\n$4\r\nPING\r\n";
+    const PONG: &'static [u8; 7] = b"+PONG\r\n";
+    /// Maximum number of reply bytes quoted in an error message.
+    const QUOTE_MAX: usize = 32;
+}
+
+#[async_trait::async_trait]
+impl Heartbeat for RedisHeartbeat {
+    async fn beat(&self, stream: &TcpStream) -> Result<(), HeartbeatError> {
+        write_all(stream, Self::PING).await?;
+
+        let mut reply = [0u8; Self::QUOTE_MAX];
+        read_exact(stream, &mut reply[..Self::PONG.len()]).await?;
+        if &reply[..Self::PONG.len()] == Self::PONG {
+            return Ok(());
+        }
+
+        // The connection is going to be evicted anyway, so take whatever
+        // else has already arrived (without waiting) to make the error more
+        // useful, e.g. the rest of "-LOADING Redis is loading ...".
+        let mut len = Self::PONG.len();
+        while len < reply.len() && !contains_crlf(&reply[..len]) {
+            match stream.try_read(&mut reply[len..]) {
+                Ok(n) if n > 0 => len += n,
+                _ => break,
+            }
+        }
+        let received = &reply[..len];
+        Err(HeartbeatError::bad_reply(if received[0] == b'-' {
+            let line = match received.windows(2).position(|w| w == b"\r\n") {
+                Some(end) => &received[1..end],
+                None => &received[1..],
+            };
+            format!(
+                "redis replied with error {:?}",
+                String::from_utf8_lossy(line)
+            )
+        } else {
+            format!(
+                "expected \"+PONG\\r\\n\", got {:?}",
+                String::from_utf8_lossy(received)
+            )
+        }))
+    }
+}
+
+fn contains_crlf(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
+
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+        match tokio::time::timeout(LIMIT, fut).await {
+            Ok(out) => out,
+            Err(_) => panic!("timed out after {LIMIT:?} waiting for {what}"),
+        }
+    }
+
+    /// Starts a one-connection server running `serve`, and connects to it.
+    async fn pair<F, Fut>(serve: F) -> (TcpStream, JoinHandle<()>)
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local_addr");
+        let server = tokio::spawn(async move {
+            let (sock, _) = within("accept", listener.accept()).await.expect("accept");
+            serve(sock).await;
+        });
+        let client = within("connect", TcpStream::connect(addr))
+            .await
+            .expect("connect");
+        (client, server)
+    }
+
+    /// Reads pings forever and answers each with `respond(ping)`.
+    async fn frame_server(mut sock: TcpStream, respond: fn([u8; 8]) -> [u8; 8]) {
+        let mut ping = [0u8; 8];
+        while sock.read_exact(&mut ping).await.is_ok() {
+            let (kind, _, _) = FrameHeartbeat::decode(&ping);
+            assert_eq!(kind, FrameHeartbeat::PING, "client sent a non-ping frame");
+            if sock.write_all(&respond(ping)).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    fn echo_pong(ping: [u8; 8]) -> [u8; 8] {
+        let (_, seq, ts) = FrameHeartbeat::decode(&ping);
+        FrameHeartbeat::encode(FrameHeartbeat::PONG, seq, ts)
+    }
+
+    /// Reads one Redis PING and answers with `reply`.
+    async fn redis_server(mut sock: TcpStream, reply: &'static [u8]) {
+        let mut cmd = [0u8; 14];
+        sock.read_exact(&mut cmd).await.expect("read PING command");
+        assert_eq!(&cmd, b"*1\r\n$4\r\nPING\r\n");
+        sock.write_all(reply).await.expect("write reply");
+        // Keep the connection open until the client goes away.
+        let mut rest = Vec::new();
+        let _ = sock.read_to_end(&mut rest).await;
+    }
+
+    fn assert_closed_or_io(res: Result<(), HeartbeatError>) {
+        match res {
+            Err(e) if e.is_closed() || e.is_io() => {}
+            other => panic!("expected closed or io error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        for (kind, seq, ts) in [
+            (FrameHeartbeat::PING, 0, 0),
+            (FrameHeartbeat::PONG, 1, 1),
+            (FrameHeartbeat::PING, u32::MAX, TS_MASK),
+            (FrameHeartbeat::PONG, 0x0102_0304, 0x00a0_b0c0),
+        ] {
+            let frame = FrameHeartbeat::encode(kind, seq, ts);
+            assert_eq!(frame.len(), FrameHeartbeat::LEN);
+            assert_eq!(FrameHeartbeat::decode(&frame), (kind, seq, ts));
+        }
+        // Layout is fixed and big-endian.
+        assert_eq!(
+            FrameHeartbeat::encode(0x01, 0x0102_0304, 0x0005_0607),
+            [0x01, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07]
+        );
+        // Only the low 24 bits of the timestamp survive.
+        let frame = FrameHeartbeat::encode(FrameHeartbeat::PING, 9, 0xFF12_3456);
+        assert_eq!(
+            FrameHeartbeat::decode(&frame),
+            (FrameHeartbeat::PING, 9, 0x12_3456)
+        );
+    }
+
+    #[test]
+    fn error_kinds_and_display() {
+        let io = HeartbeatError::io(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert!(io.is_io() && !io.is_closed() && !io.is_bad_reply());
+        assert_eq!(io.reason(), "heartbeat_io");
+        assert!(io.source().is_some());
+
+        let closed = HeartbeatError::closed();
+        assert!(closed.is_closed() && !closed.is_io() && !closed.is_bad_reply());
+        assert_eq!(closed.reason(), "heartbeat_closed");
+        assert!(closed.source().is_none());
+
+        let bad = HeartbeatError::bad_reply("nope");
+        assert!(bad.is_bad_reply() && !bad.is_io() && !bad.is_closed());
+        assert_eq!(bad.reason(), "heartbeat_bad_reply");
+        assert!(bad.source().is_none());
+
+        for e in [io, closed, bad] {
+            let msg = e.to_string();
+            assert!(!msg.ends_with('.'), "{msg:?} ends with a period");
+            assert_eq!(msg, msg.to_lowercase(), "{msg:?} is not lowercase");
+        }
+    }
+
+    #[test]
+    fn heartbeats_are_object_safe() {
+        let all: Vec<Arc<dyn Heartbeat>> =
+            vec![Arc::new(FrameHeartbeat::new()), Arc::new(RedisHeartbeat)];
+        assert_eq!(all.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn frame_heartbeat_against_echo_server() {
+        let (client, _server) = pair(|s| frame_server(s, echo_pong)).await;
+        let hb = FrameHeartbeat::new();
+        for expected_seq in 1..=5u32 {
+            within("frame beat", hb.beat(&client))
+                .await
+                .unwrap_or_else(|e| panic!("beat {expected_seq} failed: {e:?}"));
+            assert_eq!(hb.seq.load(Ordering::Relaxed), expected_seq);
+        }
+    }
+
+    #[tokio::test]
+    async fn frame_heartbeat_sends_increasing_seq() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (client, _server) = pair(move |mut sock| async move {
+            let mut ping = [0u8; 8];
+            while sock.read_exact(&mut ping).await.is_ok() {
+                let (_, seq, _) = FrameHeartbeat::decode(&ping);
+                let _ = tx.send(seq);
+                if sock.write_all(&echo_pong(ping)).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        let hb = FrameHeartbeat::new();
+        for _ in 0..3 {
+            within("frame beat", hb.beat(&client))
+                .await
+                .expect("beat against echo server");
+        }
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(within("seq from server", rx.recv()).await.expect("seq"));
+        }
+        assert_eq!(seen, [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn frame_heartbeat_wrong_type_is_bad_reply() {
+        fn wrong_type(ping: [u8; 8]) -> [u8; 8] {
+            let (_, seq, ts) = FrameHeartbeat::decode(&ping);
+            FrameHeartbeat::encode(0x7f, seq, ts)
+        }
+        let (client, _server) = pair(|s| frame_server(s, wrong_type)).await;
+        let err = within("frame beat", FrameHeartbeat::new().beat(&client))
+            .await
+            .expect_err("wrong type must fail");
+        assert!(err.is_bad_reply(), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "bad heartbeat reply: expected pong type 0x02, got 0x7f"
+        );
+    }
+
+    #[tokio::test]
+    async fn frame_heartbeat_wrong_seq_is_bad_reply() {
+        fn wrong_seq(ping: [u8; 8]) -> [u8; 8] {
+            let (_, seq, ts) = FrameHeartbeat::decode(&ping);
+            FrameHeartbeat::encode(FrameHeartbeat::PONG, seq.wrapping_add(41), ts)
+        }
+        let (client, _server) = pair(|s| frame_server(s, wrong_seq)).await;
+        let err = within("frame beat", FrameHeartbeat::new().beat(&client))
+            .await
+            .expect_err("wrong seq must fail");
+        assert!(err.is_bad_reply(), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "bad heartbeat reply: pong seq 42 does not echo ping seq 1"
+        );
+    }
+
+    #[tokio::test]
+    async fn frame_heartbeat_server_closes() {
+        let (client, server) = pair(|sock| async move { drop(sock) }).await;
+        within("server task", server).await.expect("server task");
+        assert_closed_or_io(within("frame beat", FrameHeartbeat::new().beat(&client)).await);
+    }
+
+    #[tokio::test]
+    async fn frame_heartbeat_server_closes_mid_pong() {
+        let (client, _server) = pair(|mut sock| async move {
+            let mut ping = [0u8; 8];
+            sock.read_exact(&mut ping).await.expect("read ping");
+            // Send half a pong, then close.
+            sock.write_all(&echo_pong(ping)[..4])
+                .await
+                .expect("write half pong");
+        })
+        .await;
+        assert_closed_or_io(within("frame beat", FrameHeartbeat::new().beat(&client)).await);
+    }
+
+    #[tokio::test]
+    async fn redis_heartbeat_pong_ok() {
+        let (client, _server) = pair(|s| redis_server(s, b"+PONG\r\n")).await;
+        within("redis beat", RedisHeartbeat.beat(&client))
+            .await
+            .expect("+PONG must succeed");
+    }
+
+    #[tokio::test]
+    async fn redis_heartbeat_error_reply_is_bad_reply() {
+        let (client, _server) =
+            pair(|s| redis_server(s, b"-LOADING Redis is loading the dataset in memory\r\n")).await;
+        let err = within("redis beat", RedisHeartbeat.beat(&client))
+            .await
+            .expect_err("-LOADING must fail");
+        assert!(err.is_bad_reply(), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("LOADIN"), "{msg}");
+        assert!(!msg.contains('\r'), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn redis_heartbeat_short_error_reply_quotes_whole_line() {
+        let (client, _server) = pair(|s| redis_server(s, b"-NOAUTH x\r\n")).await;
+        let err = within("redis beat", RedisHeartbeat.beat(&client))
+            .await
+            .expect_err("-NOAUTH must fail");
+        assert!(err.is_bad_reply(), "{err:?}");
+        // The whole line arrives in one segment on loopback, so it is quoted
+        // in full when available; at least the first 7 bytes always are.
+        assert!(err.to_string().contains("NOAUTH"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn redis_heartbeat_garbage_is_bad_reply() {
+        let (client, _server) = pair(|s| redis_server(s, b"$5\r\nhello\r\n")).await;
+        let err = within("redis beat", RedisHeartbeat.beat(&client))
+            .await
+            .expect_err("garbage must fail");
+        assert!(err.is_bad_reply(), "{err:?}");
+        assert!(err.to_string().contains("got \"$5"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn redis_heartbeat_peer_closed() {
+        let (client, server) = pair(|sock| async move { drop(sock) }).await;
+        within("server task", server).await.expect("server task");
+        assert_closed_or_io(within("redis beat", RedisHeartbeat.beat(&client)).await);
+    }
+
+    #[tokio::test]
+    async fn helpers_move_large_buffers() {
+        const N: usize = 4 << 20;
+        let (client, _server) = pair(|mut sock| async move {
+            let mut buf = vec![0u8; N];
+            sock.read_exact(&mut buf).await.expect("server read");
+            sock.write_all(&buf).await.expect("server write");
+        })
+        .await;
+        let out: Vec<u8> = (0..N).map(|i| (i % 251) as u8).collect();
+        within("write_all", write_all(&client, &out))
+            .await
+            .expect("write_all");
+        let mut back = vec![0u8; N];
+        within("read_exact", read_exact(&client, &mut back))
+            .await
+            .expect("read_exact");
+        assert!(out == back, "echoed bytes differ");
+    }
+}

@@ -1,0 +1,414 @@
+//! [`Pool`]: the handle users clone, the state its parts share, and `get()`.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use deadpool::Runtime;
+use deadpool::managed::{PoolError, QueueMode, TimeoutType};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::breaker::{Admit, Breaker, BreakerState, Outcome, Transition};
+use crate::builder::{Builder, IntoAddr};
+use crate::config::Config;
+use crate::conn::{Conn, Shared};
+use crate::error::{BuildError, Error, TimeoutPhase};
+use crate::manager::Manager;
+use crate::stats::{Events, Statistics, Stats};
+
+/// State shared by the pool handle, the manager, every member and the reaper.
+pub(crate) struct PoolShared {
+    pub(crate) config: Config,
+    pub(crate) stats: Stats,
+    epoch: Instant,
+    members: AtomicUsize,
+    next_id: AtomicU64,
+    purge: AtomicBool,
+    /// Wakes the reaper: a purge is due, or the pool fell below `min_idle`.
+    pub(crate) wake: Notify,
+    watch_tx: Option<mpsc::UnboundedSender<Arc<Shared>>>,
+    breaker: Option<Mutex<Breaker>>,
+    breaker_transitions: AtomicU64,
+    last_error: Mutex<Option<(io::ErrorKind, Option<i32>, String)>>,
+}
+
+impl PoolShared {
+    pub(crate) fn ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    pub(crate) fn instant(&self, ns: u64) -> Instant {
+        self.epoch + Duration::from_nanos(ns)
+    }
+
+    pub(crate) fn members(&self) -> usize {
+        self.members.load(Relaxed)
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Relaxed)
+    }
+
+    pub(crate) fn member_created(&self, member: &Arc<Shared>) {
+        self.members.fetch_add(1, Relaxed);
+        self.stats.created.fetch_add(1, Relaxed);
+        if let Some(tx) = &self.watch_tx {
+            // The reaper is gone only when the pool is: then nobody needs the watch.
+            let _ = tx.send(member.clone());
+        }
+    }
+
+    pub(crate) fn member_gone(&self) {
+        let left = self.members.fetch_sub(1, Relaxed) - 1;
+        if left < self.config.min_idle {
+            self.wake.notify_one();
+        }
+    }
+
+    pub(crate) fn request_purge(&self) {
+        self.purge.store(true, Relaxed);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn take_purge(&self) -> bool {
+        self.purge.swap(false, Relaxed)
+    }
+
+    pub(crate) fn admit(&self, now: Instant) -> Admit {
+        let Some(b) = &self.breaker else {
+            return Admit::Yes;
+        };
+        let (admit, tr) = b.lock().admit(now);
+        if let Some(tr) = tr {
+            self.transitioned(tr);
+        }
+        admit
+    }
+
+    pub(crate) fn probe_abandoned(&self) {
+        if let Some(b) = &self.breaker {
+            b.lock().probe_abandoned();
+        }
+    }
+
+    /// Feeds a connect or heartbeat outcome to the breaker.
+    pub(crate) fn report(&self, outcome: Outcome, err: Option<&io::Error>) {
+        if let Some(e) = err {
+            *self.last_error.lock() = Some((e.kind(), e.raw_os_error(), e.to_string()));
+        }
+        let Some(b) = &self.breaker else { return };
+        let tr = b.lock().on_event(outcome, Instant::now());
+        if let Some(tr) = tr {
+            self.transitioned(tr);
+        }
+    }
+
+    fn transitioned(&self, tr: Transition) {
+        self.breaker_transitions.fetch_add(1, Relaxed);
+        let last = self.last_error.lock().as_ref().map(|e| e.2.clone());
+        tracing::info!(
+            peer.addr = %self.config.addr,
+            from = tr.from.as_str(),
+            to = tr.to.as_str(),
+            open_for = ?tr.open_for,
+            last_error = ?last,
+            "circuit breaker transition"
+        );
+    }
+
+    /// A copy of the last connect or heartbeat error.
+    pub(crate) fn last_error(&self) -> Option<io::Error> {
+        self.last_error
+            .lock()
+            .as_ref()
+            .map(|(kind, os, msg)| match os {
+                Some(code) => io::Error::from_raw_os_error(*code),
+                None => io::Error::new(*kind, msg.clone()),
+            })
+    }
+
+    pub(crate) fn breaker_state(&self) -> BreakerState {
+        self.breaker
+            .as_ref()
+            .map_or(BreakerState::Closed, |b| b.lock().state())
+    }
+}
+
+impl fmt::Debug for PoolShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolShared")
+            .field("config", &self.config)
+            .field("members", &self.members())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct PoolInner {
+    pub(crate) dp: deadpool::managed::Pool<Manager, Conn>,
+    pub(crate) shared: Arc<PoolShared>,
+    shutdown: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl PoolInner {
+    fn stop_reaper(&self) {
+        // Dropping the sender ends the reaper.
+        self.shutdown.lock().take();
+    }
+}
+
+impl Drop for PoolInner {
+    fn drop(&mut self) {
+        self.stop_reaper();
+    }
+}
+
+/// A pool of TCP connections to one endpoint that never hands out a connection the kernel
+/// already knows is dead. Cheap to clone; every clone is the same pool. The pool closes when
+/// the last clone is dropped or [`Pool::close`] is called.
+///
+/// ```no_run
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = livepool::Pool::builder("127.0.0.1:6379").max_size(8).build()?;
+/// let mut conn = pool.get().await?;
+/// conn.write_all(b"*1\r\n$4\r\nPING\r\n").await?;
+/// let mut reply = [0u8; 7];
+/// conn.read_exact(&mut reply).await?;
+/// assert_eq!(&reply, b"+PONG\r\n");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+/// A snapshot of the pool's occupancy, eventually consistent.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let pool = livepool::Pool::builder("127.0.0.1:1").build().unwrap();
+/// let s = pool.status();
+/// assert_eq!((s.size, s.idle, s.in_use, s.waiting), (0, 0, 0, 0));
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+#[non_exhaustive]
+pub struct Status {
+    /// Most connections allowed.
+    pub max_size: usize,
+    /// Connections open now, idle or in use.
+    pub size: usize,
+    /// Connections idle in the pool.
+    pub idle: usize,
+    /// Connections checked out.
+    pub in_use: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+    /// The circuit breaker's state (always closed when the breaker is off).
+    pub breaker: BreakerState,
+}
+
+impl Pool {
+    /// Starts configuring a pool for `addr` (a `SocketAddr` or a `"host:port"` string).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool = livepool::Pool::builder("127.0.0.1:6379").build().unwrap();
+    /// # }
+    /// ```
+    pub fn builder(addr: impl IntoAddr) -> Builder {
+        Builder::new(addr)
+    }
+
+    pub(crate) fn from_config(
+        config: Config,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Pool, BuildError> {
+        let (watch_tx, watch_rx) = mpsc::unbounded_channel();
+        let breaker = config
+            .breaker
+            .clone()
+            .map(|b| Mutex::new(Breaker::new(b, config.jitter_seed)));
+        let shared = Arc::new(PoolShared {
+            watch_tx: config.idle_watch.then_some(watch_tx),
+            stats: Stats::new(),
+            epoch: Instant::now(),
+            members: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            purge: AtomicBool::new(false),
+            wake: Notify::new(),
+            breaker,
+            breaker_transitions: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            config,
+        });
+        let cfg = &shared.config;
+        let dp = deadpool::managed::Pool::builder(Manager {
+            shared: shared.clone(),
+        })
+        .max_size(cfg.max_size)
+        .wait_timeout(cfg.wait_timeout)
+        // The most recently returned connection is the warmest: hand it out first, and let
+        // the coldest ones age out at the front of the queue.
+        .queue_mode(QueueMode::Lifo)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| BuildError::new("max_size", e.to_string()))?;
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let inner = Arc::new(PoolInner {
+            dp,
+            shared: shared.clone(),
+            shutdown: Mutex::new(Some(shutdown_tx)),
+        });
+        runtime.spawn(crate::reaper::run(
+            Arc::downgrade(&inner),
+            shared,
+            watch_rx,
+            shutdown_rx,
+        ));
+        Ok(Pool { inner })
+    }
+
+    /// Checks out a connection: a healthy idle one if there is one (each idle candidate is
+    /// checked with the cheap kernel checks, and dead ones are evicted on the way), else a
+    /// new one, else waits up to `wait_timeout` for one to be returned.
+    ///
+    /// # Errors
+    /// - [`Error::is_timeout`] with phase `Wait` when the pool stayed full for
+    ///   `wait_timeout`, `Connect` when a new connection did not open in time;
+    /// - [`Error::is_connect`] with the real `io::Error` as source when connecting failed;
+    /// - [`Error::is_circuit_open`] when the breaker is open and no idle member is healthy;
+    /// - [`Error::is_closed`] after [`Pool::close`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future gives back its place in the queue; a connect in
+    /// progress is abandoned (and its socket closed); a member being checked is not lost
+    /// unless it was waiting for its heartbeat, in which case it is closed.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: livepool::Pool) {
+    /// match pool.get().await {
+    ///     Ok(conn) => println!("got {}", conn.id()),
+    ///     Err(e) if e.is_circuit_open() => println!("down, retry after {:?}", e.retry_after()),
+    ///     Err(e) => println!("failed: {e}"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn get(&self) -> Result<Conn, Error> {
+        let shared = &self.inner.shared;
+        match self.inner.dp.get().await {
+            Ok(conn) => {
+                shared.stats.checkouts.fetch_add(1, Relaxed);
+                Ok(conn)
+            }
+            Err(e) => Err(map_error(shared, e)),
+        }
+    }
+
+    /// The pool's occupancy now.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool = livepool::Pool::builder("127.0.0.1:1").max_size(4).build().unwrap();
+    /// assert_eq!(pool.status().max_size, 4);
+    /// # }
+    /// ```
+    pub fn status(&self) -> Status {
+        let s = self.inner.dp.status();
+        Status {
+            max_size: s.max_size,
+            size: s.size,
+            idle: s.available,
+            in_use: s.size - s.available,
+            waiting: s.waiting,
+            breaker: self.inner.shared.breaker_state(),
+        }
+    }
+
+    /// A snapshot of the counters: connections created, evictions by reason, the
+    /// eviction-latency histogram and the breaker.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool = livepool::Pool::builder("127.0.0.1:1").build().unwrap();
+    /// assert_eq!(pool.statistics().evicted_total(), 0);
+    /// # }
+    /// ```
+    pub fn statistics(&self) -> Statistics {
+        let shared = &self.inner.shared;
+        let mut s = shared.stats.snapshot();
+        s.breaker_state = shared.breaker_state();
+        s.breaker_transitions = shared.breaker_transitions.load(Relaxed);
+        s
+    }
+
+    /// Subscribes to eviction events (reason, connection id, addresses, when last known
+    /// alive, when evicted). Only events after the call are delivered.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool = livepool::Pool::builder("127.0.0.1:1").build().unwrap();
+    /// let mut events = pool.events();
+    /// assert!(events.try_recv().unwrap().is_none());
+    /// # }
+    /// ```
+    pub fn events(&self) -> Events {
+        self.inner.shared.stats.subscribe()
+    }
+
+    /// Closes the pool: waiting and future `get()` calls fail with a closed error, idle
+    /// connections are closed now, checked-out ones when they are returned, and the reaper
+    /// stops.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool = livepool::Pool::builder("127.0.0.1:1").build().unwrap();
+    /// pool.close();
+    /// assert!(pool.is_closed());
+    /// # }
+    /// ```
+    pub fn close(&self) {
+        self.inner.dp.close();
+        self.inner.stop_reaper();
+    }
+
+    /// True after [`Pool::close`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool = livepool::Pool::builder("127.0.0.1:1").build().unwrap();
+    /// assert!(!pool.is_closed());
+    /// # }
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.inner.dp.is_closed()
+    }
+}
+
+fn map_error(shared: &PoolShared, e: PoolError<Error>) -> Error {
+    let addr = Some(shared.config.addr);
+    match e {
+        PoolError::Backend(e) => e,
+        PoolError::Timeout(TimeoutType::Wait) => {
+            shared.stats.get_timeouts.fetch_add(1, Relaxed);
+            Error::timeout(TimeoutPhase::Wait, addr)
+        }
+        PoolError::Timeout(TimeoutType::Create) => Error::timeout(TimeoutPhase::Connect, addr),
+        PoolError::Timeout(TimeoutType::Recycle) => Error::timeout(TimeoutPhase::Recycle, addr),
+        _ => Error::closed(),
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("addr", &self.inner.shared.config.addr)
+            .field("status", &self.status())
+            .finish()
+    }
+}

@@ -1,0 +1,248 @@
+//! The background reaper: one task per pool, holding only a weak reference to it.
+//!
+//! It does four jobs:
+//! - **idle watch**: one small future per member (in a `FuturesUnordered` inside this task,
+//!   not a tokio task each: that halves the memory per idle connection) awaits the idle
+//!   socket's readiness and condemns the member the moment the peer closes or resets it or
+//!   sends unsolicited bytes. It parks while the member is checked out or being pinged, so
+//!   the owner's own traffic costs at most one wake-up, never a task switch on the checkout
+//!   path. The peek runs inside `try_io`, so a WouldBlock clears tokio's readiness (no spin).
+//! - **purge**: condemned members are removed from deadpool's queue with one `retain` pass
+//!   (run once per batch, so 1,000 simultaneous FINs cost one pass).
+//! - **tick** (`reap_interval`): idle timeout above `min_idle`, max lifetime, and due
+//!   heartbeats, all decided inside one `retain` pass; heartbeats then run outside the lock
+//!   through the shared socket, each with its own deadline.
+//! - **refill** to `min_idle`, in a spawned task, through the breaker, with a capped backoff.
+//!
+//! deadpool has no way to add an idle member, so a refill checks out connections without
+//! waiting (creating new ones once the idle queue is empty) and returns them all at once.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use deadpool::managed::Timeouts;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::io::Interest;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+use crate::breaker::Outcome;
+use crate::conn::{DEAD, HEARTBEAT, IDLE, IN_USE, Shared, kind};
+use crate::pool::{PoolInner, PoolShared};
+use crate::probe::{self, Health};
+use crate::stats::EvictReason;
+
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+const REFILL_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const REFILL_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+pub(crate) async fn run(
+    pool: Weak<PoolInner>,
+    shared: Arc<PoolShared>,
+    mut new_members: mpsc::UnboundedReceiver<Arc<Shared>>,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    let span = tracing::debug_span!("livepool.reaper", peer.addr = %shared.config.addr);
+    async move {
+        let cfg = &shared.config;
+        let mut watchers: FuturesUnordered<Task> = FuturesUnordered::new();
+        let mut beats: FuturesUnordered<Task> = FuturesUnordered::new();
+        let mut tick = tokio::time::interval(cfg.reap_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut refill: Option<JoinHandle<bool>> = None;
+        let mut backoff = REFILL_BACKOFF_MIN;
+        let mut next_refill = Instant::now();
+        tracing::debug!("reaper started");
+        loop {
+            let mut ticked = false;
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(member) = new_members.recv() => watchers.push(Box::pin(watch(member))),
+                Some(()) = watchers.next(), if !watchers.is_empty() => {}
+                Some(()) = beats.next(), if !beats.is_empty() => {}
+                _ = shared.wake.notified() => {}
+                _ = tick.tick() => ticked = true,
+            }
+            if shared.take_purge() || ticked {
+                let Some(inner) = pool.upgrade() else { break };
+                maintain(&inner, ticked, &mut beats);
+                if inner.dp.is_closed() {
+                    break;
+                }
+                // Refill to min_idle: one refill task at a time, backing off on failure.
+                if let Some(h) = &refill
+                    && h.is_finished()
+                {
+                    let ok = refill.take().expect("checked").await.unwrap_or(false);
+                    if ok {
+                        backoff = REFILL_BACKOFF_MIN;
+                    } else {
+                        next_refill = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(REFILL_BACKOFF_MAX);
+                    }
+                }
+                if refill.is_none()
+                    && shared.members() < cfg.min_idle
+                    && Instant::now() >= next_refill
+                {
+                    refill = Some(tokio::spawn(fill(inner.dp.clone(), shared.clone())));
+                }
+                // The strong reference is dropped here, before the next await.
+            }
+        }
+        if let Some(h) = refill {
+            h.abort();
+        }
+        tracing::debug!("reaper stopped");
+    }
+    .instrument(span)
+    .await
+}
+
+/// Removes condemned members and, on a tick, applies idle timeout, max lifetime and
+/// schedules heartbeats, all in one pass under deadpool's lock (cheap checks only).
+fn maintain(inner: &PoolInner, ticked: bool, beats: &mut FuturesUnordered<Task>) {
+    let shared = &inner.shared;
+    let cfg = &shared.config;
+    let now = Instant::now();
+    let mut closable = shared.members().saturating_sub(cfg.min_idle);
+    let mut due = Vec::new();
+    let removed = inner.dp.retain(|m, _| {
+        let sh = &m.shared;
+        let st = sh.state();
+        match kind(st) {
+            DEAD => return false,
+            IN_USE | HEARTBEAT => return true,
+            _ => {}
+        }
+        if !ticked {
+            return true;
+        }
+        if sh.deadline.is_some_and(|d| now >= d) {
+            sh.condemn(EvictReason::MaxLifetime, now);
+            return false;
+        }
+        // The queue's front holds the coldest members: they go first.
+        if closable > 0
+            && cfg
+                .idle_timeout
+                .is_some_and(|t| now.saturating_duration_since(sh.returned_at()) >= t)
+        {
+            closable -= 1;
+            sh.condemn(EvictReason::IdleTimeout, now);
+            return false;
+        }
+        if cfg.heartbeat.is_some()
+            && now.saturating_duration_since(sh.last_alive()) >= cfg.heartbeat_interval_for(sh.id)
+            && sh.begin_heartbeat(st)
+        {
+            due.push(sh.clone());
+        }
+        true
+    });
+    // Members are dropped (sockets closed, evictions recorded) outside deadpool's lock.
+    drop(removed);
+    if let Some(hb) = &cfg.heartbeat {
+        for sh in due {
+            beats.push(Box::pin(beat(sh, hb.clone(), shared.clone())));
+        }
+    }
+}
+
+/// One heartbeat of an idle member, in place, with its own deadline.
+async fn beat(sh: Arc<Shared>, hb: Arc<dyn crate::Heartbeat>, shared: Arc<PoolShared>) {
+    let timeout = shared.config.heartbeat_timeout;
+    let res = tokio::time::timeout(timeout, hb.beat(&sh.stream)).await;
+    let failure = match &res {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) if e.is_bad_reply() => Some(EvictReason::HeartbeatBadReply),
+        Ok(Err(_)) => Some(EvictReason::HeartbeatFailed),
+        Err(_) => Some(EvictReason::HeartbeatTimeout),
+    };
+    match &res {
+        Ok(Ok(())) => shared.report(Outcome::Success, None),
+        Ok(Err(e)) => {
+            tracing::debug!(conn.id = sh.id, error = %e, "heartbeat failed");
+            let io = std::io::Error::other(e.to_string());
+            shared.report(Outcome::Failure, Some(&io));
+        }
+        Err(_) => {
+            let io = std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("heartbeat unanswered within {timeout:?}"),
+            );
+            shared.report(Outcome::Failure, Some(&io));
+        }
+    }
+    sh.end_heartbeat(failure);
+}
+
+/// Watches one member's socket while it is idle; ends when the member is dead.
+async fn watch(sh: Arc<Shared>) {
+    loop {
+        let notified = sh.notify.notified();
+        tokio::pin!(notified);
+        // Register before reading the state: a change after this read wakes us.
+        notified.as_mut().enable();
+        let st = sh.state();
+        match kind(st) {
+            DEAD => return,
+            IDLE => {}
+            _ => {
+                notified.await;
+                continue;
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = &mut notified => {}
+            ready = sh.stream.readable() => {
+                let health = match ready {
+                    Ok(()) => {
+                        let res = sh.stream.try_io(Interest::READABLE, || probe::peek(&sh.stream));
+                        probe::classify(&res)
+                    }
+                    Err(_) => Health::Dead(EvictReason::SocketError),
+                };
+                if let Health::Dead(reason) = health
+                    && sh.mark_dead(st, reason)
+                {
+                    sh.pool.request_purge();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Opens connections until the pool holds `min_idle`, then returns them all to the idle
+/// queue. True when it reached the target.
+async fn fill(
+    dp: deadpool::managed::Pool<crate::manager::Manager, crate::Conn>,
+    shared: Arc<PoolShared>,
+) -> bool {
+    let no_wait = Timeouts {
+        wait: Some(Duration::ZERO),
+        ..dp.timeouts()
+    };
+    let mut held = Vec::new();
+    let mut ok = true;
+    while shared.members() < shared.config.min_idle && held.len() < shared.config.max_size {
+        match dp.timeout_get(&no_wait).await {
+            Ok(conn) => held.push(conn),
+            Err(e) => {
+                tracing::debug!(error = ?e, "refill stopped");
+                ok = false;
+                break;
+            }
+        }
+    }
+    ok
+}

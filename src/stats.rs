@@ -1,0 +1,402 @@
+//! Counters, the eviction-latency histogram and the eviction event stream.
+//!
+//! Every member is dropped exactly once, and its drop is where its eviction is
+//! recorded (see `conn::Member`), so each eviction is counted once with the
+//! reason that whoever condemned it stored first.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+/// Why a connection left the pool.
+///
+/// ```
+/// use livepool::EvictReason;
+/// assert_eq!(EvictReason::PeerClosed.as_str(), "peer_closed");
+/// assert!(EvictReason::ALL.contains(&EvictReason::Reset));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum EvictReason {
+    /// The peer closed the connection (FIN): a peek read end-of-file.
+    PeerClosed,
+    /// The peer reset the connection (RST).
+    Reset,
+    /// The kernel reported another socket error (for example `ETIMEDOUT` from keepalive).
+    SocketError,
+    /// Bytes arrived on an idle request/response connection that nobody asked for.
+    UnexpectedData,
+    /// An I/O error was seen while the connection was checked out.
+    IoError,
+    /// A read or write was still pending when the handle was dropped (a cancelled future).
+    Cancelled,
+    /// A write was not followed by a read before the handle was dropped.
+    UnreadResponse,
+    /// The holder read end-of-file or shut the connection down while it was checked out.
+    Eof,
+    /// The holder called [`Conn::mark_broken`](crate::Conn::mark_broken).
+    MarkedBroken,
+    /// Idle longer than the configured idle timeout.
+    IdleTimeout,
+    /// Older than the configured maximum lifetime.
+    MaxLifetime,
+    /// A heartbeat got no answer within the heartbeat timeout.
+    HeartbeatTimeout,
+    /// A heartbeat failed with an I/O error or the peer closed during it.
+    HeartbeatFailed,
+    /// A heartbeat got a wrong or garbled answer.
+    HeartbeatBadReply,
+    /// The pool was closed, dropped or shrunk.
+    PoolClosed,
+}
+
+impl EvictReason {
+    /// Every reason, in the order of their counters.
+    pub const ALL: [EvictReason; 15] = [
+        EvictReason::PeerClosed,
+        EvictReason::Reset,
+        EvictReason::SocketError,
+        EvictReason::UnexpectedData,
+        EvictReason::IoError,
+        EvictReason::Cancelled,
+        EvictReason::UnreadResponse,
+        EvictReason::Eof,
+        EvictReason::MarkedBroken,
+        EvictReason::IdleTimeout,
+        EvictReason::MaxLifetime,
+        EvictReason::HeartbeatTimeout,
+        EvictReason::HeartbeatFailed,
+        EvictReason::HeartbeatBadReply,
+        EvictReason::PoolClosed,
+    ];
+
+    /// A stable snake_case name, used in tracing events and metric labels.
+    ///
+    /// ```
+    /// assert_eq!(livepool::EvictReason::MaxLifetime.as_str(), "max_lifetime");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictReason::PeerClosed => "peer_closed",
+            EvictReason::Reset => "reset",
+            EvictReason::SocketError => "socket_error",
+            EvictReason::UnexpectedData => "unexpected_data",
+            EvictReason::IoError => "io_error",
+            EvictReason::Cancelled => "cancelled",
+            EvictReason::UnreadResponse => "unread_response",
+            EvictReason::Eof => "eof",
+            EvictReason::MarkedBroken => "marked_broken",
+            EvictReason::IdleTimeout => "idle_timeout",
+            EvictReason::MaxLifetime => "max_lifetime",
+            EvictReason::HeartbeatTimeout => "heartbeat_timeout",
+            EvictReason::HeartbeatFailed => "heartbeat_failed",
+            EvictReason::HeartbeatBadReply => "heartbeat_bad_reply",
+            EvictReason::PoolClosed => "pool_closed",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    pub(crate) fn from_index(i: usize) -> Option<EvictReason> {
+        EvictReason::ALL.get(i).copied()
+    }
+}
+
+impl fmt::Display for EvictReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One connection leaving the pool, as delivered by [`Pool::events`](crate::Pool::events).
+///
+/// ```no_run
+/// # async fn demo(pool: livepool::Pool) {
+/// let mut events = pool.events();
+/// while let Ok(ev) = events.recv().await {
+///     println!("conn {} evicted: {} after {:?}", ev.id, ev.reason, ev.latency());
+/// }
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct EvictionEvent {
+    /// Why it was evicted.
+    pub reason: EvictReason,
+    /// The connection's id (see [`Conn::id`](crate::Conn::id)).
+    pub id: u64,
+    /// Our address of the connection.
+    pub local_addr: Option<SocketAddr>,
+    /// The peer's address.
+    pub peer_addr: Option<SocketAddr>,
+    /// When the connection was last known alive: returned clean, or answered a heartbeat.
+    pub last_alive: Instant,
+    /// When the condemned connection was first found dead or unusable.
+    pub detected_at: Instant,
+    /// When it was removed from the pool and its socket shut down.
+    pub evicted_at: Instant,
+}
+
+impl EvictionEvent {
+    /// Time from detection to removal: how long a condemned connection lingered in the pool.
+    ///
+    /// ```no_run
+    /// # fn f(ev: livepool::EvictionEvent) {
+    /// assert!(ev.latency() <= ev.evicted_at - ev.last_alive);
+    /// # }
+    /// ```
+    pub fn latency(&self) -> Duration {
+        self.evicted_at.saturating_duration_since(self.detected_at)
+    }
+}
+
+/// A subscription to eviction events; see [`Pool::events`](crate::Pool::events).
+///
+/// Events are buffered (1,024); a subscriber that falls behind gets
+/// [`EventsError::Lagged`] with the number it missed, then continues.
+///
+/// ```no_run
+/// # async fn demo(pool: livepool::Pool) {
+/// let mut events = pool.events();
+/// let ev = events.recv().await.unwrap();
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Events {
+    rx: broadcast::Receiver<EvictionEvent>,
+}
+
+/// Why [`Events::recv`] returned no event.
+///
+/// ```
+/// let e = livepool::EventsError::Lagged(3);
+/// assert_eq!(e.to_string(), "event subscriber lagged behind by 3 events");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventsError {
+    /// The pool is gone: no more events will come.
+    Closed,
+    /// The subscriber fell behind and this many events were dropped.
+    Lagged(u64),
+}
+
+impl fmt::Display for EventsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventsError::Closed => f.write_str("the pool is gone"),
+            EventsError::Lagged(n) => write!(f, "event subscriber lagged behind by {n} events"),
+        }
+    }
+}
+
+impl std::error::Error for EventsError {}
+
+impl Events {
+    /// Waits for the next eviction event.
+    ///
+    /// # Errors
+    /// [`EventsError::Closed`] when the pool is gone, [`EventsError::Lagged`] when events were missed.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped `recv` loses no event.
+    ///
+    /// ```no_run
+    /// # async fn demo(mut events: livepool::Events) {
+    /// if let Ok(ev) = events.recv().await { println!("{}", ev.reason); }
+    /// # }
+    /// ```
+    pub async fn recv(&mut self) -> Result<EvictionEvent, EventsError> {
+        self.rx.recv().await.map_err(|e| match e {
+            broadcast::error::RecvError::Closed => EventsError::Closed,
+            broadcast::error::RecvError::Lagged(n) => EventsError::Lagged(n),
+        })
+    }
+
+    /// Returns the next event if one is buffered, without waiting.
+    ///
+    /// # Errors
+    /// As [`Events::recv`]; `Ok(None)` when nothing is buffered.
+    ///
+    /// ```no_run
+    /// # fn demo(mut events: livepool::Events) {
+    /// while let Ok(Some(ev)) = events.try_recv() { println!("{}", ev.reason); }
+    /// # }
+    /// ```
+    pub fn try_recv(&mut self) -> Result<Option<EvictionEvent>, EventsError> {
+        match self.rx.try_recv() {
+            Ok(ev) => Ok(Some(ev)),
+            Err(broadcast::error::TryRecvError::Empty) => Ok(None),
+            Err(broadcast::error::TryRecvError::Closed) => Err(EventsError::Closed),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Err(EventsError::Lagged(n)),
+        }
+    }
+}
+
+/// Number of histogram buckets: bucket `i` counts latencies below `2^i` µs (the last is open).
+const BUCKETS: usize = 28;
+
+/// The pool's live counters. Written with relaxed atomics; read through [`Statistics`].
+#[derive(Debug)]
+pub(crate) struct Stats {
+    pub(crate) created: AtomicU64,
+    pub(crate) connect_errors: AtomicU64,
+    pub(crate) checkouts: AtomicU64,
+    pub(crate) get_timeouts: AtomicU64,
+    evicted: [AtomicU64; EvictReason::ALL.len()],
+    latency: [AtomicU64; BUCKETS],
+    events: broadcast::Sender<EvictionEvent>,
+}
+
+impl Stats {
+    pub(crate) fn new() -> Self {
+        Stats {
+            created: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            checkouts: AtomicU64::new(0),
+            get_timeouts: AtomicU64::new(0),
+            evicted: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            events: broadcast::channel(1024).0,
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> Events {
+        Events {
+            rx: self.events.subscribe(),
+        }
+    }
+
+    pub(crate) fn record_eviction(&self, ev: EvictionEvent) {
+        self.evicted[ev.reason.index()].fetch_add(1, Relaxed);
+        let us = ev.latency().as_micros() as u64;
+        let bucket = (64 - us.leading_zeros() as usize).min(BUCKETS - 1);
+        self.latency[bucket].fetch_add(1, Relaxed);
+        tracing::debug!(
+            conn.id = ev.id,
+            local.addr = ?ev.local_addr,
+            peer.addr = ?ev.peer_addr,
+            reason = ev.reason.as_str(),
+            latency_us = us,
+            "evicting connection"
+        );
+        // No subscriber is the common case; that error is not a problem.
+        let _ = self.events.send(ev);
+    }
+
+    pub(crate) fn snapshot(&self) -> Statistics {
+        Statistics {
+            created: self.created.load(Relaxed),
+            connect_errors: self.connect_errors.load(Relaxed),
+            checkouts: self.checkouts.load(Relaxed),
+            get_timeouts: self.get_timeouts.load(Relaxed),
+            breaker_state: crate::BreakerState::Closed,
+            breaker_transitions: 0,
+            evicted: std::array::from_fn(|i| self.evicted[i].load(Relaxed)),
+            latency: std::array::from_fn(|i| self.latency[i].load(Relaxed)),
+        }
+    }
+}
+
+/// A snapshot of the pool's counters.
+///
+/// Eventually consistent: each counter is read on its own, so a snapshot taken while the pool
+/// is busy may show one eviction counted and its replacement not yet created.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let pool = livepool::Pool::builder("127.0.0.1:9".parse::<std::net::SocketAddr>().unwrap()).build().unwrap();
+/// let stats = pool.statistics();
+/// assert_eq!(stats.created, 0);
+/// assert_eq!(stats.evicted(livepool::EvictReason::PeerClosed), 0);
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+#[non_exhaustive]
+pub struct Statistics {
+    /// Connections opened.
+    pub created: u64,
+    /// Connect attempts that failed or timed out.
+    pub connect_errors: u64,
+    /// Connections handed out by `get()`.
+    pub checkouts: u64,
+    /// `get()` calls that timed out waiting for a free slot.
+    pub get_timeouts: u64,
+    /// The circuit breaker's state when the snapshot was taken.
+    pub breaker_state: crate::BreakerState,
+    /// Breaker transitions so far.
+    pub breaker_transitions: u64,
+    evicted: [u64; EvictReason::ALL.len()],
+    latency: [u64; BUCKETS],
+}
+
+impl Statistics {
+    /// Connections evicted for `reason`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let pool = livepool::Pool::builder("127.0.0.1:9".parse::<std::net::SocketAddr>().unwrap()).build().unwrap();
+    /// assert_eq!(pool.statistics().evicted(livepool::EvictReason::Reset), 0);
+    /// # }
+    /// ```
+    pub fn evicted(&self, reason: EvictReason) -> u64 {
+        self.evicted[reason.index()]
+    }
+
+    /// All evictions, whatever the reason.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let pool = livepool::Pool::builder("127.0.0.1:9".parse::<std::net::SocketAddr>().unwrap()).build().unwrap();
+    /// assert_eq!(pool.statistics().evicted_total(), 0);
+    /// # }
+    /// ```
+    pub fn evicted_total(&self) -> u64 {
+        self.evicted.iter().sum()
+    }
+
+    /// Non-zero eviction counters by reason.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let pool = livepool::Pool::builder("127.0.0.1:9".parse::<std::net::SocketAddr>().unwrap()).build().unwrap();
+    /// for (reason, n) in pool.statistics().evictions() { println!("{reason}: {n}"); }
+    /// # }
+    /// ```
+    pub fn evictions(&self) -> Vec<(EvictReason, u64)> {
+        (0..self.evicted.len())
+            .filter(|&i| self.evicted[i] > 0)
+            .filter_map(|i| Some((EvictReason::from_index(i)?, self.evicted[i])))
+            .collect()
+    }
+
+    /// Eviction latency (detection to removal) as `(upper bound, count)` buckets, powers of two
+    /// in microseconds; empty buckets are left out and the last bound is `Duration::MAX`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let pool = livepool::Pool::builder("127.0.0.1:9".parse::<std::net::SocketAddr>().unwrap()).build().unwrap();
+    /// assert!(pool.statistics().eviction_latency().is_empty());
+    /// # }
+    /// ```
+    pub fn eviction_latency(&self) -> Vec<(Duration, u64)> {
+        (0..BUCKETS)
+            .filter(|&i| self.latency[i] > 0)
+            .map(|i| {
+                let bound = if i == BUCKETS - 1 {
+                    Duration::MAX
+                } else {
+                    Duration::from_micros(1 << i)
+                };
+                (bound, self.latency[i])
+            })
+            .collect()
+    }
+}
