@@ -374,6 +374,9 @@ impl Pool {
     /// ```
     pub fn close(&self) {
         self.inner.dp.close();
+        // deadpool's close() cannot take a member whose permit a waiter already holds; that
+        // waiter then fails as closed and the member would stay idle. Take everything left.
+        drop(self.inner.dp.retain(|_, _| false));
         self.inner.stop_reaper();
     }
 

@@ -1,0 +1,426 @@
+//! Checkout + return of an idle connection: livepool with its default checks, side by side
+//! with deadpool (no-op manager) and bb8 (with and without a ping round trip on checkout).
+//!
+//! Every pool talks to the same real loopback server (its own thread and runtime), which
+//! answers 8-byte ping frames with 8-byte pongs and otherwise keeps connections open.
+//!
+//! Scenarios (one `BenchmarkId` per configuration and scenario, all in the group `checkout`):
+//! - `uncontended`: one task on a current-thread runtime, `get` + drop in a loop of `iters`;
+//!   the whole loop is timed.
+//! - `contended`: a 2-worker multi-thread runtime, 64 tasks sharing a pool of 16 connections,
+//!   `iters` checkouts split among them; timed from the first spawn until all are done.
+//!
+//! Extra configurations (experiments that locate livepool's cost, not targets):
+//! - `livepool-no-idle-watch`: `idle_watch(false)` (no watcher wake-up on return);
+//! - `livepool-lean`: also `wait_timeout(None)`, `idle_timeout(None)`, `max_lifetime(None)`;
+//! - `deadpool-peek`: deadpool whose recycle is one `recv(MSG_PEEK | MSG_DONTWAIT)` syscall,
+//!   i.e. the floor for any pool that asks the kernel at checkout.
+//!
+//! Run: `cargo bench --bench checkout`. Results and findings: BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use deadpool::managed::{Metrics, RecycleError, RecycleResult};
+use livepool::FrameHeartbeat;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+
+/// Connections in every pool.
+const POOL_SIZE: usize = 16;
+/// Tasks sharing the pool in the contended scenario.
+const TASKS: u64 = 64;
+/// Bound on one timed batch: a hung pool fails the bench instead of hanging it.
+const BATCH_DEADLINE: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// The loopback server.
+
+/// A ping/pong server on its own thread and runtime, so that its work is not charged to the
+/// pool under test's runtime. Stops when dropped.
+struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("server runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                addr_tx
+                    .send(listener.local_addr().expect("addr"))
+                    .expect("send addr");
+                tokio::pin!(stop_rx);
+                loop {
+                    tokio::select! {
+                        _ = &mut stop_rx => break,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let _ = stream.set_nodelay(true);
+                            tokio::spawn(serve(stream));
+                        }
+                    }
+                }
+            });
+            // Dropping the runtime closes every connection.
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("server did not start within 10 s");
+        Server {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Answers each 8-byte ping with a pong echoing its sequence number and timestamp; ends at
+/// EOF or on any error (the loop is bounded by the connection's life).
+async fn serve(mut stream: TcpStream) {
+    let mut frame = [0u8; FrameHeartbeat::LEN];
+    while stream.read_exact(&mut frame).await.is_ok() {
+        let (kind, seq, ts) = FrameHeartbeat::decode(&frame);
+        if kind != FrameHeartbeat::PING {
+            return;
+        }
+        let pong = FrameHeartbeat::encode(FrameHeartbeat::PONG, seq, ts);
+        if stream.write_all(&pong).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let s = TcpStream::connect(addr).await?;
+    // livepool sets TCP_NODELAY by default; do the same everywhere.
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// One ping round trip: write a ping, read the pong, check it.
+async fn ping(stream: &mut TcpStream, seq: u32) -> io::Result<()> {
+    stream
+        .write_all(&FrameHeartbeat::encode(FrameHeartbeat::PING, seq, 0))
+        .await?;
+    let mut pong = [0u8; FrameHeartbeat::LEN];
+    stream.read_exact(&mut pong).await?;
+    let (kind, echoed, _) = FrameHeartbeat::decode(&pong);
+    if kind != FrameHeartbeat::PONG || echoed != seq {
+        return Err(io::Error::other("bad pong"));
+    }
+    Ok(())
+}
+
+/// The same non-blocking one-byte `recv(MSG_PEEK)` that livepool runs at checkout.
+fn peek(stream: &TcpStream) -> io::Result<usize> {
+    let mut buf = [MaybeUninit::<u8>::uninit(); 1];
+    socket2::SockRef::from(stream).recv_with_flags(&mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+}
+
+// ---------------------------------------------------------------------------------------------
+// deadpool with a no-op manager (and a peek-only variant).
+
+struct DpManager {
+    addr: SocketAddr,
+    peek: bool,
+}
+
+impl deadpool::managed::Manager for DpManager {
+    type Type = TcpStream;
+    type Error = io::Error;
+
+    async fn create(&self) -> io::Result<TcpStream> {
+        connect(self.addr).await
+    }
+
+    async fn recycle(&self, stream: &mut TcpStream, _: &Metrics) -> RecycleResult<io::Error> {
+        if !self.peek {
+            return Ok(());
+        }
+        match peek(stream) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Ok(_) => Err(RecycleError::message("closed or unread bytes")),
+            Err(e) => Err(RecycleError::Backend(e)),
+        }
+    }
+}
+
+type DpPool = deadpool::managed::Pool<DpManager>;
+
+fn deadpool_pool(addr: SocketAddr, peek: bool) -> DpPool {
+    // deadpool's defaults: no runtime, no timeouts, FIFO.
+    DpPool::builder(DpManager { addr, peek })
+        .max_size(POOL_SIZE)
+        .build()
+        .expect("deadpool")
+}
+
+// ---------------------------------------------------------------------------------------------
+// bb8 over TcpStream, optionally validating with a ping round trip.
+
+struct Bb8Manager {
+    addr: SocketAddr,
+    seq: std::sync::atomic::AtomicU32,
+}
+
+impl bb8::ManageConnection for Bb8Manager {
+    type Connection = TcpStream;
+    type Error = io::Error;
+
+    async fn connect(&self) -> io::Result<TcpStream> {
+        connect(self.addr).await
+    }
+
+    async fn is_valid(&self, conn: &mut TcpStream) -> io::Result<()> {
+        let seq = self
+            .seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .wrapping_add(1);
+        ping(conn, seq).await
+    }
+
+    fn has_broken(&self, _: &mut TcpStream) -> bool {
+        false
+    }
+}
+
+async fn bb8_pool(addr: SocketAddr, test_on_check_out: bool) -> bb8::Pool<Bb8Manager> {
+    bb8::Pool::builder()
+        .max_size(POOL_SIZE as u32)
+        .test_on_check_out(test_on_check_out)
+        .build(Bb8Manager {
+            addr,
+            seq: Default::default(),
+        })
+        .await
+        .expect("bb8")
+}
+
+// ---------------------------------------------------------------------------------------------
+// livepool configurations.
+
+#[derive(Clone, Copy)]
+enum Lp {
+    Default,
+    NoIdleWatch,
+    Lean,
+}
+
+fn livepool_pool(addr: SocketAddr, which: Lp) -> livepool::Pool {
+    let b = livepool::Pool::builder(addr).max_size(POOL_SIZE);
+    let b = match which {
+        Lp::Default => b,
+        Lp::NoIdleWatch => b.idle_watch(false),
+        Lp::Lean => b
+            .idle_watch(false)
+            .wait_timeout(None)
+            .idle_timeout(None)
+            .max_lifetime(None),
+    };
+    b.build().expect("livepool")
+}
+
+// ---------------------------------------------------------------------------------------------
+// One enum over all pools, so that each scenario is written once.
+
+#[derive(Clone)]
+enum AnyPool {
+    Live(livepool::Pool),
+    Dead(DpPool),
+    Bb8(bb8::Pool<Bb8Manager>),
+}
+
+impl AnyPool {
+    /// One checkout + return; panics on a pool error (a bench on a broken pool is wrong).
+    #[inline(always)]
+    async fn get_drop(&self) {
+        match self {
+            AnyPool::Live(p) => drop(black_box(p.get().await.expect("livepool get"))),
+            AnyPool::Dead(p) => drop(black_box(p.get().await.expect("deadpool get"))),
+            AnyPool::Bb8(p) => drop(black_box(p.get().await.expect("bb8 get"))),
+        }
+    }
+
+    /// Opens `n` connections (holding them all at once), then returns them: from here on
+    /// every checkout finds an idle connection.
+    async fn warm(&self, n: usize) {
+        match self {
+            AnyPool::Live(p) => {
+                let mut held = Vec::new();
+                for _ in 0..n {
+                    held.push(p.get().await.expect("warm livepool"));
+                }
+                drop(held);
+                // Let the reaper register its watchers before timing starts.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                assert_eq!(p.status().idle, n, "livepool not warm");
+            }
+            AnyPool::Dead(p) => {
+                let mut held = Vec::new();
+                for _ in 0..n {
+                    held.push(p.get().await.expect("warm deadpool"));
+                }
+                drop(held);
+                assert_eq!(p.status().available, n, "deadpool not warm");
+            }
+            AnyPool::Bb8(p) => {
+                let mut held = Vec::new();
+                for _ in 0..n {
+                    held.push(p.get().await.expect("warm bb8"));
+                }
+                drop(held);
+                assert_eq!(p.state().idle_connections as usize, n, "bb8 not warm");
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Config {
+    Livepool(Lp),
+    Deadpool { peek: bool },
+    Bb8 { ping: bool },
+}
+
+const CONFIGS: &[(&str, Config)] = &[
+    ("livepool", Config::Livepool(Lp::Default)),
+    ("deadpool-noop", Config::Deadpool { peek: false }),
+    ("bb8-no-test", Config::Bb8 { ping: false }),
+    ("bb8-ping", Config::Bb8 { ping: true }),
+    // Experiments: where livepool's time goes.
+    ("livepool-no-idle-watch", Config::Livepool(Lp::NoIdleWatch)),
+    ("livepool-lean", Config::Livepool(Lp::Lean)),
+    ("deadpool-peek", Config::Deadpool { peek: true }),
+];
+
+/// Builds the pool inside `rt` (livepool's reaper and bb8's reaper run on it) and warms it.
+fn make_pool(rt: &Runtime, addr: SocketAddr, cfg: Config, warm: usize) -> AnyPool {
+    rt.block_on(async move {
+        let pool = match cfg {
+            Config::Livepool(which) => AnyPool::Live(livepool_pool(addr, which)),
+            Config::Deadpool { peek } => AnyPool::Dead(deadpool_pool(addr, peek)),
+            Config::Bb8 { ping } => AnyPool::Bb8(bb8_pool(addr, ping).await),
+        };
+        pool.warm(warm).await;
+        pool
+    })
+}
+
+fn current_thread() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("current-thread runtime")
+}
+
+fn two_workers() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("multi-thread runtime")
+}
+
+/// One task, `iters` checkouts in a row; the whole loop is timed.
+async fn uncontended(pool: &AnyPool, iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        pool.get_drop().await;
+    }
+    start.elapsed()
+}
+
+/// `TASKS` tasks share `iters` checkouts (the first `iters % TASKS` do one more); timed from
+/// the first spawn until the last task is done.
+async fn contended(pool: &AnyPool, iters: u64) -> Duration {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let pool = pool.clone();
+            let n = iters / TASKS + u64::from(t < iters % TASKS);
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    pool.get_drop().await;
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.expect("bench task panicked");
+    }
+    start.elapsed()
+}
+
+fn bench_checkout(c: &mut Criterion) {
+    let server = Server::start();
+    let addr = server.addr;
+    let mut group = c.benchmark_group("checkout");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(700))
+        .measurement_time(Duration::from_secs(3));
+
+    for &(name, cfg) in CONFIGS {
+        let rt = current_thread();
+        let pool = make_pool(&rt, addr, cfg, 1);
+        group.bench_function(BenchmarkId::new(name, "uncontended"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    tokio::time::timeout(BATCH_DEADLINE, uncontended(&pool, iters))
+                        .await
+                        .expect("uncontended batch exceeded its deadline")
+                })
+            })
+        });
+        rt.block_on(async move { drop(pool) });
+        drop(rt);
+    }
+
+    for &(name, cfg) in CONFIGS {
+        let rt = two_workers();
+        let pool = make_pool(&rt, addr, cfg, POOL_SIZE);
+        group.bench_function(BenchmarkId::new(name, "contended"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    tokio::time::timeout(BATCH_DEADLINE, contended(&pool, iters))
+                        .await
+                        .expect("contended batch exceeded its deadline")
+                })
+            })
+        });
+        rt.block_on(async move { drop(pool) });
+        drop(rt);
+    }
+
+    group.finish();
+    drop(server);
+}
+
+criterion_group!(benches, bench_checkout);
+criterion_main!(benches);
