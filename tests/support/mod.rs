@@ -257,3 +257,4 @@ pub async fn exchange(conn: &mut livepool::Conn, n: u64) -> std::io::Result<[u8;
     conn.read_exact(&mut buf).await?;
     Ok(buf)
 }
+pub mod netns;

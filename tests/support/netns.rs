@@ -1,0 +1,1 @@
+//! Network namespaces for blackhole tests (root only). Filled in by the blackhole tests.
