@@ -370,6 +370,45 @@ impl Conn {
         Instant::now().saturating_duration_since(self.shared().last_alive())
     }
 
+    /// Resolves when the peer closes or resets the connection (or the socket reports an
+    /// error) while you hold it, without consuming any data: `select!` on it to abandon work
+    /// for a peer that is gone.
+    ///
+    /// It waits on the socket's readiness (no polling) and checks with a peek. While bytes
+    /// you have not read yet are waiting, a FIN behind them cannot be seen by a peek; then it
+    /// rechecks every 10 ms until you read them or the socket reports the close.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, and it leaves the connection as it was: tokio's read readiness is only
+    /// cleared when a real peek found nothing to read.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: livepool::Pool) { let conn = pool.get().await.unwrap();
+    /// tokio::select! {
+    ///     _ = conn.closed() => eprintln!("peer went away, abandoning the work"),
+    ///     _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => { /* work done */ }
+    /// }
+    /// # }
+    /// ```
+    pub async fn closed(&self) {
+        let stream = self.stream();
+        loop {
+            match stream.ready(tokio::io::Interest::READABLE).await {
+                Ok(r) if r.is_read_closed() || r.is_error() => return,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            let res = stream.try_io(tokio::io::Interest::READABLE, || probe::peek(stream));
+            match res {
+                Ok(0) => return,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     fn dirty_reason(&self) -> Option<EvictReason> {
         let f = self.flags;
         if f & BROKEN != 0 {

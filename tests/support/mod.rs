@@ -101,7 +101,17 @@ pub struct FaultServer {
     pub accepts: Arc<AtomicUsize>,
     pub pings: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
+    pong: Arc<PongMode>,
     stop: Option<oneshot::Sender<()>>,
+}
+
+/// How the server answers pings.
+#[derive(Default)]
+pub struct PongMode {
+    /// 0 correct, 1 wrong seq, 2 wrong type.
+    pub kind: std::sync::atomic::AtomicU8,
+    /// Delay before each pong, in milliseconds.
+    pub delay_ms: AtomicU64,
 }
 
 impl FaultServer {
@@ -112,7 +122,9 @@ impl FaultServer {
         let accepts = Arc::new(AtomicUsize::new(0));
         let pings = Arc::new(AtomicUsize::new(0));
         let delay_ms = Arc::new(AtomicU64::new(0));
+        let pong = Arc::new(PongMode::default());
         let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+        let pm = pong.clone();
         let (c, a, p, d) = (
             conns.clone(),
             accepts.clone(),
@@ -130,7 +142,7 @@ impl FaultServer {
                         a.fetch_add(1, Ordering::SeqCst);
                         let (tx, rx) = mpsc::unbounded_channel();
                         c.lock().insert(peer, tx);
-                        tasks.spawn(serve(sock, rx, p.clone(), d.clone()));
+                        tasks.spawn(serve(sock, rx, p.clone(), d.clone(), pm.clone()));
                     }
                 }
             }
@@ -144,6 +156,7 @@ impl FaultServer {
             accepts,
             pings,
             delay_ms,
+            pong,
             stop: Some(stop_tx),
         }
     }
@@ -183,6 +196,18 @@ impl FaultServer {
         self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Answer pings with a wrong seq (1), a wrong type (2) or correctly (0).
+    pub fn set_pong_kind(&self, kind: u8) {
+        self.pong.kind.store(kind, Ordering::SeqCst);
+    }
+
+    /// Delay every pong from now on.
+    pub fn set_pong_delay(&self, d: Duration) {
+        self.pong
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
     /// Client addresses the server currently holds connections from.
     pub fn clients(&self) -> Vec<SocketAddr> {
         self.conns.lock().keys().copied().collect()
@@ -214,6 +239,7 @@ async fn serve(
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     pings: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
+    pong: Arc<PongMode>,
 ) {
     let mut frame = [0u8; 8];
     let mut stalled = false;
@@ -233,6 +259,13 @@ async fn serve(
                 if frame[0] == 0x01 {
                     pings.fetch_add(1, Ordering::SeqCst);
                     frame[0] = 0x02;
+                    match pong.kind.load(Ordering::SeqCst) {
+                        1 => frame[4] = frame[4].wrapping_add(1),
+                        2 => frame[0] = 0x7f,
+                        _ => {}
+                    }
+                    let d = pong.delay_ms.load(Ordering::SeqCst);
+                    if d > 0 { tokio::time::sleep(Duration::from_millis(d)).await; }
                 } else {
                     let d = delay_ms.load(Ordering::SeqCst);
                     if d > 0 { tokio::time::sleep(Duration::from_millis(d)).await; }

@@ -1,0 +1,205 @@
+//! Heartbeats on real sockets: a peer that stops answering, a wrong pong, a checkout that
+//! meets a running heartbeat, heartbeat failures feeding the breaker, and `Conn::closed()`.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use livepool::{BreakerConfig, BreakerState, EvictReason, FrameHeartbeat, Pool};
+use support::*;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn builder(server: &FaultServer) -> livepool::Builder {
+    Pool::builder(server.addr)
+        .heartbeat(FrameHeartbeat::new())
+        .heartbeat_interval(150 * MS)
+        .heartbeat_timeout(100 * MS)
+        .heartbeat_jitter(0.0)
+        .reap_interval(10 * MS)
+        .breaker(None)
+}
+
+async fn idle_member(pool: &Pool, n: u64) -> std::net::SocketAddr {
+    let mut c = pool.get().await.unwrap();
+    assert_eq!(exchange(&mut c, n).await.unwrap(), token(n));
+    c.local_addr().unwrap()
+}
+
+async fn expect_eviction(
+    pool_events: &mut livepool::Events,
+    reason: EvictReason,
+    addr: std::net::SocketAddr,
+) {
+    let ev = within(10, &format!("{reason} eviction"), pool_events.recv())
+        .await
+        .unwrap();
+    assert_eq!(ev.reason, reason, "{ev:?}");
+    assert_eq!(ev.local_addr, Some(addr));
+}
+
+#[tokio::test]
+async fn peer_that_stops_answering_is_evicted_by_heartbeat_timeout() {
+    let server = FaultServer::start().await;
+    let pool = builder(&server).build().unwrap();
+    let mut events = pool.events();
+    let addr = idle_member(&pool, 1).await;
+    // Alive: answered pings keep it.
+    wait_until(10, "two answered pings", || {
+        server.pings.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert_eq!(pool.statistics().evicted_total(), 0);
+    // The peer's kernel keeps ACKing, but the process stops answering.
+    server.stall(addr);
+    expect_eviction(&mut events, EvictReason::HeartbeatTimeout, addr).await;
+    assert_eq!(pool.status().size, 0);
+}
+
+#[tokio::test]
+async fn wrong_pong_seq_is_evicted() {
+    let server = FaultServer::start().await;
+    server.set_pong_kind(1);
+    let pool = builder(&server).build().unwrap();
+    let mut events = pool.events();
+    let addr = idle_member(&pool, 1).await;
+    expect_eviction(&mut events, EvictReason::HeartbeatBadReply, addr).await;
+}
+
+#[tokio::test]
+async fn garbled_pong_is_evicted() {
+    let server = FaultServer::start().await;
+    server.set_pong_kind(2);
+    let pool = builder(&server).build().unwrap();
+    let mut events = pool.events();
+    let addr = idle_member(&pool, 1).await;
+    expect_eviction(&mut events, EvictReason::HeartbeatBadReply, addr).await;
+}
+
+#[tokio::test]
+async fn checkout_during_a_heartbeat_waits_for_it_and_gets_a_clean_socket() {
+    let server = FaultServer::start().await;
+    // Slow pongs, well within the heartbeat timeout.
+    server.set_pong_delay(40 * MS);
+    let pool = builder(&server)
+        .heartbeat_interval(300 * MS)
+        .heartbeat_timeout(200 * MS)
+        .build()
+        .unwrap();
+    let addr = idle_member(&pool, 1).await;
+    for round in 0..5u64 {
+        let before = server.pings.load(Ordering::SeqCst);
+        wait_until(10, "a heartbeat in flight", || {
+            server.pings.load(Ordering::SeqCst) > before
+        })
+        .await;
+        // The ping has reached the server; its pong comes 40 ms later.
+        let mut c = within(5, "checkout during heartbeat", pool.get())
+            .await
+            .unwrap();
+        assert_eq!(
+            c.local_addr().unwrap(),
+            addr,
+            "round {round}: the healthy member was not handed out"
+        );
+        let reply = exchange(&mut c, 100 + round).await.unwrap();
+        assert_eq!(
+            reply,
+            token(100 + round),
+            "round {round}: read a pong instead of the response"
+        );
+    }
+    assert_eq!(
+        pool.statistics().evicted_total(),
+        0,
+        "{:?}",
+        pool.statistics().evictions()
+    );
+}
+
+#[tokio::test]
+async fn heartbeat_failures_open_the_breaker() {
+    let server = FaultServer::start().await;
+    let pool = builder(&server)
+        .max_size(4)
+        .breaker(Some(
+            BreakerConfig::new()
+                .failure_threshold(3)
+                .open_for(Duration::from_secs(60))
+                .jitter(0.0),
+        ))
+        .build()
+        .unwrap();
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut c = pool.get().await.unwrap();
+        exchange(&mut c, i).await.unwrap();
+        held.push(c);
+    }
+    drop(held);
+    for client in server.clients() {
+        server.stall(client);
+    }
+    wait_until(10, "three heartbeat timeouts", || {
+        pool.statistics().evicted(EvictReason::HeartbeatTimeout) == 3
+    })
+    .await;
+    let s = pool.statistics();
+    assert_eq!(s.breaker_state, BreakerState::Open, "{s:?}");
+    assert_eq!(s.breaker_transitions, 1);
+    let err = pool.get().await.unwrap_err();
+    assert!(err.is_circuit_open(), "{err}");
+    assert!(
+        err.to_string().contains("heartbeat"),
+        "the last error should be the heartbeat's: {err}"
+    );
+}
+
+#[tokio::test]
+async fn one_dead_member_at_checkout_does_not_feed_the_breaker() {
+    let server = FaultServer::start().await;
+    let pool = Pool::builder(server.addr)
+        .idle_watch(false)
+        .breaker(Some(BreakerConfig::new().failure_threshold(1)))
+        .build()
+        .unwrap();
+    for i in 0..5 {
+        let addr = idle_member(&pool, i).await;
+        server.rst(addr);
+        wait_until(5, "reset seen", || {
+            kernel_socket(addr, server.addr).is_none_or(|s| s.state != ESTABLISHED)
+        })
+        .await;
+    }
+    // Each checkout found a dead member (evicted, not a breaker failure) and connected anew.
+    let c = pool.get().await.unwrap();
+    drop(c);
+    assert_eq!(pool.statistics().breaker_state, BreakerState::Closed);
+    assert_eq!(pool.statistics().evicted(EvictReason::Reset), 5);
+}
+
+#[tokio::test]
+async fn closed_resolves_when_the_peer_goes_away_and_consumes_nothing() {
+    let server = FaultServer::start().await;
+    let pool = Pool::builder(server.addr).breaker(None).build().unwrap();
+    let mut c = pool.get().await.unwrap();
+    assert_eq!(exchange(&mut c, 1).await.unwrap(), token(1));
+    // Alive: closed() does not resolve.
+    assert!(tokio::time::timeout(50 * MS, c.closed()).await.is_err());
+    // Unread data does not count as closed, and closed() leaves it for the caller.
+    let local = c.local_addr().unwrap();
+    server.write(local, &token(4));
+    assert!(
+        tokio::time::timeout(50 * MS, c.closed()).await.is_err(),
+        "unread data read as closed"
+    );
+    let mut buf = [0u8; 8];
+    tokio::io::AsyncReadExt::read_exact(&mut c, &mut buf)
+        .await
+        .unwrap();
+    assert_eq!(buf, token(4), "closed() consumed the caller's data");
+    // The peer goes away: closed() resolves.
+    server.fin(local);
+    within(5, "closed() after FIN", c.closed()).await;
+}
