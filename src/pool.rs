@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::conn::{Conn, Shared};
 use crate::error::{BuildError, Error, TimeoutPhase};
 use crate::manager::Manager;
-use crate::stats::{Events, Statistics, Stats};
+use crate::stats::{BreakerEvent, BreakerEvents, Events, Statistics, Stats};
 
 /// State shared by the pool handle, the manager, every member and the reaper.
 pub(crate) struct PoolShared {
@@ -110,6 +110,11 @@ impl PoolShared {
     fn transitioned(&self, tr: Transition) {
         self.breaker_transitions.fetch_add(1, Relaxed);
         let last = self.last_error.lock().as_ref().map(|e| e.2.clone());
+        self.stats.record_transition(BreakerEvent {
+            transition: tr,
+            at: Instant::now(),
+            last_error: last.clone(),
+        });
         tracing::info!(
             peer.addr = %self.config.addr,
             from = tr.from.as_str(),
@@ -359,6 +364,19 @@ impl Pool {
     /// ```
     pub fn events(&self) -> Events {
         self.inner.shared.stats.subscribe()
+    }
+
+    /// Subscribes to circuit-breaker transitions (closed → open → half-open → …), each with
+    /// the last error seen. Only transitions after the call are delivered.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool = livepool::Pool::builder("127.0.0.1:1").build().unwrap();
+    /// let events = pool.breaker_events();
+    /// # }
+    /// ```
+    pub fn breaker_events(&self) -> BreakerEvents {
+        self.inner.shared.stats.subscribe_breaker()
     }
 
     /// Closes the pool: waiting and future `get()` calls fail with a closed error, idle

@@ -239,6 +239,62 @@ impl Events {
     }
 }
 
+/// A circuit-breaker transition, as delivered by [`Pool::breaker_events`](crate::Pool::breaker_events).
+///
+/// ```no_run
+/// # async fn demo(pool: livepool::Pool) {
+/// let mut events = pool.breaker_events();
+/// while let Ok(ev) = events.recv().await {
+///     println!("breaker {} → {} ({:?})", ev.transition.from, ev.transition.to, ev.last_error);
+/// }
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct BreakerEvent {
+    /// From which state to which, and for how long it stays open.
+    pub transition: crate::Transition,
+    /// When it happened.
+    pub at: Instant,
+    /// The last connect or heartbeat error seen before it, as text.
+    pub last_error: Option<String>,
+}
+
+/// A subscription to breaker transitions; see [`Pool::breaker_events`](crate::Pool::breaker_events).
+///
+/// ```no_run
+/// # async fn demo(pool: livepool::Pool) {
+/// let mut events = pool.breaker_events();
+/// let first = events.recv().await;
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct BreakerEvents {
+    rx: broadcast::Receiver<BreakerEvent>,
+}
+
+impl BreakerEvents {
+    /// Waits for the next transition.
+    ///
+    /// # Errors
+    /// [`EventsError::Closed`] when the pool is gone, [`EventsError::Lagged`] when events were missed.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    ///
+    /// ```no_run
+    /// # async fn demo(mut events: livepool::BreakerEvents) {
+    /// if let Ok(ev) = events.recv().await { println!("{:?}", ev.transition.to); }
+    /// # }
+    /// ```
+    pub async fn recv(&mut self) -> Result<BreakerEvent, EventsError> {
+        self.rx.recv().await.map_err(|e| match e {
+            broadcast::error::RecvError::Closed => EventsError::Closed,
+            broadcast::error::RecvError::Lagged(n) => EventsError::Lagged(n),
+        })
+    }
+}
+
 /// Number of histogram buckets: bucket `i` counts latencies below `2^i` µs (the last is open).
 const BUCKETS: usize = 28;
 
@@ -252,6 +308,7 @@ pub(crate) struct Stats {
     evicted: [AtomicU64; EvictReason::ALL.len()],
     latency: [AtomicU64; BUCKETS],
     events: broadcast::Sender<EvictionEvent>,
+    breaker_events: broadcast::Sender<BreakerEvent>,
 }
 
 impl Stats {
@@ -264,6 +321,7 @@ impl Stats {
             evicted: std::array::from_fn(|_| AtomicU64::new(0)),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             events: broadcast::channel(1024).0,
+            breaker_events: broadcast::channel(64).0,
         }
     }
 
@@ -271,6 +329,16 @@ impl Stats {
         Events {
             rx: self.events.subscribe(),
         }
+    }
+
+    pub(crate) fn subscribe_breaker(&self) -> BreakerEvents {
+        BreakerEvents {
+            rx: self.breaker_events.subscribe(),
+        }
+    }
+
+    pub(crate) fn record_transition(&self, ev: BreakerEvent) {
+        let _ = self.breaker_events.send(ev);
     }
 
     pub(crate) fn record_eviction(&self, ev: EvictionEvent) {

@@ -42,6 +42,7 @@ fn pool(addr: SocketAddr, min_idle: usize) -> Pool {
 async fn refused_endpoint_opens_the_breaker_and_get_fails_fast() {
     let addr = free_port();
     let pool = pool(addr, 0);
+    let mut transitions = pool.breaker_events();
     for i in 0..3 {
         let err = pool.get().await.unwrap_err();
         assert!(
@@ -51,6 +52,20 @@ async fn refused_endpoint_opens_the_breaker_and_get_fails_fast() {
     }
     assert_eq!(pool.statistics().breaker_state, BreakerState::Open);
     assert_eq!(pool.statistics().connect_errors, 3);
+    let ev = transitions.recv().await.unwrap();
+    assert_eq!(
+        (ev.transition.from, ev.transition.to),
+        (BreakerState::Closed, BreakerState::Open)
+    );
+    assert_eq!(ev.transition.open_for, Some(10 * SEC));
+    assert!(
+        ev.last_error
+            .as_deref()
+            .unwrap_or("")
+            .to_lowercase()
+            .contains("refused"),
+        "{ev:?}"
+    );
     // While open: every get() fails at once, with the real cause and a retry-after.
     for _ in 0..1000 {
         let err = pool.get().await.unwrap_err();
