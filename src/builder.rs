@@ -320,6 +320,19 @@ impl Builder {
     }
 
     setter! {
+        /// Leak detection: a connection held longer than this logs a warning (once per
+        /// checkout) with its id and the place of the `get()` call, and is counted in
+        /// [`Statistics::leaks`](crate::Statistics::leaks). Checked every `reap_interval`.
+        /// `None` turns it off (and saves a clock read per checkout).
+        ///
+        /// ```
+        /// let b = livepool::Pool::builder("127.0.0.1:1").leak_threshold(Some(std::time::Duration::from_secs(30)));
+        /// ```
+        /// Default: none.
+        leak_threshold: Option<Duration>
+    }
+
+    setter! {
         /// The circuit breaker for this endpoint; `None` turns it off (every `get()` that
         /// needs a new connection then tries to connect).
         ///

@@ -36,6 +36,7 @@ pub(crate) struct Config {
     pub(crate) heartbeat_jitter: f64,
     pub(crate) idle_watch: bool,
     pub(crate) breaker: Option<BreakerConfig>,
+    pub(crate) leak_threshold: Option<Duration>,
     pub(crate) jitter_seed: u64,
 }
 
@@ -81,6 +82,8 @@ impl Config {
             idle_watch: true,
             // Fail fast after 3 consecutive connect/heartbeat failures; probe every 30 s+.
             breaker: Some(BreakerConfig::default()),
+            // Off: what counts as "held too long" depends on the application.
+            leak_threshold: None,
             jitter_seed: 0x5eed_1ee7_0bad_cafe,
         }
     }
@@ -108,6 +111,7 @@ impl Config {
         nonzero("reap_interval", Some(self.reap_interval))?;
         nonzero("heartbeat_interval", Some(self.heartbeat_interval))?;
         nonzero("heartbeat_timeout", Some(self.heartbeat_timeout))?;
+        nonzero("leak_threshold", self.leak_threshold)?;
         if let Some(t) = self.tcp_keepalive
             && t.as_secs() > MAX_KEEPALIVE_SECS
         {

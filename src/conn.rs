@@ -15,9 +15,10 @@ use std::fmt;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::ops::Deref;
+use std::panic::Location;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -56,6 +57,9 @@ pub(crate) struct Shared {
     returned_ns: AtomicU64,
     pub(crate) deadline: Option<Instant>,
     pub(crate) notify: Notify,
+    /// Where and when the current checkout happened (only with leak detection on).
+    checkout: parking_lot::Mutex<Option<(Instant, &'static Location<'static>)>>,
+    leak_reported: AtomicBool,
     local: Option<SocketAddr>,
     peer: Option<SocketAddr>,
     pub(crate) pool: Arc<PoolShared>,
@@ -77,6 +81,8 @@ impl Shared {
             returned_ns: AtomicU64::new(now_ns),
             deadline: pool.config.lifetime_for(id).map(|l| now + l),
             notify: Notify::new(),
+            checkout: parking_lot::Mutex::new(None),
+            leak_reported: AtomicBool::new(false),
             pool,
         }
     }
@@ -171,6 +177,40 @@ impl Shared {
         true
     }
 
+    pub(crate) fn stamp_checkout(&self, now: Instant, at: &'static Location<'static>) {
+        *self.checkout.lock() = Some((now, at));
+        self.leak_reported.store(false, Ordering::Relaxed);
+    }
+
+    /// With leak detection on: reports (once per checkout) a member held longer than
+    /// `threshold`. True when it reported.
+    pub(crate) fn check_leak(&self, now: Instant, threshold: Duration) -> bool {
+        if kind(self.state()) != IN_USE {
+            return false;
+        }
+        let Some((since, at)) = *self.checkout.lock() else {
+            return false;
+        };
+        let held = now.saturating_duration_since(since);
+        if held < threshold || self.leak_reported.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        tracing::warn!(
+            conn.id = self.id,
+            peer.addr = ?self.peer,
+            held_ms = held.as_millis() as u64,
+            checked_out_at = %at,
+            "connection held longer than the leak threshold"
+        );
+        true
+    }
+
+    /// Shuts the socket down (both directions) so that its holder's I/O fails.
+    pub(crate) fn force_close(&self) {
+        self.condemn(EvictReason::PoolClosed, Instant::now());
+        let _ = SockRef::from(&self.stream).shutdown(Shutdown::Both);
+    }
+
     pub(crate) fn returned_at(&self) -> Instant {
         self.pool.instant(self.returned_ns.load(Ordering::Relaxed))
     }
@@ -189,7 +229,7 @@ impl Shared {
         let cfg = &self.pool.config;
         if let Some(t) = cfg.idle_timeout
             && now.saturating_duration_since(self.returned_at()) >= t
-            && self.pool.members() > cfg.min_idle
+            && self.pool.members() > self.pool.min_idle()
         {
             return Health::Dead(EvictReason::IdleTimeout);
         }
@@ -225,7 +265,7 @@ impl Drop for Member {
         let _ = SockRef::from(&sh.stream).shutdown(Shutdown::Both);
         sh.notify.notify_waiters();
         let pool = &sh.pool;
-        pool.member_gone();
+        pool.member_gone(sh.id);
         pool.stats.record_eviction(EvictionEvent {
             reason: sh.reason().unwrap_or(EvictReason::PoolClosed),
             id: sh.id,
@@ -483,6 +523,10 @@ impl Drop for Conn {
 impl Conn {
     fn stream(&self) -> &TcpStream {
         &self.shared().stream
+    }
+
+    pub(crate) fn stamp_checkout(&self, at: &'static Location<'static>) {
+        self.shared().stamp_checkout(Instant::now(), at);
     }
 }
 

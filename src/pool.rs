@@ -1,9 +1,12 @@
 //! [`Pool`]: the handle users clone, the state its parts share, and `get()`.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::panic::Location;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use deadpool::Runtime;
@@ -30,6 +33,12 @@ pub(crate) struct PoolShared {
     purge: AtomicBool,
     /// Wakes the reaper: a purge is due, or the pool fell below `min_idle`.
     pub(crate) wake: Notify,
+    /// Wakes `drain()` whenever a member goes.
+    gone: Notify,
+    min_idle: AtomicUsize,
+    max_size: AtomicUsize,
+    /// Every live member, for leak detection and forced drain (touched on create and drop only).
+    registry: Mutex<HashMap<u64, Weak<Shared>>>,
     watch_tx: Option<mpsc::UnboundedSender<Arc<Shared>>>,
     breaker: Option<Mutex<Breaker>>,
     breaker_transitions: AtomicU64,
@@ -53,7 +62,27 @@ impl PoolShared {
         self.next_id.fetch_add(1, Relaxed)
     }
 
+    pub(crate) fn min_idle(&self) -> usize {
+        self.min_idle.load(Relaxed)
+    }
+
+    pub(crate) fn max_size(&self) -> usize {
+        self.max_size.load(Relaxed)
+    }
+
+    /// Live members that are still alive, for scans outside deadpool's queue.
+    pub(crate) fn live_members(&self) -> Vec<Arc<Shared>> {
+        self.registry
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
     pub(crate) fn member_created(&self, member: &Arc<Shared>) {
+        self.registry
+            .lock()
+            .insert(member.id, Arc::downgrade(member));
         self.members.fetch_add(1, Relaxed);
         self.stats.created.fetch_add(1, Relaxed);
         if let Some(tx) = &self.watch_tx {
@@ -62,11 +91,13 @@ impl PoolShared {
         }
     }
 
-    pub(crate) fn member_gone(&self) {
+    pub(crate) fn member_gone(&self, id: u64) {
+        self.registry.lock().remove(&id);
         let left = self.members.fetch_sub(1, Relaxed) - 1;
-        if left < self.config.min_idle {
+        if left < self.min_idle() {
             self.wake.notify_one();
         }
+        self.gone.notify_waiters();
     }
 
     pub(crate) fn request_purge(&self) {
@@ -247,6 +278,10 @@ impl Pool {
             next_id: AtomicU64::new(1),
             purge: AtomicBool::new(false),
             wake: Notify::new(),
+            gone: Notify::new(),
+            min_idle: AtomicUsize::new(config.min_idle),
+            max_size: AtomicUsize::new(config.max_size),
+            registry: Mutex::new(HashMap::new()),
             breaker,
             breaker_transitions: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -304,14 +339,22 @@ impl Pool {
     /// }
     /// # }
     /// ```
-    pub async fn get(&self) -> Result<Conn, Error> {
-        let shared = &self.inner.shared;
-        match self.inner.dp.get().await {
-            Ok(conn) => {
-                shared.stats.checkouts.fetch_add(1, Relaxed);
-                Ok(conn)
+    #[track_caller]
+    pub fn get(&self) -> impl Future<Output = Result<Conn, Error>> + Send + '_ {
+        // Captured before the first await: where the caller asked, for leak reports.
+        let at = Location::caller();
+        async move {
+            let shared = &self.inner.shared;
+            match self.inner.dp.get().await {
+                Ok(conn) => {
+                    shared.stats.checkouts.fetch_add(1, Relaxed);
+                    if shared.config.leak_threshold.is_some() {
+                        conn.stamp_checkout(at);
+                    }
+                    Ok(conn)
+                }
+                Err(e) => Err(map_error(shared, e)),
             }
-            Err(e) => Err(map_error(shared, e)),
         }
     }
 
@@ -396,6 +439,105 @@ impl Pool {
         // waiter then fails as closed and the member would stay idle. Take everything left.
         drop(self.inner.dp.retain(|_, _| false));
         self.inner.stop_reaper();
+    }
+
+    /// Graceful drain: closes the pool to new checkouts at once (and closes idle members),
+    /// then waits until every checked-out connection has come back (and been closed) or
+    /// `timeout` has passed. Connections still out at the timeout are shut down, so that
+    /// their holders' next I/O fails; returns how many were.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the pool is closed by the first poll; dropping the future only skips the
+    /// waiting and the forced shutdown.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool = livepool::Pool::builder("127.0.0.1:1").build().unwrap();
+    /// let forced = pool.drain(std::time::Duration::from_secs(5)).await;
+    /// assert_eq!(forced, 0);
+    /// assert!(pool.is_closed());
+    /// # }
+    /// ```
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        self.close();
+        let shared = &self.inner.shared;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let gone = shared.gone.notified();
+            tokio::pin!(gone);
+            gone.as_mut().enable();
+            if shared.members() == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, gone).await.is_err() {
+                break;
+            }
+        }
+        let out = shared.live_members();
+        for member in &out {
+            tracing::warn!(
+                conn.id = member.id,
+                "drain timed out: shutting down a checked-out connection"
+            );
+            member.force_close();
+        }
+        out.len()
+    }
+
+    /// Changes `max_size` at runtime. Shrinking closes idle members first (the coldest),
+    /// never more than needed; connections in use above the new size are closed when they
+    /// are returned. Does nothing on a closed pool.
+    ///
+    /// # Errors
+    /// Zero, or less than the current `min_idle`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool = livepool::Pool::builder("127.0.0.1:1").build().unwrap();
+    /// pool.resize(4).unwrap();
+    /// assert_eq!(pool.status().max_size, 4);
+    /// assert!(pool.resize(0).is_err());
+    /// # }
+    /// ```
+    pub fn resize(&self, max_size: usize) -> Result<(), BuildError> {
+        let shared = &self.inner.shared;
+        if max_size == 0 {
+            return Err(BuildError::new("max_size", "must be at least 1"));
+        }
+        if max_size < shared.min_idle() {
+            return Err(BuildError::new(
+                "max_size",
+                format!("{max_size} is below min_idle {}", shared.min_idle()),
+            ));
+        }
+        shared.max_size.store(max_size, Relaxed);
+        self.inner.dp.resize(max_size);
+        Ok(())
+    }
+
+    /// Changes `min_idle` at runtime; the reaper refills (or lets idle timeout shrink) toward it.
+    ///
+    /// # Errors
+    /// More than the current `max_size`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool = livepool::Pool::builder("127.0.0.1:1").max_size(4).build().unwrap();
+    /// pool.set_min_idle(2).unwrap();
+    /// assert!(pool.set_min_idle(5).is_err());
+    /// # }
+    /// ```
+    pub fn set_min_idle(&self, min_idle: usize) -> Result<(), BuildError> {
+        let shared = &self.inner.shared;
+        if min_idle > shared.max_size() {
+            return Err(BuildError::new(
+                "min_idle",
+                format!("{min_idle} is larger than max_size {}", shared.max_size()),
+            ));
+        }
+        shared.min_idle.store(min_idle, Relaxed);
+        shared.wake.notify_one();
+        Ok(())
     }
 
     /// True after [`Pool::close`].

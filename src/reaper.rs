@@ -89,7 +89,7 @@ pub(crate) async fn run(
                     }
                 }
                 if refill.is_none()
-                    && shared.members() < cfg.min_idle
+                    && shared.members() < shared.min_idle()
                     && Instant::now() >= next_refill
                 {
                     refill = Some(tokio::spawn(fill(inner.dp.clone(), shared.clone())));
@@ -112,7 +112,7 @@ fn maintain(inner: &PoolInner, ticked: bool, beats: &mut FuturesUnordered<Task>)
     let shared = &inner.shared;
     let cfg = &shared.config;
     let now = Instant::now();
-    let mut closable = shared.members().saturating_sub(cfg.min_idle);
+    let mut closable = shared.members().saturating_sub(shared.min_idle());
     let mut due = Vec::new();
     let removed = inner.dp.retain(|m, _| {
         let sh = &m.shared;
@@ -149,6 +149,16 @@ fn maintain(inner: &PoolInner, ticked: bool, beats: &mut FuturesUnordered<Task>)
     });
     // Members are dropped (sockets closed, evictions recorded) outside deadpool's lock.
     drop(removed);
+    if ticked && let Some(threshold) = cfg.leak_threshold {
+        for member in shared.live_members() {
+            if member.check_leak(now, threshold) {
+                shared
+                    .stats
+                    .leaks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
     if let Some(hb) = &cfg.heartbeat {
         for sh in due {
             beats.push(Box::pin(beat(sh, hb.clone(), shared.clone())));
@@ -234,7 +244,7 @@ async fn fill(
     };
     let mut held = Vec::new();
     let mut ok = true;
-    while shared.members() < shared.config.min_idle && held.len() < shared.config.max_size {
+    while shared.members() < shared.min_idle() && held.len() < shared.max_size() {
         match dp.timeout_get(&no_wait).await {
             Ok(conn) => held.push(conn),
             Err(e) => {

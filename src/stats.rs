@@ -305,6 +305,7 @@ pub(crate) struct Stats {
     pub(crate) connect_errors: AtomicU64,
     pub(crate) checkouts: AtomicU64,
     pub(crate) get_timeouts: AtomicU64,
+    pub(crate) leaks: AtomicU64,
     evicted: [AtomicU64; EvictReason::ALL.len()],
     latency: [AtomicU64; BUCKETS],
     events: broadcast::Sender<EvictionEvent>,
@@ -318,6 +319,7 @@ impl Stats {
             connect_errors: AtomicU64::new(0),
             checkouts: AtomicU64::new(0),
             get_timeouts: AtomicU64::new(0),
+            leaks: AtomicU64::new(0),
             evicted: std::array::from_fn(|_| AtomicU64::new(0)),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             events: broadcast::channel(1024).0,
@@ -364,6 +366,7 @@ impl Stats {
             connect_errors: self.connect_errors.load(Relaxed),
             checkouts: self.checkouts.load(Relaxed),
             get_timeouts: self.get_timeouts.load(Relaxed),
+            leaks: self.leaks.load(Relaxed),
             breaker_state: crate::BreakerState::Closed,
             breaker_transitions: 0,
             evicted: std::array::from_fn(|i| self.evicted[i].load(Relaxed)),
@@ -397,6 +400,8 @@ pub struct Statistics {
     pub checkouts: u64,
     /// `get()` calls that timed out waiting for a free slot.
     pub get_timeouts: u64,
+    /// Checkouts held longer than the leak threshold.
+    pub leaks: u64,
     /// The circuit breaker's state when the snapshot was taken.
     pub breaker_state: crate::BreakerState,
     /// Breaker transitions so far.
