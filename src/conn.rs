@@ -266,7 +266,7 @@ impl Drop for Member {
         sh.notify.notify_waiters();
         let pool = &sh.pool;
         pool.member_gone(sh.id);
-        pool.stats.record_eviction(EvictionEvent {
+        pool.record_eviction(EvictionEvent {
             reason: sh.reason().unwrap_or(EvictReason::PoolClosed),
             id: sh.id,
             local_addr: sh.local,

@@ -15,6 +15,8 @@ mod conn;
 mod error;
 mod heartbeat;
 mod manager;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod pool;
 mod probe;
 mod reaper;

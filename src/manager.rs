@@ -38,7 +38,11 @@ impl deadpool::managed::Manager for Manager {
                 return Err(Error::circuit_open(addr, retry_after, shared.last_error()));
             }
         };
+        #[cfg(feature = "metrics")]
+        let start = Instant::now();
         let res = connect(&shared.config).await;
+        #[cfg(feature = "metrics")]
+        shared.metrics.connect(start.elapsed());
         if let Some(p) = probe {
             std::mem::forget(p);
         }

@@ -43,6 +43,8 @@ pub(crate) struct PoolShared {
     breaker: Option<Mutex<Breaker>>,
     breaker_transitions: AtomicU64,
     last_error: Mutex<Option<(io::ErrorKind, Option<i32>, String)>>,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl PoolShared {
@@ -85,6 +87,8 @@ impl PoolShared {
             .insert(member.id, Arc::downgrade(member));
         self.members.fetch_add(1, Relaxed);
         self.stats.created.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics.created();
         if let Some(tx) = &self.watch_tx {
             // The reaper is gone only when the pool is: then nobody needs the watch.
             let _ = tx.send(member.clone());
@@ -98,6 +102,12 @@ impl PoolShared {
             self.wake.notify_one();
         }
         self.gone.notify_waiters();
+    }
+
+    pub(crate) fn record_eviction(&self, ev: crate::stats::EvictionEvent) {
+        #[cfg(feature = "metrics")]
+        self.metrics.evicted(ev.reason, ev.latency());
+        self.stats.record_eviction(ev);
     }
 
     pub(crate) fn request_purge(&self) {
@@ -285,6 +295,8 @@ impl Pool {
             breaker,
             breaker_transitions: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            #[cfg(feature = "metrics")]
+            metrics: crate::metrics::Metrics::new(config.addr.to_string()),
             config,
         });
         let cfg = &shared.config;
@@ -345,7 +357,9 @@ impl Pool {
         let at = Location::caller();
         async move {
             let shared = &self.inner.shared;
-            match self.inner.dp.get().await {
+            #[cfg(feature = "metrics")]
+            let (start, direct) = (Instant::now(), self.inner.dp.status().available > 0);
+            let res = match self.inner.dp.get().await {
                 Ok(conn) => {
                     shared.stats.checkouts.fetch_add(1, Relaxed);
                     if shared.config.leak_threshold.is_some() {
@@ -354,7 +368,20 @@ impl Pool {
                     Ok(conn)
                 }
                 Err(e) => Err(map_error(shared, e)),
+            };
+            #[cfg(feature = "metrics")]
+            {
+                use crate::metrics::GetOutcome;
+                let outcome = match &res {
+                    Ok(_) if direct => GetOutcome::Direct,
+                    Ok(_) => GetOutcome::Waited,
+                    Err(e) if e.timeout_phase() == Some(TimeoutPhase::Wait) => GetOutcome::TimedOut,
+                    Err(e) if e.is_circuit_open() => GetOutcome::FailedFast,
+                    Err(_) => GetOutcome::Failed,
+                };
+                shared.metrics.get(outcome, start.elapsed());
             }
+            res
         }
     }
 

@@ -149,6 +149,18 @@ fn maintain(inner: &PoolInner, ticked: bool, beats: &mut FuturesUnordered<Task>)
     });
     // Members are dropped (sockets closed, evictions recorded) outside deadpool's lock.
     drop(removed);
+    #[cfg(feature = "metrics")]
+    if ticked {
+        let s = inner.dp.status();
+        shared.metrics.status(&crate::Status {
+            max_size: s.max_size,
+            size: s.size,
+            idle: s.available,
+            in_use: s.size - s.available,
+            waiting: s.waiting,
+            breaker: shared.breaker_state(),
+        });
+    }
     if ticked && let Some(threshold) = cfg.leak_threshold {
         for member in shared.live_members() {
             if member.check_leak(now, threshold) {
