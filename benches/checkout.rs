@@ -12,9 +12,13 @@
 //!
 //! Extra configurations (experiments that locate livepool's cost, not targets):
 //! - `livepool-no-idle-watch`: `idle_watch(false)` (no watcher wake-up on return);
-//! - `livepool-lean`: also `wait_timeout(None)`, `idle_timeout(None)`, `max_lifetime(None)`;
+//! - `livepool-no-wait-timeout`: `wait_timeout(None)` (no timer around the semaphore wait);
+//! - `livepool-lean`: all three of `idle_watch(false)`, `wait_timeout(None)`,
+//!   `idle_timeout(None)` + `max_lifetime(None)`;
 //! - `deadpool-peek`: deadpool whose recycle is one `recv(MSG_PEEK | MSG_DONTWAIT)` syscall,
-//!   i.e. the floor for any pool that asks the kernel at checkout.
+//!   i.e. the floor for any pool that asks the kernel at checkout;
+//! - `deadpool-noop-wait-timeout`: the no-op deadpool with a 30 s wait timeout, as livepool
+//!   configures its inner deadpool.
 //!
 //! Run: `cargo bench --bench checkout`. Results and findings: BENCHMARKS.md.
 
@@ -151,6 +155,13 @@ struct DpManager {
     peek: bool,
 }
 
+#[derive(Clone, Copy)]
+enum Dp {
+    Noop,
+    Peek,
+    NoopWaitTimeout,
+}
+
 impl deadpool::managed::Manager for DpManager {
     type Type = TcpStream;
     type Error = io::Error;
@@ -173,12 +184,18 @@ impl deadpool::managed::Manager for DpManager {
 
 type DpPool = deadpool::managed::Pool<DpManager>;
 
-fn deadpool_pool(addr: SocketAddr, peek: bool) -> DpPool {
+fn deadpool_pool(addr: SocketAddr, which: Dp) -> DpPool {
+    let peek = matches!(which, Dp::Peek);
     // deadpool's defaults: no runtime, no timeouts, FIFO.
-    DpPool::builder(DpManager { addr, peek })
-        .max_size(POOL_SIZE)
-        .build()
-        .expect("deadpool")
+    let b = DpPool::builder(DpManager { addr, peek }).max_size(POOL_SIZE);
+    let b = match which {
+        Dp::Noop | Dp::Peek => b,
+        // livepool's inner deadpool: tokio runtime, 30 s wait timeout.
+        Dp::NoopWaitTimeout => b
+            .runtime(deadpool::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30))),
+    };
+    b.build().expect("deadpool")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -229,6 +246,7 @@ async fn bb8_pool(addr: SocketAddr, test_on_check_out: bool) -> bb8::Pool<Bb8Man
 enum Lp {
     Default,
     NoIdleWatch,
+    NoWaitTimeout,
     Lean,
 }
 
@@ -237,6 +255,7 @@ fn livepool_pool(addr: SocketAddr, which: Lp) -> livepool::Pool {
     let b = match which {
         Lp::Default => b,
         Lp::NoIdleWatch => b.idle_watch(false),
+        Lp::NoWaitTimeout => b.wait_timeout(None),
         Lp::Lean => b
             .idle_watch(false)
             .wait_timeout(None)
@@ -304,19 +323,27 @@ impl AnyPool {
 #[derive(Clone, Copy)]
 enum Config {
     Livepool(Lp),
-    Deadpool { peek: bool },
+    Deadpool(Dp),
     Bb8 { ping: bool },
 }
 
 const CONFIGS: &[(&str, Config)] = &[
     ("livepool", Config::Livepool(Lp::Default)),
-    ("deadpool-noop", Config::Deadpool { peek: false }),
+    ("deadpool-noop", Config::Deadpool(Dp::Noop)),
     ("bb8-no-test", Config::Bb8 { ping: false }),
     ("bb8-ping", Config::Bb8 { ping: true }),
     // Experiments: where livepool's time goes.
     ("livepool-no-idle-watch", Config::Livepool(Lp::NoIdleWatch)),
+    (
+        "livepool-no-wait-timeout",
+        Config::Livepool(Lp::NoWaitTimeout),
+    ),
     ("livepool-lean", Config::Livepool(Lp::Lean)),
-    ("deadpool-peek", Config::Deadpool { peek: true }),
+    ("deadpool-peek", Config::Deadpool(Dp::Peek)),
+    (
+        "deadpool-noop-wait-timeout",
+        Config::Deadpool(Dp::NoopWaitTimeout),
+    ),
 ];
 
 /// Builds the pool inside `rt` (livepool's reaper and bb8's reaper run on it) and warms it.
@@ -324,7 +351,7 @@ fn make_pool(rt: &Runtime, addr: SocketAddr, cfg: Config, warm: usize) -> AnyPoo
     rt.block_on(async move {
         let pool = match cfg {
             Config::Livepool(which) => AnyPool::Live(livepool_pool(addr, which)),
-            Config::Deadpool { peek } => AnyPool::Dead(deadpool_pool(addr, peek)),
+            Config::Deadpool(which) => AnyPool::Dead(deadpool_pool(addr, which)),
             Config::Bb8 { ping } => AnyPool::Bb8(bb8_pool(addr, ping).await),
         };
         pool.warm(warm).await;
@@ -383,8 +410,8 @@ fn bench_checkout(c: &mut Criterion) {
     let mut group = c.benchmark_group("checkout");
     group
         .sample_size(20)
-        .warm_up_time(Duration::from_millis(700))
-        .measurement_time(Duration::from_secs(3));
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
 
     for &(name, cfg) in CONFIGS {
         let rt = current_thread();
@@ -422,5 +449,10 @@ fn bench_checkout(c: &mut Criterion) {
     drop(server);
 }
 
-criterion_group!(benches, bench_checkout);
+criterion_group! {
+    name = benches;
+    // Plots would add seconds per benchmark; the numbers are what BENCHMARKS.md records.
+    config = Criterion::default().without_plots();
+    targets = bench_checkout
+}
 criterion_main!(benches);

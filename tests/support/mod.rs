@@ -98,6 +98,9 @@ enum Cmd {
 pub struct FaultServer {
     pub addr: SocketAddr,
     conns: Arc<Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Cmd>>>>,
+    /// Accept sequence number of the latest connection from each client address (ephemeral
+    /// ports are reused, so the address alone does not name a connection).
+    gens: Arc<Mutex<HashMap<SocketAddr, usize>>>,
     pub accepts: Arc<AtomicUsize>,
     pub pings: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
@@ -116,7 +119,12 @@ pub struct PongMode {
 
 impl FaultServer {
     pub async fn start() -> FaultServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        FaultServer::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts on a given address (to come back on the same port after `shutdown`).
+    pub async fn start_on(addr: SocketAddr) -> FaultServer {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let conns: Arc<Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Cmd>>>> = Default::default();
         let accepts = Arc::new(AtomicUsize::new(0));
@@ -125,6 +133,8 @@ impl FaultServer {
         let pong = Arc::new(PongMode::default());
         let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
         let pm = pong.clone();
+        let gens: Arc<Mutex<HashMap<SocketAddr, usize>>> = Default::default();
+        let g = gens.clone();
         let (c, a, p, d) = (
             conns.clone(),
             accepts.clone(),
@@ -139,7 +149,8 @@ impl FaultServer {
                     res = listener.accept() => {
                         let Ok((sock, peer)) = res else { continue };
                         sock.set_nodelay(true).unwrap();
-                        a.fetch_add(1, Ordering::SeqCst);
+                        let n = a.fetch_add(1, Ordering::SeqCst) + 1;
+                        g.lock().insert(peer, n);
                         let (tx, rx) = mpsc::unbounded_channel();
                         c.lock().insert(peer, tx);
                         tasks.spawn(serve(sock, rx, p.clone(), d.clone(), pm.clone()));
@@ -153,6 +164,7 @@ impl FaultServer {
         FaultServer {
             addr,
             conns,
+            gens,
             accepts,
             pings,
             delay_ms,
@@ -169,6 +181,31 @@ impl FaultServer {
         if keep {
             self.conns.lock().insert(client, tx);
         }
+    }
+
+    /// The accept number of the current connection from `client`.
+    pub fn generation(&self, client: SocketAddr) -> Option<usize> {
+        self.gens.lock().get(&client).copied()
+    }
+
+    /// Applies a fault if the server still holds a connection from `client`:
+    /// 0 FIN, 1 RST, 2 unsolicited bytes, 3 stall. False when there is none.
+    pub fn try_fault(&self, client: SocketAddr, kind: u8) -> bool {
+        let Some(tx) = self.conns.lock().remove(&client) else {
+            return false;
+        };
+        let cmd = match kind {
+            0 => Cmd::Fin,
+            1 => Cmd::Rst,
+            2 => Cmd::Write(b"\x07zz".to_vec()),
+            _ => Cmd::Stall,
+        };
+        let keep = kind >= 2;
+        let ok = tx.send(cmd).is_ok();
+        if ok && keep {
+            self.conns.lock().insert(client, tx);
+        }
+        ok
     }
 
     /// Closes the server side of `client`'s connection normally (FIN).
