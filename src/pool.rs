@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use deadpool::Runtime;
-use deadpool::managed::{PoolError, QueueMode, TimeoutType};
+use deadpool::managed::{PoolError, QueueMode, TimeoutType, Timeouts};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
@@ -195,6 +195,10 @@ impl fmt::Debug for PoolShared {
 
 pub(crate) struct PoolInner {
     pub(crate) dp: deadpool::managed::Pool<Manager, Conn>,
+    /// deadpool timeouts with a zero wait: try a free slot without waiting.
+    no_wait: Timeouts,
+    /// True when the configured wait timeout is zero already (no second attempt).
+    no_wait_is_config: bool,
     pub(crate) shared: Arc<PoolShared>,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
 }
@@ -312,7 +316,13 @@ impl Pool {
         .build()
         .map_err(|e| BuildError::new("max_size", e.to_string()))?;
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let no_wait = Timeouts {
+            wait: Some(Duration::ZERO),
+            ..dp.timeouts()
+        };
         let inner = Arc::new(PoolInner {
+            no_wait,
+            no_wait_is_config: shared.config.wait_timeout == Some(Duration::ZERO),
             dp,
             shared: shared.clone(),
             shutdown: Mutex::new(Some(shutdown_tx)),
@@ -358,8 +368,23 @@ impl Pool {
         async move {
             let shared = &self.inner.shared;
             #[cfg(feature = "metrics")]
-            let (start, direct) = (Instant::now(), self.inner.dp.status().available > 0);
-            let res = match self.inner.dp.get().await {
+            let start = Instant::now();
+            #[cfg(feature = "metrics")]
+            let mut direct = true;
+            // A free slot first, without a timer: deadpool wraps every waiting acquire in
+            // `tokio::time::timeout` (a clock read and a timer registration) even when a
+            // connection is free. Only a full pool pays for the bounded wait.
+            let res = match self.inner.dp.timeout_get(&self.inner.no_wait).await {
+                Err(PoolError::Timeout(TimeoutType::Wait)) if !self.inner.no_wait_is_config => {
+                    #[cfg(feature = "metrics")]
+                    {
+                        direct = false;
+                    }
+                    self.inner.dp.get().await
+                }
+                res => res,
+            };
+            let res = match res {
                 Ok(conn) => {
                     shared.stats.checkouts.fetch_add(1, Relaxed);
                     if shared.config.leak_threshold.is_some() {

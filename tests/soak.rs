@@ -147,7 +147,7 @@ async fn fault_matrix_soak() {
                     }
                 }
                 drop(conn);
-                if rng(&mut seed) % 4 == 0 {
+                if rng(&mut seed).is_multiple_of(4) {
                     tokio::time::sleep(MS).await;
                 }
             }
