@@ -60,6 +60,7 @@ pub(crate) struct Shared {
     /// Where and when the current checkout happened (only with leak detection on).
     checkout: parking_lot::Mutex<Option<(Instant, &'static Location<'static>)>>,
     leak_reported: AtomicBool,
+    watcher_parked: AtomicBool,
     local: Option<SocketAddr>,
     peer: Option<SocketAddr>,
     pub(crate) pool: Arc<PoolShared>,
@@ -83,6 +84,7 @@ impl Shared {
             notify: Notify::new(),
             checkout: parking_lot::Mutex::new(None),
             leak_reported: AtomicBool::new(false),
+            watcher_parked: AtomicBool::new(false),
             pool,
         }
     }
@@ -131,9 +133,32 @@ impl Shared {
         self.returned_ns.store(ns, Ordering::Relaxed);
         self.last_alive_ns.store(ns, Ordering::Relaxed);
         let st = self.state();
-        if kind(st) == IN_USE && self.cas(st, st & !KIND_MASK) {
+        if kind(st) == IN_USE
+            && self
+                .state
+                .compare_exchange(st, st & !KIND_MASK, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            // Only a watcher that parked because it saw the checkout needs waking; one still
+            // armed on readiness costs nothing here (no lock, no wake-up).
+            && self.watcher_parked.load(Ordering::SeqCst)
+        {
             self.notify.notify_waiters();
         }
+    }
+
+    /// The idle watcher parks until the member is idle again. Returns at once if it already
+    /// is (or the state moved on from `seen`). With `release` this is a Dekker pair: either
+    /// release sees the flag, or the watcher sees the new state.
+    pub(crate) async fn park_watcher(
+        &self,
+        seen: u64,
+        notified: Pin<&mut tokio::sync::futures::Notified<'_>>,
+    ) {
+        self.watcher_parked.store(true, Ordering::SeqCst);
+        if self.state.load(Ordering::SeqCst) == seen {
+            notified.await;
+        }
+        self.watcher_parked.store(false, Ordering::SeqCst);
     }
 
     /// Idle → heartbeat running. False if the member is not idle in state `seen`.

@@ -218,7 +218,7 @@ async fn watch(sh: Arc<Shared>) {
             DEAD => return,
             IDLE => {}
             _ => {
-                notified.await;
+                sh.park_watcher(st, notified.as_mut()).await;
                 continue;
             }
         }
