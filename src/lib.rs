@@ -30,4 +30,6 @@ pub use heartbeat::{
     FrameHeartbeat, Heartbeat, HeartbeatError, RedisHeartbeat, read_exact, write_all,
 };
 pub use pool::{Pool, Status};
-pub use stats::{Events, EventsError, EvictReason, EvictionEvent, Statistics};
+pub use stats::{
+    BreakerEvent, BreakerEvents, Events, EventsError, EvictReason, EvictionEvent, Statistics,
+};

@@ -1,0 +1,792 @@
+//! Integration tests against a real `redis-server` (started by the tests on a free loopback
+//! port; skipped when `redis-server` is not installed, unless `LIVEPOOL_REQUIRE_ALL=1`).
+//!
+//! A minimal RESP client runs over `livepool::Conn`; the server side faults are Redis' own:
+//! `CLIENT KILL`, the idle `timeout`, `DEBUG SLEEP`, and the server process going away and
+//! coming back on the same port. Real time throughout (a real server); every wait is bounded.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use livepool::{
+    BreakerConfig, BreakerState, Builder, Conn, Events, EvictReason, EvictionEvent, Pool,
+    RedisHeartbeat,
+};
+use support::{skip_without, wait_until, within};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const MS: Duration = Duration::from_millis(1);
+
+// ---------------------------------------------------------------------------------------------
+// A redis-server child process.
+// ---------------------------------------------------------------------------------------------
+
+/// A `redis-server` child on 127.0.0.1, killed (and reaped) on drop.
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers PING. `None` when
+    /// `redis-server` is not installed (after `skip_without` printed why).
+    async fn start() -> Option<RedisServer> {
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if skip_without(installed, "redis-server") {
+            return None;
+        }
+        // A free port can be taken by someone else before redis binds it: try a few.
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("bind a free loopback port")
+                .port();
+            let mut server = RedisServer { child: None, port };
+            match server.launch().await {
+                Ok(()) => return Some(server),
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start redis-server: {last}");
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    async fn launch(&mut self) -> Result<(), String> {
+        assert!(self.child.is_none(), "redis-server already running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .args(["--enable-debug-command", "yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("spawn redis-server: {e}"))?;
+        self.child = Some(child);
+        let res = self.wait_ready().await;
+        if res.is_err() {
+            self.stop();
+        }
+        res
+    }
+
+    /// Waits (at most 10 s) until the server answers PING with +PONG.
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(format!(
+                    "redis-server on port {} exited: {status}",
+                    self.port
+                ));
+            }
+            let ping = async {
+                let mut s = TcpStream::connect(self.addr()).await.ok()?;
+                roundtrip(&mut s, &[b"PING"]).await.ok()
+            };
+            if let Ok(Some(Reply::Simple(pong))) =
+                tokio::time::timeout(Duration::from_secs(1), ping).await
+                && pong == "PONG"
+            {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "redis-server on port {} did not answer PING within 10 s",
+                    self.port
+                ));
+            }
+            tokio::time::sleep(20 * MS).await;
+        }
+    }
+
+    /// Kills the server (SIGKILL: the kernel closes every connection) and reaps it.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    async fn restart(&mut self) {
+        if let Err(e) = self.launch().await {
+            panic!("restarting redis-server on port {}: {e}", self.port);
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal RESP2 client.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Reply {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Reply>>),
+}
+
+#[derive(Debug)]
+enum RespError {
+    Io(io::Error),
+    /// The server closed the connection before a whole reply arrived.
+    Eof,
+    /// Bytes that are not a RESP reply (or more than one reply).
+    Protocol(String),
+}
+
+impl std::fmt::Display for RespError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RespError::Io(e) => write!(f, "I/O error: {e}"),
+            RespError::Eof => f.write_str("connection closed before a whole reply"),
+            RespError::Protocol(e) => write!(f, "protocol error: {e}"),
+        }
+    }
+}
+
+impl From<io::Error> for RespError {
+    fn from(e: io::Error) -> Self {
+        RespError::Io(e)
+    }
+}
+
+/// A command as a RESP array of bulk strings.
+fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Parses one reply at `pos`: `Ok(None)` when more bytes are needed, else the reply and the
+/// position just after it.
+fn parse(buf: &[u8], pos: usize, depth: usize) -> Result<Option<(Reply, usize)>, String> {
+    if depth > 16 {
+        return Err("reply nested too deep".into());
+    }
+    let Some(rel) = buf[pos..].windows(2).position(|w| w == b"\r\n") else {
+        return Ok(None);
+    };
+    let end = pos + rel;
+    if end == pos {
+        return Err("empty reply line".into());
+    }
+    let line = &buf[pos + 1..end];
+    let next = end + 2;
+    let text = || String::from_utf8_lossy(line).into_owned();
+    let int = || -> Result<i64, String> {
+        std::str::from_utf8(line)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad integer {:?}", String::from_utf8_lossy(line)))
+    };
+    match buf[pos] {
+        b'+' => Ok(Some((Reply::Simple(text()), next))),
+        b'-' => Ok(Some((Reply::Error(text()), next))),
+        b':' => Ok(Some((Reply::Int(int()?), next))),
+        b'$' => match int()? {
+            -1 => Ok(Some((Reply::Bulk(None), next))),
+            n if !(0..=512 << 20).contains(&n) => Err(format!("bad bulk length {n}")),
+            n => {
+                let n = n as usize;
+                if buf.len() < next + n + 2 {
+                    return Ok(None);
+                }
+                if &buf[next + n..next + n + 2] != b"\r\n" {
+                    return Err("bulk string not followed by CRLF".into());
+                }
+                Ok(Some((
+                    Reply::Bulk(Some(buf[next..next + n].to_vec())),
+                    next + n + 2,
+                )))
+            }
+        },
+        b'*' => match int()? {
+            -1 => Ok(Some((Reply::Array(None), next))),
+            n if !(0..=1 << 20).contains(&n) => Err(format!("bad array length {n}")),
+            n => {
+                let mut items = Vec::with_capacity(n as usize);
+                let mut at = next;
+                for _ in 0..n {
+                    match parse(buf, at, depth + 1)? {
+                        Some((item, after)) => {
+                            items.push(item);
+                            at = after;
+                        }
+                        None => return Ok(None),
+                    }
+                }
+                Ok(Some((Reply::Array(Some(items)), at)))
+            }
+        },
+        other => Err(format!("unexpected reply type byte {other:#04x}")),
+    }
+}
+
+/// Reads exactly one reply; anything after it is a protocol error (request/response: the
+/// server never sends more than was asked for).
+async fn read_reply<S: AsyncRead + Unpin>(s: &mut S) -> Result<Reply, RespError> {
+    let mut buf = Vec::with_capacity(64);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(RespError::Eof);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match parse(&buf, 0, 0) {
+            Ok(Some((reply, used))) if used == buf.len() => return Ok(reply),
+            Ok(Some((_, used))) => {
+                return Err(RespError::Protocol(format!(
+                    "{} unexpected bytes after a reply",
+                    buf.len() - used
+                )));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(RespError::Protocol(e)),
+        }
+    }
+}
+
+async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    args: &[&[u8]],
+) -> Result<Reply, RespError> {
+    s.write_all(&encode(args)).await?;
+    read_reply(s).await
+}
+
+/// One command on a pooled connection. A connection left out of step (bad bytes, or closed
+/// mid-reply) is marked broken so that it never goes back to the pool.
+async fn cmd(conn: &mut Conn, args: &[&[u8]]) -> Result<Reply, RespError> {
+    let res = roundtrip(conn, args).await;
+    if matches!(res, Err(RespError::Protocol(_) | RespError::Eof)) {
+        conn.mark_broken();
+    }
+    res
+}
+
+/// One command that must succeed within 5 s.
+async fn must(conn: &mut Conn, args: &[&[u8]]) -> Reply {
+    let what = format!("reply to {:?}", String::from_utf8_lossy(&args.join(&b' ')));
+    match within(5, &what, cmd(conn, args)).await {
+        Ok(r) => r,
+        Err(e) => panic!("{what} on pooled conn {}: {e}", conn.id()),
+    }
+}
+
+/// Redis' id of the client behind a pooled connection.
+async fn client_id(conn: &mut Conn) -> i64 {
+    match must(conn, &[b"CLIENT", b"ID"]).await {
+        Reply::Int(id) => id,
+        other => panic!("CLIENT ID: unexpected reply {other:?}"),
+    }
+}
+
+/// An unpooled admin connection.
+async fn admin(redis: &RedisServer) -> TcpStream {
+    within(5, "admin connection", TcpStream::connect(redis.addr()))
+        .await
+        .expect("connect the admin connection")
+}
+
+async fn admin_cmd(admin: &mut TcpStream, args: &[&[u8]]) -> Reply {
+    let what = format!("admin {:?}", String::from_utf8_lossy(&args.join(&b' ')));
+    match within(5, &what, roundtrip(admin, args)).await {
+        Ok(r) => r,
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pool helpers.
+// ---------------------------------------------------------------------------------------------
+
+fn builder(redis: &RedisServer, max_size: usize) -> Builder {
+    Pool::builder(redis.addr())
+        .max_size(max_size)
+        .connect_timeout(Some(Duration::from_secs(2)))
+        .wait_timeout(Some(Duration::from_secs(10)))
+}
+
+/// Checks out `n` connections at once (so they are `n` distinct ones), learns each one's
+/// redis client id, and returns them all: the pool then holds `n` idle members.
+/// Returns pool conn id → redis client id.
+async fn fill(pool: &Pool, n: usize) -> HashMap<u64, i64> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(
+            within(5, "get() while filling", pool.get())
+                .await
+                .expect("get()"),
+        );
+    }
+    let mut ids = HashMap::new();
+    for c in &mut conns {
+        let rid = client_id(c).await;
+        ids.insert(c.id(), rid);
+    }
+    drop(conns);
+    wait_until(5, "filled connections idle in the pool", || {
+        pool.status().idle == n
+    })
+    .await;
+    ids
+}
+
+/// Collects eviction events until every id in `ids` has been evicted; panics on an event for
+/// any other connection, on a lagged or closed stream, or after `secs` seconds.
+async fn evictions(
+    events: &mut Events,
+    ids: &HashSet<u64>,
+    secs: u64,
+    what: &str,
+) -> HashMap<u64, EvictionEvent> {
+    let mut seen: HashMap<u64, EvictionEvent> = HashMap::new();
+    within(secs, what, async {
+        while !ids.iter().all(|id| seen.contains_key(id)) {
+            let ev = events.recv().await.expect("eviction event stream");
+            assert!(
+                ids.contains(&ev.id),
+                "{what}: unexpected eviction of conn {} ({}); expected only {ids:?}",
+                ev.id,
+                ev.reason
+            );
+            assert!(
+                seen.insert(ev.id, ev.clone()).is_none(),
+                "{what}: conn {} evicted twice",
+                ev.id
+            );
+        }
+    })
+    .await;
+    seen
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pooled_commands_and_exact_concurrent_counter() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let pool = builder(&redis, 4)
+        .heartbeat(RedisHeartbeat)
+        .build()
+        .unwrap();
+
+    let mut conn = within(5, "get()", pool.get()).await.unwrap();
+    assert_eq!(
+        must(&mut conn, &[b"SET", b"greeting", b"hello\r\nworld"]).await,
+        Reply::Simple("OK".into())
+    );
+    assert_eq!(
+        must(&mut conn, &[b"GET", b"greeting"]).await,
+        Reply::Bulk(Some(b"hello\r\nworld".to_vec()))
+    );
+    assert_eq!(
+        must(&mut conn, &[b"GET", b"missing"]).await,
+        Reply::Bulk(None)
+    );
+    assert!(matches!(
+        must(&mut conn, &[b"INCR", b"greeting"]).await,
+        Reply::Error(e) if e.starts_with("ERR")
+    ));
+    drop(conn);
+
+    const TASKS: usize = 16;
+    const INCRS: usize = 50;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..TASKS {
+        let pool = pool.clone();
+        tasks.spawn(async move {
+            let mut got = Vec::with_capacity(INCRS);
+            for _ in 0..INCRS {
+                let mut conn = pool.get().await.expect("get()");
+                match must(&mut conn, &[b"INCR", b"counter"]).await {
+                    Reply::Int(n) => got.push(n),
+                    other => panic!("INCR: unexpected reply {other:?}"),
+                }
+            }
+            got
+        });
+    }
+    let mut all = Vec::with_capacity(TASKS * INCRS);
+    within(60, "16 tasks × 50 INCRs", async {
+        while let Some(res) = tasks.join_next().await {
+            all.extend(res.expect("INCR task"));
+        }
+    })
+    .await;
+    // Every INCR reply reached the caller that sent it: the replies are exactly 1..=800.
+    all.sort_unstable();
+    let expected: Vec<i64> = (1..=(TASKS * INCRS) as i64).collect();
+    assert_eq!(
+        all, expected,
+        "INCR replies are not a permutation of 1..=800"
+    );
+
+    let mut conn = within(5, "get()", pool.get()).await.unwrap();
+    assert_eq!(
+        must(&mut conn, &[b"GET", b"counter"]).await,
+        Reply::Bulk(Some((TASKS * INCRS).to_string().into_bytes()))
+    );
+    drop(conn);
+
+    let stats = pool.statistics();
+    assert!(
+        stats.created <= 4,
+        "max_size 4 but {} created",
+        stats.created
+    );
+    assert_eq!(stats.evicted_total(), 0, "{:?}", stats.evictions());
+    assert_eq!(stats.checkouts, (TASKS * INCRS + 2) as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_kill_evicts_and_killed_connections_are_never_used() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let pool = builder(&redis, 4).build().unwrap();
+    let mut events = pool.events();
+    let filled = fill(&pool, 4).await;
+    let killed_redis: HashSet<i64> = filled.values().copied().collect();
+    let killed_pool: HashSet<u64> = filled.keys().copied().collect();
+    assert_eq!(killed_redis.len(), 4, "{filled:?}");
+
+    let mut adm = admin(&redis).await;
+    for rid in &killed_redis {
+        let rid = rid.to_string();
+        assert_eq!(
+            admin_cmd(&mut adm, &[b"CLIENT", b"KILL", b"ID", rid.as_bytes()]).await,
+            Reply::Int(1),
+            "CLIENT KILL ID {rid}"
+        );
+    }
+
+    // At once, without waiting for the evictions: redis closed those sockets before it
+    // replied to the kill, so the kernel knows; no checkout may hand one out.
+    for round in 0..25 {
+        let mut conns = Vec::with_capacity(4);
+        for _ in 0..4 {
+            conns.push(
+                within(5, "get() after the kills", pool.get())
+                    .await
+                    .unwrap_or_else(|e| panic!("round {round}: get() failed: {e}")),
+            );
+        }
+        for c in &mut conns {
+            assert!(
+                !killed_pool.contains(&c.id()),
+                "round {round}: the pool handed out killed conn {}",
+                c.id()
+            );
+            let rid = client_id(c).await;
+            assert!(
+                !killed_redis.contains(&rid),
+                "round {round}: a command ran on killed redis client {rid}"
+            );
+        }
+    }
+
+    let evicted = evictions(
+        &mut events,
+        &killed_pool,
+        5,
+        "eviction events for the killed connections",
+    )
+    .await;
+    for ev in evicted.values() {
+        assert!(
+            matches!(ev.reason, EvictReason::PeerClosed | EvictReason::Reset),
+            "killed conn {} evicted as {}",
+            ev.id,
+            ev.reason
+        );
+    }
+    let stats = pool.statistics();
+    assert_eq!(
+        stats.evicted(EvictReason::PeerClosed) + stats.evicted(EvictReason::Reset),
+        4,
+        "{:?}",
+        stats.evictions()
+    );
+    assert_eq!(stats.evicted_total(), 4, "{:?}", stats.evictions());
+
+    // And afterwards, still only live clients.
+    for _ in 0..50 {
+        let mut c = within(5, "get()", pool.get()).await.unwrap();
+        let rid = client_id(&mut c).await;
+        assert!(
+            !killed_redis.contains(&rid),
+            "command ran on killed client {rid}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_idle_timeout_is_evicted_by_the_idle_watch() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    // No heartbeat: the members really go idle, as far as redis can tell.
+    let pool = builder(&redis, 4).build().unwrap();
+    let mut events = pool.events();
+    let filled = fill(&pool, 4).await;
+    let ids: HashSet<u64> = filled.keys().copied().collect();
+    let checkouts = pool.statistics().checkouts;
+
+    let mut adm = admin(&redis).await;
+    assert_eq!(
+        admin_cmd(&mut adm, &[b"CONFIG", b"SET", b"timeout", b"1"]).await,
+        Reply::Simple("OK".into())
+    );
+    drop(adm);
+
+    // Redis checks client timeouts in its cron, spread over a second or so: allow plenty.
+    let evicted = evictions(
+        &mut events,
+        &ids,
+        20,
+        "redis closing the idle connections (timeout 1)",
+    )
+    .await;
+    for ev in evicted.values() {
+        assert_eq!(ev.reason, EvictReason::PeerClosed, "conn {}", ev.id);
+    }
+    // Nobody checked anything out meanwhile: the idle watch found them.
+    let stats = pool.statistics();
+    assert_eq!(stats.checkouts, checkouts);
+    assert_eq!(
+        stats.evicted(EvictReason::PeerClosed),
+        4,
+        "{:?}",
+        stats.evictions()
+    );
+    assert_eq!(stats.evicted_total(), 4, "{:?}", stats.evictions());
+    assert_eq!(pool.status().idle, 0);
+
+    let mut conn = within(5, "get() after the idle timeouts", pool.get())
+        .await
+        .unwrap();
+    assert!(
+        !ids.contains(&conn.id()),
+        "handed out evicted conn {}",
+        conn.id()
+    );
+    let rid = client_id(&mut conn).await;
+    assert!(
+        !filled.values().any(|&r| r == rid),
+        "command ran on closed redis client {rid}"
+    );
+    assert_eq!(
+        must(&mut conn, &[b"PING"]).await,
+        Reply::Simple("PONG".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn debug_sleep_evicts_idle_connections_by_heartbeat_timeout() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let pool = builder(&redis, 3)
+        .heartbeat(RedisHeartbeat)
+        .heartbeat_interval(500 * MS)
+        .heartbeat_timeout(200 * MS)
+        .heartbeat_jitter(0.0)
+        .reap_interval(50 * MS)
+        // Heartbeat failures feed the breaker; this test is about the evictions only.
+        .breaker(None)
+        .build()
+        .unwrap();
+    let mut events = pool.events();
+    let filled = fill(&pool, 3).await;
+    let ids: HashSet<u64> = filled.keys().copied().collect();
+
+    // Redis blocks entirely for 2 s; the reply comes after.
+    let mut adm = admin(&redis).await;
+    within(
+        5,
+        "write DEBUG SLEEP",
+        adm.write_all(&encode(&[b"DEBUG", b"SLEEP", b"2"])),
+    )
+    .await
+    .unwrap();
+
+    let evicted = evictions(
+        &mut events,
+        &ids,
+        10,
+        "heartbeat timeouts while redis sleeps",
+    )
+    .await;
+    for ev in evicted.values() {
+        assert_eq!(ev.reason, EvictReason::HeartbeatTimeout, "conn {}", ev.id);
+    }
+    let stats = pool.statistics();
+    assert_eq!(
+        stats.evicted(EvictReason::HeartbeatTimeout),
+        3,
+        "{:?}",
+        stats.evictions()
+    );
+
+    match within(10, "DEBUG SLEEP reply", read_reply(&mut adm)).await {
+        Ok(Reply::Simple(ok)) if ok == "OK" => {}
+        Ok(other) => panic!("DEBUG SLEEP 2: unexpected reply {other:?}"),
+        Err(e) => panic!("DEBUG SLEEP 2: {e}"),
+    }
+    let mut conn = within(5, "get() after the sleep", pool.get())
+        .await
+        .unwrap();
+    assert!(
+        !ids.contains(&conn.id()),
+        "handed out evicted conn {}",
+        conn.id()
+    );
+    assert_eq!(
+        must(&mut conn, &[b"PING"]).await,
+        Reply::Simple("PONG".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_restart_opens_then_closes_the_breaker_and_refills() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let pool = builder(&redis, 4)
+        .min_idle(2)
+        .connect_timeout(Some(500 * MS))
+        .reap_interval(50 * MS)
+        .breaker(Some(
+            BreakerConfig::new()
+                .failure_threshold(2)
+                .open_for(500 * MS)
+                .jitter(0.0),
+        ))
+        .build()
+        .unwrap();
+    let mut events = pool.events();
+    wait_until(10, "refill to min_idle 2", || pool.status().idle >= 2).await;
+    let members = pool.status().size;
+    assert_eq!(pool.status().in_use, 0);
+
+    redis.stop();
+
+    // Every idle member is evicted (the peer closed them all) without anyone asking.
+    within(5, "idle members evicted when redis goes away", async {
+        for _ in 0..members {
+            let ev = events.recv().await.expect("eviction event stream");
+            assert!(
+                matches!(ev.reason, EvictReason::PeerClosed | EvictReason::Reset),
+                "conn {} evicted as {}",
+                ev.id,
+                ev.reason
+            );
+        }
+    })
+    .await;
+    wait_until(5, "pool empty after the evictions", || {
+        pool.status().size == 0
+    })
+    .await;
+    // get() fails (refused); after the threshold it fails fast with the breaker open.
+    let mut failures = Vec::new();
+    let open_err = within(10, "get() failing with the circuit open", async {
+        loop {
+            match pool.get().await {
+                Ok(c) => panic!("get() succeeded with redis stopped: conn {}", c.id()),
+                Err(e) if e.is_circuit_open() => break e,
+                Err(e) => {
+                    assert!(e.is_connect(), "get() with redis stopped: {e}");
+                    failures.push(e.to_string());
+                    tokio::time::sleep(10 * MS).await;
+                }
+            }
+        }
+    })
+    .await;
+    let state = pool.statistics().breaker_state;
+    assert_eq!(
+        state,
+        BreakerState::Open,
+        "breaker state right after a circuit-open error ({open_err}); earlier failures: {failures:?}"
+    );
+    assert!(open_err.retry_after().is_some(), "{open_err}");
+
+    redis.restart().await;
+
+    // Within a bounded wait a get() succeeds (the half-open probe closes the breaker).
+    let mut conn = within(30, "get() succeeding after the restart", async {
+        loop {
+            match pool.get().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(
+                        e.is_circuit_open() || e.is_connect(),
+                        "get() after the restart: {e}"
+                    );
+                    tokio::time::sleep(20 * MS).await;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        must(&mut conn, &[b"PING"]).await,
+        Reply::Simple("PONG".into())
+    );
+    assert_eq!(pool.statistics().breaker_state, BreakerState::Closed);
+    drop(conn);
+
+    wait_until(30, "refill to min_idle 2 after the restart", || {
+        pool.status().idle >= 2
+    })
+    .await;
+    assert_eq!(pool.statistics().breaker_state, BreakerState::Closed);
+    // The refilled members work.
+    for _ in 0..2 {
+        let mut c = within(5, "get()", pool.get()).await.unwrap();
+        assert_eq!(must(&mut c, &[b"PING"]).await, Reply::Simple("PONG".into()));
+    }
+}
