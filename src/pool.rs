@@ -31,6 +31,7 @@ pub(crate) struct PoolShared {
     members: AtomicUsize,
     next_id: AtomicU64,
     purge: AtomicBool,
+    refill_now: AtomicBool,
     /// Wakes the reaper: a purge is due, or the pool fell below `min_idle`.
     pub(crate) wake: Notify,
     /// Wakes `drain()` whenever a member goes.
@@ -119,6 +120,10 @@ impl PoolShared {
         self.purge.swap(false, Relaxed)
     }
 
+    pub(crate) fn take_refill_now(&self) -> bool {
+        self.refill_now.swap(false, Relaxed)
+    }
+
     pub(crate) fn admit(&self, now: Instant) -> Admit {
         let Some(b) = &self.breaker else {
             return Admit::Yes;
@@ -150,6 +155,11 @@ impl PoolShared {
 
     fn transitioned(&self, tr: Transition) {
         self.breaker_transitions.fetch_add(1, Relaxed);
+        if tr.to == BreakerState::Closed {
+            // The endpoint is back: refill now, not after the refill backoff grown while down.
+            self.refill_now.store(true, Relaxed);
+            self.wake.notify_one();
+        }
         let last = self.last_error.lock().as_ref().map(|e| e.2.clone());
         self.stats.record_transition(BreakerEvent {
             transition: tr,
@@ -291,6 +301,7 @@ impl Pool {
             members: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             purge: AtomicBool::new(false),
+            refill_now: AtomicBool::new(false),
             wake: Notify::new(),
             gone: Notify::new(),
             min_idle: AtomicUsize::new(config.min_idle),

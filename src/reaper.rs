@@ -70,9 +70,12 @@ pub(crate) async fn run(
                 _ = shared.wake.notified() => {}
                 _ = tick.tick() => ticked = true,
             }
-            if shared.take_purge() || ticked {
+            let purge = shared.take_purge();
+            if purge || ticked || shared.members() < shared.min_idle() {
                 let Some(inner) = pool.upgrade() else { break };
-                maintain(&inner, ticked, &mut beats);
+                if purge || ticked {
+                    maintain(&inner, ticked, &mut beats);
+                }
                 if inner.dp.is_closed() {
                     break;
                 }
@@ -87,6 +90,10 @@ pub(crate) async fn run(
                         next_refill = Instant::now() + backoff;
                         backoff = (backoff * 2).min(REFILL_BACKOFF_MAX);
                     }
+                }
+                if shared.take_refill_now() {
+                    backoff = REFILL_BACKOFF_MIN;
+                    next_refill = Instant::now();
                 }
                 if refill.is_none()
                     && shared.members() < shared.min_idle()

@@ -128,6 +128,11 @@ async fn endpoint_comes_back_probe_closes_breaker_and_pool_refills() {
         let _ = pool.get().await;
     }
     assert_eq!(pool.statistics().breaker_state, BreakerState::Open);
+    // A long outage: the background refill keeps failing and its backoff grows to its cap.
+    for _ in 0..120 {
+        advance(SEC).await;
+        tokio::task::yield_now().await;
+    }
     // The endpoint comes back on the same port.
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -139,7 +144,7 @@ async fn endpoint_comes_back_probe_closes_breaker_and_pool_refills() {
             socks.push(s);
         }
     });
-    advance(11 * SEC).await;
+    advance(41 * SEC).await;
     // The half-open probe (the reaper's refill or this get) succeeds and closes the breaker.
     let conn = within(5, "get after the endpoint is back", pool.get())
         .await
@@ -151,10 +156,9 @@ async fn endpoint_comes_back_probe_closes_breaker_and_pool_refills() {
         s.breaker_transitions >= 3,
         "open → half-open → closed: {s:?}"
     );
-    for _ in 0..5 {
-        advance(SEC).await;
-        tokio::task::yield_now().await;
-    }
+    // The refill starts at once when the breaker closes, not after its grown backoff.
+    advance(SEC / 10).await;
+    tokio::task::yield_now().await;
     wait_until(5, "refill to min_idle", || pool.status().idle >= 2).await;
     accepted.abort();
 }
