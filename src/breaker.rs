@@ -109,6 +109,11 @@ impl Default for BreakerConfig {
 
 impl BreakerConfig {
     /// Creates the default configuration (same as [`BreakerConfig::default`]).
+    ///
+    /// ```
+    /// let c = livepool::BreakerConfig::new();
+    /// assert_eq!(c, livepool::BreakerConfig::default());
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
@@ -118,6 +123,10 @@ impl BreakerConfig {
     /// Any success while closed resets the count.
     ///
     /// Default: 3.
+    ///
+    /// ```
+    /// let c = livepool::BreakerConfig::new().failure_threshold(5);
+    /// ```
     pub fn failure_threshold(mut self, n: u32) -> Self {
         self.failure_threshold = n;
         self
@@ -127,6 +136,10 @@ impl BreakerConfig {
     /// jitter). Must not be zero.
     ///
     /// Default: 30 seconds.
+    ///
+    /// ```
+    /// let c = livepool::BreakerConfig::new().open_for(std::time::Duration::from_secs(10));
+    /// ```
     pub fn open_for(mut self, d: Duration) -> Self {
         self.open_for = d;
         self
@@ -136,6 +149,10 @@ impl BreakerConfig {
     /// consecutive re-opens. Must not be less than [`open_for`](Self::open_for).
     ///
     /// Default: 5 minutes.
+    ///
+    /// ```
+    /// let c = livepool::BreakerConfig::new().max_open_for(std::time::Duration::from_secs(60));
+    /// ```
     pub fn max_open_for(mut self, d: Duration) -> Self {
         self.max_open_for = d;
         self
@@ -145,6 +162,10 @@ impl BreakerConfig {
     /// probe fails. Must be finite and at least 1.0 (1.0 means no growth).
     ///
     /// Default: 2.0.
+    ///
+    /// ```
+    /// let c = livepool::BreakerConfig::new().backoff_factor(1.5);
+    /// ```
     pub fn backoff_factor(mut self, f: f64) -> Self {
         self.backoff_factor = f;
         self
@@ -155,6 +176,10 @@ impl BreakerConfig {
     /// within `0.0..=1.0`; 0.0 disables jitter.
     ///
     /// Default: 0.1 (± 10 %).
+    ///
+    /// ```
+    /// let c = livepool::BreakerConfig::new().jitter(0.0);
+    /// ```
     pub fn jitter(mut self, fraction: f64) -> Self {
         self.jitter = fraction;
         self
@@ -226,6 +251,10 @@ pub enum BreakerState {
 impl BreakerState {
     /// A stable lower-case name for logs and metrics: `"closed"`, `"open"` or
     /// `"half_open"`.
+    ///
+    /// ```
+    /// assert_eq!(livepool::BreakerState::HalfOpen.as_str(), "half_open");
+    /// ```
     pub fn as_str(&self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",

@@ -115,16 +115,29 @@ enum Kind {
 
 impl HeartbeatError {
     /// The heartbeat failed because of an I/O error on the socket.
+    ///
+    /// ```
+    /// let e = livepool::HeartbeatError::io(std::io::ErrorKind::BrokenPipe.into());
+    /// assert!(e.is_io());
+    /// ```
     pub fn io(e: io::Error) -> Self {
         Self { kind: Kind::Io(e) }
     }
 
     /// The peer closed the connection (a read returned 0 bytes) mid-beat.
+    ///
+    /// ```
+    /// assert!(livepool::HeartbeatError::closed().is_closed());
+    /// ```
     pub fn closed() -> Self {
         Self { kind: Kind::Closed }
     }
 
     /// The peer answered, but with a wrong or garbled reply.
+    ///
+    /// ```
+    /// assert!(livepool::HeartbeatError::bad_reply("-ERR").is_bad_reply());
+    /// ```
     pub fn bad_reply(detail: impl Into<String>) -> Self {
         Self {
             kind: Kind::BadReply(detail.into()),
@@ -132,16 +145,28 @@ impl HeartbeatError {
     }
 
     /// Returns `true` if the heartbeat failed with an I/O error.
+    ///
+    /// ```
+    /// assert!(!livepool::HeartbeatError::closed().is_io());
+    /// ```
     pub fn is_io(&self) -> bool {
         matches!(self.kind, Kind::Io(_))
     }
 
     /// Returns `true` if the peer closed the connection during the heartbeat.
+    ///
+    /// ```
+    /// assert!(livepool::HeartbeatError::closed().is_closed());
+    /// ```
     pub fn is_closed(&self) -> bool {
         matches!(self.kind, Kind::Closed)
     }
 
     /// Returns `true` if the peer sent a wrong or garbled reply.
+    ///
+    /// ```
+    /// assert!(!livepool::HeartbeatError::closed().is_bad_reply());
+    /// ```
     pub fn is_bad_reply(&self) -> bool {
         matches!(self.kind, Kind::BadReply(_))
     }
@@ -198,6 +223,12 @@ impl From<io::Error> for HeartbeatError {
 /// error of kind [`io::ErrorKind::WriteZero`].
 ///
 /// Cancel safety: if dropped, an unknown prefix of `buf` may have been sent.
+///
+/// ```
+/// # async fn f(stream: &tokio::net::TcpStream) -> Result<(), livepool::HeartbeatError> {
+/// livepool::write_all(stream, b"PING\r\n").await?;
+/// # Ok(()) }
+/// ```
 pub async fn write_all(stream: &TcpStream, buf: &[u8]) -> Result<(), HeartbeatError> {
     let mut written = 0;
     while written < buf.len() {
@@ -226,6 +257,13 @@ pub async fn write_all(stream: &TcpStream, buf: &[u8]) -> Result<(), HeartbeatEr
 ///
 /// Cancel safety: if dropped, an unknown prefix of the reply may have been
 /// consumed from the socket.
+///
+/// ```
+/// # async fn f(stream: &tokio::net::TcpStream) -> Result<(), livepool::HeartbeatError> {
+/// let mut reply = [0u8; 7];
+/// livepool::read_exact(stream, &mut reply).await?;
+/// # Ok(()) }
+/// ```
 pub async fn read_exact(stream: &TcpStream, buf: &mut [u8]) -> Result<(), HeartbeatError> {
     let mut filled = 0;
     while filled < buf.len() {
@@ -313,18 +351,40 @@ pub struct FrameHeartbeat {
 
 impl FrameHeartbeat {
     /// Frame type of a ping (client to server).
+    ///
+    /// ```
+    /// assert_eq!(livepool::FrameHeartbeat::PING, 0x01);
+    /// ```
     pub const PING: u8 = 0x01;
     /// Frame type of a pong (server to client).
+    ///
+    /// ```
+    /// assert_eq!(livepool::FrameHeartbeat::PONG, 0x02);
+    /// ```
     pub const PONG: u8 = 0x02;
     /// Length of a frame in bytes.
+    ///
+    /// ```
+    /// assert_eq!(livepool::FrameHeartbeat::LEN, 8);
+    /// ```
     pub const LEN: usize = 8;
 
     /// Creates a heartbeat whose first ping carries sequence number 1.
+    ///
+    /// ```
+    /// let hb = livepool::FrameHeartbeat::new();
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Encodes a frame. Only the low 24 bits of `timestamp_ms` are kept.
+    ///
+    /// ```
+    /// use livepool::FrameHeartbeat;
+    /// let f = FrameHeartbeat::encode(FrameHeartbeat::PING, 7, 1234);
+    /// assert_eq!(f.len(), FrameHeartbeat::LEN);
+    /// ```
     pub fn encode(kind: u8, seq: u32, timestamp_ms: u32) -> [u8; 8] {
         let seq = seq.to_be_bytes();
         let ts = (timestamp_ms & TS_MASK).to_be_bytes();
@@ -334,6 +394,12 @@ impl FrameHeartbeat {
     /// Decodes a frame into `(kind, seq, timestamp24)`.
     ///
     /// The kind byte is returned as is, without validation.
+    ///
+    /// ```
+    /// use livepool::FrameHeartbeat;
+    /// let f = FrameHeartbeat::encode(FrameHeartbeat::PONG, 7, 1234);
+    /// assert_eq!(FrameHeartbeat::decode(&f), (FrameHeartbeat::PONG, 7, 1234));
+    /// ```
     pub fn decode(frame: &[u8; 8]) -> (u8, u32, u32) {
         let seq = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]);
         let ts = u32::from_be_bytes([0, frame[5], frame[6], frame[7]]);

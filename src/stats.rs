@@ -56,6 +56,10 @@ pub enum EvictReason {
 
 impl EvictReason {
     /// Every reason, in the order of their counters.
+    ///
+    /// ```
+    /// assert_eq!(livepool::EvictReason::ALL.len(), 15);
+    /// ```
     pub const ALL: [EvictReason; 15] = [
         EvictReason::PeerClosed,
         EvictReason::Reset,
