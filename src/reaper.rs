@@ -14,6 +14,10 @@
 //!   through the shared socket, each with its own deadline.
 //! - **refill** to `min_idle`, in a spawned task, through the breaker, with a capped backoff.
 //!
+//! Heartbeat outcomes feed the breaker: a success, a timeout (a hung or blackholed peer) or a
+//! wrong reply does; a heartbeat that finds the connection closed or reset by the peer does
+//! not, since one dead member is not a dead endpoint (as with evictions at checkout).
+//!
 //! deadpool has no way to add an idle member, so a refill checks out connections without
 //! waiting (creating new ones once the idle queue is empty) and returns them all at once.
 
@@ -197,6 +201,11 @@ async fn beat(sh: Arc<Shared>, hb: Arc<dyn crate::Heartbeat>, shared: Arc<PoolSh
     };
     match &res {
         Ok(Ok(())) => shared.report(Outcome::Success, None),
+        // The peer closed or reset this one connection during the beat: a dead member, like
+        // one the idle watch finds, not evidence that the endpoint is unhealthy.
+        Ok(Err(e)) if member_died(e) => {
+            tracing::debug!(conn.id = sh.id, error = %e, "peer closed the connection during a heartbeat");
+        }
         Ok(Err(e)) => {
             tracing::debug!(conn.id = sh.id, error = %e, "heartbeat failed");
             let io = std::io::Error::other(e.to_string());
@@ -211,6 +220,21 @@ async fn beat(sh: Arc<Shared>, hb: Arc<dyn crate::Heartbeat>, shared: Arc<PoolSh
         }
     }
     sh.end_heartbeat(failure);
+}
+
+/// True when a heartbeat failed because this connection died (closed or reset by the peer),
+/// which says nothing about the endpoint's health.
+fn member_died(e: &crate::HeartbeatError) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    e.is_closed()
+        || std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+                )
+            })
 }
 
 /// Watches one member's socket while it is idle; ends when the member is dead.

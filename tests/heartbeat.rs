@@ -203,3 +203,24 @@ async fn closed_resolves_when_the_peer_goes_away_and_consumes_nothing() {
     server.fin(local);
     within(5, "closed() after FIN", c.closed()).await;
 }
+
+#[tokio::test]
+async fn heartbeat_on_a_closed_connection_evicts_but_does_not_feed_the_breaker() {
+    let server = FaultServer::start().await;
+    // No idle watch: the heartbeat is what meets the closed connection.
+    let pool = builder(&server)
+        .idle_watch(false)
+        .breaker(Some(BreakerConfig::new().failure_threshold(1)))
+        .build()
+        .unwrap();
+    let mut events = pool.events();
+    let addr = idle_member(&pool, 1).await;
+    server.fin(addr);
+    expect_eviction(&mut events, EvictReason::HeartbeatFailed, addr).await;
+    assert_eq!(pool.statistics().breaker_state, BreakerState::Closed);
+    let mut c = pool
+        .get()
+        .await
+        .expect("a dead member is not a dead endpoint");
+    assert_eq!(exchange(&mut c, 2).await.unwrap(), token(2));
+}
