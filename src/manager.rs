@@ -110,23 +110,36 @@ impl Drop for ProbeGuard<'_> {
 }
 
 /// Waits (bounded by the heartbeat timeout) until a running heartbeat finishes; returns the
-/// state after it. A waiter dropped here condemns nothing: deadpool drops the member, which
-/// is then counted as evicted by the pool.
+/// state after it. If the waiting `get()` is cancelled here, deadpool drops the member; it is
+/// counted as `Cancelled`.
 async fn wait_for_heartbeat(sh: &Shared) -> u64 {
     let deadline = Instant::now() + sh.pool.config.heartbeat_timeout;
-    loop {
+    // If this wait is cancelled, deadpool drops the member: say why.
+    let cancelled = CancelGuard(sh);
+    let st = loop {
         let notified = sh.notify.notified();
         tokio::pin!(notified);
         // Register before re-reading the state: notify_waiters stores nothing.
         notified.as_mut().enable();
         let st = sh.state();
         if kind(st) != HEARTBEAT {
-            return st;
+            break st;
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             sh.condemn(EvictReason::HeartbeatTimeout, Instant::now());
-            return st | DEAD;
+            break st | DEAD;
         }
+    };
+    std::mem::forget(cancelled);
+    st
+}
+
+/// Condemns the member as `Cancelled` unless forgotten.
+struct CancelGuard<'a>(&'a Shared);
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        self.0.condemn(EvictReason::Cancelled, Instant::now());
     }
 }
 

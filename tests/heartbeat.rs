@@ -224,3 +224,35 @@ async fn heartbeat_on_a_closed_connection_evicts_but_does_not_feed_the_breaker()
         .expect("a dead member is not a dead endpoint");
     assert_eq!(exchange(&mut c, 2).await.unwrap(), token(2));
 }
+
+#[tokio::test]
+async fn get_cancelled_while_waiting_for_a_heartbeat_is_counted_and_pool_stays_consistent() {
+    let server = FaultServer::start().await;
+    server.set_pong_delay(150 * MS);
+    let pool = builder(&server)
+        .heartbeat_interval(500 * MS)
+        .heartbeat_timeout(400 * MS)
+        .build()
+        .unwrap();
+    idle_member(&pool, 1).await;
+    wait_until(10, "a heartbeat in flight", || {
+        server.pings.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The get() meets the running heartbeat and waits; it is cancelled meanwhile.
+    assert!(
+        tokio::time::timeout(20 * MS, pool.get()).await.is_err(),
+        "get did not wait for the heartbeat"
+    );
+    assert_eq!(
+        pool.statistics().evicted(EvictReason::Cancelled),
+        1,
+        "{:?}",
+        pool.statistics().evictions()
+    );
+    assert_eq!(pool.status().size, 0, "{:?}", pool.status());
+    let mut c = within(5, "get after the cancelled one", pool.get())
+        .await
+        .unwrap();
+    assert_eq!(exchange(&mut c, 2).await.unwrap(), token(2));
+}
