@@ -264,11 +264,19 @@ async fn watch(sh: Arc<Shared>) {
                     }
                     Err(_) => Health::Dead(EvictReason::SocketError),
                 };
-                if let Health::Dead(reason) = health
-                    && sh.mark_dead(st, reason)
-                {
-                    sh.pool.request_purge();
-                    return;
+                if let Health::Dead(reason) = health {
+                    // EOF, RST and socket errors are permanent (and reading an error clears
+                    // it): record the first one even if the member was checked out meanwhile.
+                    // Unread bytes are not: while checked out they are the owner's response.
+                    let permanent = reason != EvictReason::UnexpectedData;
+                    if permanent {
+                        sh.condemn(reason, Instant::now());
+                    }
+                    // A permanent death also holds for a newer generation of an idle member.
+                    if sh.mark_dead(st, reason) || (permanent && sh.mark_dead(sh.state(), reason)) {
+                        sh.pool.request_purge();
+                        return;
+                    }
                 }
             }
         }
@@ -281,21 +289,32 @@ async fn fill(
     dp: deadpool::managed::Pool<crate::manager::Manager, crate::Conn>,
     shared: Arc<PoolShared>,
 ) -> bool {
+    // Up to this many connects at once.
+    const BATCH: usize = 16;
     let no_wait = Timeouts {
         wait: Some(Duration::ZERO),
         ..dp.timeouts()
     };
     let mut held = Vec::new();
-    let mut ok = true;
-    while shared.members() < shared.min_idle() && held.len() < shared.max_size() {
-        match dp.timeout_get(&no_wait).await {
-            Ok(conn) => held.push(conn),
-            Err(e) => {
-                tracing::debug!(error = ?e, "refill stopped");
-                ok = false;
-                break;
+    loop {
+        let need = shared.min_idle().saturating_sub(shared.members());
+        let room = shared.max_size().saturating_sub(held.len());
+        let batch = need.min(room).min(BATCH);
+        if batch == 0 {
+            return true;
+        }
+        let tries = (0..batch).map(|_| dp.timeout_get(&no_wait));
+        for res in futures_util::future::join_all(tries).await {
+            match res {
+                Ok(conn) => held.push(conn),
+                // Every slot is checked out right now: not a failure of the endpoint; the
+                // next wake-up or tick tries again, without backing off.
+                Err(deadpool::managed::PoolError::Timeout(_)) => return true,
+                Err(e) => {
+                    tracing::debug!(error = ?e, "refill stopped");
+                    return false;
+                }
             }
         }
     }
-    ok
 }

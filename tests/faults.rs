@@ -299,5 +299,26 @@ async fn refused_connect_says_so() {
     let src = std::error::Error::source(&err).expect("source");
     assert!(src.to_string().to_lowercase().contains("refused"));
     assert_eq!(pool.statistics().connect_errors, 1);
-    let _ = Duration::ZERO;
+}
+
+#[tokio::test]
+async fn idle_watch_names_the_reset_after_quiet_checkouts() {
+    // Checkouts without I/O move the member to a new generation without waking its watcher;
+    // an RST that then arrives must still be recorded as a reset, not as a later EOF.
+    let server = FaultServer::start().await;
+    let pool = pool(server.addr, true);
+    let mut events = pool.events();
+    let dead = idle_member(&pool).await;
+    // Let the watcher arm on the idle member (it runs in the reaper task).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for _ in 0..3 {
+        let c = pool.get().await.unwrap();
+        assert_eq!(c.local_addr().unwrap(), dead);
+    }
+    server.rst(dead);
+    let ev = within(5, "eviction event", events.recv())
+        .await
+        .expect("event");
+    assert_eq!(ev.reason, EvictReason::Reset, "{ev:?}");
+    assert_eq!(pool.statistics().evicted(EvictReason::Reset), 1);
 }
