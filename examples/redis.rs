@@ -16,28 +16,21 @@
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::io;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use livepool::{Conn, Pool, RedisHeartbeat};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use livepool::{Pool, RedisHeartbeat};
 
-/// A RESP2 reply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Reply {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Option<Vec<Reply>>),
-}
+#[path = "common/resp.rs"]
+mod resp;
+use resp::{Reply, RespError};
 
 #[derive(Debug)]
 enum RedisError {
     /// `get()` failed: no connection (server down, breaker open, pool exhausted).
     Pool(livepool::Error),
-    Io(io::Error),
+    /// I/O failed, or the bytes were not RESP.
+    Resp(RespError),
     /// The server sent something that is not what the command expects.
     Protocol(String),
     /// The server answered with an error reply (`-ERR ...`).
@@ -48,7 +41,7 @@ impl fmt::Display for RedisError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RedisError::Pool(e) => write!(f, "no connection: {e}"),
-            RedisError::Io(e) => write!(f, "I/O error: {e}"),
+            RedisError::Resp(e) => write!(f, "{e}"),
             RedisError::Protocol(e) => write!(f, "protocol error: {e}"),
             RedisError::Server(e) => write!(f, "redis error: {e}"),
         }
@@ -59,7 +52,7 @@ impl StdError for RedisError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
             RedisError::Pool(e) => Some(e),
-            RedisError::Io(e) => Some(e),
+            RedisError::Resp(e) => Some(e),
             _ => None,
         }
     }
@@ -88,15 +81,12 @@ impl Redis {
     /// Runs one command on a pooled connection and returns its reply.
     async fn command(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
         let mut conn = self.pool.get().await.map_err(RedisError::Pool)?;
-        conn.write_all(&encode(args))
-            .await
-            .map_err(RedisError::Io)?;
-        let reply = read_reply(&mut conn).await;
-        if matches!(reply, Err(RedisError::Protocol(_))) {
+        let reply = resp::roundtrip(&mut conn, args).await;
+        if matches!(reply, Err(RespError::Protocol(_) | RespError::Eof)) {
             // Out of step with the server: never let the next caller read the rest.
             conn.mark_broken();
         }
-        match reply? {
+        match reply.map_err(RedisError::Resp)? {
             Reply::Error(e) => Err(RedisError::Server(e)),
             r => Ok(r),
         }
@@ -133,96 +123,6 @@ impl Redis {
 
 fn unexpected(cmd: &str, reply: &Reply) -> RedisError {
     RedisError::Protocol(format!("unexpected reply to {cmd}: {reply:?}"))
-}
-
-/// A command as a RESP array of bulk strings.
-fn encode(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
-/// Reads exactly one reply from a pooled connection.
-async fn read_reply(conn: &mut Conn) -> Result<Reply, RedisError> {
-    let mut buf = Vec::with_capacity(64);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = conn.read(&mut chunk).await.map_err(RedisError::Io)?;
-        if n == 0 {
-            return Err(RedisError::Io(io::ErrorKind::UnexpectedEof.into()));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        match parse(&buf, 0, 0).map_err(RedisError::Protocol)? {
-            Some((reply, used)) if used == buf.len() => return Ok(reply),
-            Some(_) => return Err(RedisError::Protocol("bytes after the reply".into())),
-            None => {}
-        }
-    }
-}
-
-/// Parses one reply at `pos`: `None` when more bytes are needed, else the reply and the
-/// position after it.
-fn parse(buf: &[u8], pos: usize, depth: usize) -> Result<Option<(Reply, usize)>, String> {
-    if depth > 16 {
-        return Err("reply nested too deep".into());
-    }
-    let Some(rel) = buf[pos..].windows(2).position(|w| w == b"\r\n") else {
-        return Ok(None);
-    };
-    let end = pos + rel;
-    if end == pos {
-        return Err("empty reply line".into());
-    }
-    let line = &buf[pos + 1..end];
-    let next = end + 2;
-    let text = || String::from_utf8_lossy(line).into_owned();
-    let int = || -> Result<i64, String> {
-        std::str::from_utf8(line)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("bad integer {:?}", String::from_utf8_lossy(line)))
-    };
-    match buf[pos] {
-        b'+' => Ok(Some((Reply::Simple(text()), next))),
-        b'-' => Ok(Some((Reply::Error(text()), next))),
-        b':' => Ok(Some((Reply::Int(int()?), next))),
-        b'$' => match int()? {
-            -1 => Ok(Some((Reply::Bulk(None), next))),
-            n if !(0..=512 << 20).contains(&n) => Err(format!("bad bulk length {n}")),
-            n => {
-                let n = n as usize;
-                if buf.len() < next + n + 2 {
-                    return Ok(None);
-                }
-                if &buf[next + n..next + n + 2] != b"\r\n" {
-                    return Err("bulk string not followed by CRLF".into());
-                }
-                let value = buf[next..next + n].to_vec();
-                Ok(Some((Reply::Bulk(Some(value)), next + n + 2)))
-            }
-        },
-        b'*' => match int()? {
-            -1 => Ok(Some((Reply::Array(None), next))),
-            n if !(0..=1 << 20).contains(&n) => Err(format!("bad array length {n}")),
-            n => {
-                let mut items = Vec::with_capacity(n as usize);
-                let mut at = next;
-                for _ in 0..n {
-                    let Some((item, after)) = parse(buf, at, depth + 1)? else {
-                        return Ok(None);
-                    };
-                    items.push(item);
-                    at = after;
-                }
-                Ok(Some((Reply::Array(Some(items)), at)))
-            }
-        },
-        other => Err(format!("unexpected reply type byte {other:#04x}")),
-    }
 }
 
 #[tokio::main]
