@@ -19,6 +19,9 @@
 //!
 //! Run: `cargo bench --bench breaker`. Results: /tmp/bench-results-eviction.md.
 
+mod common;
+use common::*;
+
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -27,7 +30,6 @@ use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion
 use deadpool::managed::{Metrics, RecycleResult};
 use livepool::BreakerConfig;
 use tokio::net::TcpStream;
-use tokio::runtime::Runtime;
 
 /// Bound on one `get()`: a hang fails the bench instead of stalling it.
 const GET_DEADLINE: Duration = Duration::from_secs(5);
@@ -36,13 +38,6 @@ const GET_DEADLINE: Duration = Duration::from_secs(5);
 fn down_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
-}
-
-fn current_thread() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("current-thread runtime")
 }
 
 #[derive(Debug)]

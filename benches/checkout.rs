@@ -22,9 +22,11 @@
 //!
 //! Run: `cargo bench --bench checkout`. Results and findings: BENCHMARKS.md.
 
+mod common;
+use common::*;
+
 use std::hint::black_box;
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -139,12 +141,6 @@ async fn ping(stream: &mut TcpStream, seq: u32) -> io::Result<()> {
         return Err(io::Error::other("bad pong"));
     }
     Ok(())
-}
-
-/// The same non-blocking one-byte `recv(MSG_PEEK)` that livepool runs at checkout.
-fn peek(stream: &TcpStream) -> io::Result<usize> {
-    let mut buf = [MaybeUninit::<u8>::uninit(); 1];
-    socket2::SockRef::from(stream).recv_with_flags(&mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,21 +353,6 @@ fn make_pool(rt: &Runtime, addr: SocketAddr, cfg: Config, warm: usize) -> AnyPoo
         pool.warm(warm).await;
         pool
     })
-}
-
-fn current_thread() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("current-thread runtime")
-}
-
-fn two_workers() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("multi-thread runtime")
 }
 
 /// One task, `iters` checkouts in a row; the whole loop is timed.

@@ -37,11 +37,13 @@
 //!
 //! Results and findings: /tmp/bench-results-eviction.md (merged into BENCHMARKS.md by the lead).
 
+mod common;
+use common::*;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{self, Write as _};
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, AtomicIsize, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -52,7 +54,6 @@ use deadpool::managed::{Metrics, RecycleResult};
 use livepool::{EvictReason, FrameHeartbeat};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
 // ---------------------------------------------------------------------------------------------
@@ -147,18 +148,6 @@ fn max_k() -> usize {
     (free / 2 / 50 * 50).min(10_000)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
 /// "n=… p50=… p99=… max=…" of a latency sample, in µs.
 fn summary(lat: &mut [Duration]) -> String {
     lat.sort_unstable();
@@ -169,27 +158,6 @@ fn summary(lat: &mut [Duration]) -> String {
         us(percentile(lat, 0.99)),
         us(lat.last().copied().unwrap_or_default()),
     )
-}
-
-fn current_thread() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("current-thread runtime")
-}
-
-fn two_workers() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("multi-thread runtime")
-}
-
-/// Non-blocking one-byte `recv(MSG_PEEK)`: `Ok(0)` is EOF.
-fn peek(stream: &TcpStream) -> io::Result<usize> {
-    let mut buf = [MaybeUninit::<u8>::uninit(); 1];
-    socket2::SockRef::from(stream).recv_with_flags(&mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
 }
 
 /// True when the kernel already knows the connection is closed, reset or has stray bytes.

@@ -1,0 +1,44 @@
+//! Helpers shared by the benches (a module of each bench, not a bench of its own).
+#![allow(dead_code)]
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::runtime::Runtime;
+
+pub fn current_thread() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("current-thread runtime")
+}
+
+pub fn two_workers() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("multi-thread runtime")
+}
+
+/// The same non-blocking one-byte `recv(MSG_PEEK)` that livepool runs at checkout:
+/// `Ok(0)` is EOF, WouldBlock is alive.
+pub fn peek(stream: &TcpStream) -> io::Result<usize> {
+    let mut buf = [MaybeUninit::<u8>::uninit(); 1];
+    socket2::SockRef::from(stream).recv_with_flags(&mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+}
+
+/// The `p` quantile of a sorted sample (nearest rank).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+pub fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
