@@ -423,18 +423,6 @@ impl Conn {
         self.dirty_reason().is_some()
     }
 
-    /// How long this connection has existed is not tracked here; this is how long ago it was
-    /// last known alive (returned clean, or answered a heartbeat) before this checkout.
-    ///
-    /// ```no_run
-    /// # async fn demo(pool: livepool::Pool) { let conn = pool.get().await.unwrap();
-    /// println!("{:?}", conn.idle_before_checkout());
-    /// # }
-    /// ```
-    pub fn idle_before_checkout(&self) -> Duration {
-        Instant::now().saturating_duration_since(self.shared().last_alive())
-    }
-
     /// Resolves when the peer closes or resets the connection (or the socket reports an
     /// error) while you hold it, without consuming any data: `select!` on it to abandon work
     /// for a peer that is gone.
