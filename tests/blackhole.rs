@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use livepool::{BreakerConfig, Conn, EvictReason, FrameHeartbeat, Pool};
 use support::netns::Netns;
-use support::{exchange, token, wait_until, within};
+use support::{exchange, expect_eviction, idle_member, token, wait_until, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A ping/pong + echo server whose listening socket (and so every accepted socket) lives in
@@ -79,16 +79,6 @@ fn quiet_pool(addr: SocketAddr) -> livepool::Builder {
         .breaker(None)
 }
 
-/// Checks out one connection, does one exchange, returns it to the pool; returns its address.
-async fn idle_member(pool: &Pool) -> SocketAddr {
-    let mut c = within(5, "get", pool.get()).await.expect("get");
-    let reply = within(5, "exchange", exchange(&mut c, 1))
-        .await
-        .expect("exchange");
-    assert_eq!(reply, token(1));
-    c.local_addr().unwrap()
-}
-
 #[test]
 fn heartbeat_finds_blackholed_peer() {
     let Some(ns) = Netns::create() else { return };
@@ -104,17 +94,13 @@ fn heartbeat_finds_blackholed_peer() {
             .reap_interval(Duration::from_millis(100))
             .build()
             .expect("valid config");
-        let local = idle_member(&pool).await;
+        let local = idle_member(&pool, 1).await;
         let mut events = pool.events();
 
         ns.blackhole();
         let cut = Instant::now();
-        let ev = within(20, "heartbeat eviction", events.recv())
-            .await
-            .expect("event");
+        let ev = expect_eviction(&mut events, 20, EvictReason::HeartbeatTimeout, local).await;
         let took = cut.elapsed();
-        assert_eq!(ev.reason, EvictReason::HeartbeatTimeout, "{ev:?}");
-        assert_eq!(ev.local_addr, Some(local));
         assert_eq!(pool.status().size, 0, "the member is still in the pool");
         assert_eq!(pool.statistics().evicted(EvictReason::HeartbeatTimeout), 1);
         println!(
@@ -137,17 +123,13 @@ fn keepalive_alone_finds_blackholed_idle_peer() {
             .tcp_keepalive_retries(3)
             .build()
             .expect("valid config");
-        let local = idle_member(&pool).await;
+        let local = idle_member(&pool, 1).await;
         let mut events = pool.events();
 
         ns.blackhole();
         let cut = Instant::now();
-        let ev = within(30, "keepalive eviction", events.recv())
-            .await
-            .expect("event");
+        let ev = expect_eviction(&mut events, 30, EvictReason::SocketError, local).await;
         let took = cut.elapsed();
-        assert_eq!(ev.reason, EvictReason::SocketError, "{ev:?}");
-        assert_eq!(ev.local_addr, Some(local));
         assert_eq!(pool.status().size, 0, "the member is still in the pool");
         assert_eq!(pool.statistics().evicted(EvictReason::SocketError), 1);
         println!(

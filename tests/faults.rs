@@ -28,16 +28,6 @@ fn pool(addr: SocketAddr, watch: bool) -> Pool {
         .expect("valid config")
 }
 
-/// Checks out one connection, uses it, returns it; returns its (local, server) addresses.
-async fn idle_member(pool: &Pool) -> SocketAddr {
-    let mut c = within(5, "get", pool.get()).await.expect("get");
-    let reply = within(5, "exchange", exchange(&mut c, 1))
-        .await
-        .expect("exchange");
-    assert_eq!(reply, token(1));
-    c.local_addr().unwrap()
-}
-
 async fn inject(server: FaultServer, fault: Fault, client: SocketAddr) -> Option<FaultServer> {
     match fault {
         Fault::Fin => server.fin(client),
@@ -75,7 +65,7 @@ async fn checkout_never_hands_out(fault: Fault) {
     let server = FaultServer::start().await;
     let addr = server.addr;
     let pool = pool(addr, false);
-    let dead = idle_member(&pool).await;
+    let dead = idle_member(&pool, 1).await;
     let server = inject(server, fault, dead).await;
     kernel_knows(fault, dead, addr).await;
 
@@ -117,7 +107,7 @@ async fn idle_watch_evicts_without_checkout(fault: Fault) {
     let server = FaultServer::start().await;
     let pool = pool(server.addr, true);
     let mut events = pool.events();
-    let dead = idle_member(&pool).await;
+    let dead = idle_member(&pool, 1).await;
     let _server = inject(server, fault, dead).await;
     let ev = within(5, "eviction event", events.recv())
         .await
@@ -261,7 +251,7 @@ async fn mark_broken_is_not_returned() {
 async fn clean_connection_is_reused() {
     let server = FaultServer::start().await;
     let pool = pool(server.addr, true);
-    let first = idle_member(&pool).await;
+    let first = idle_member(&pool, 1).await;
     for i in 0..20 {
         let mut c = pool.get().await.unwrap();
         assert_eq!(
@@ -308,7 +298,7 @@ async fn idle_watch_names_the_reset_after_quiet_checkouts() {
     let server = FaultServer::start().await;
     let pool = pool(server.addr, true);
     let mut events = pool.events();
-    let dead = idle_member(&pool).await;
+    let dead = idle_member(&pool, 1).await;
     // Let the watcher arm on the idle member (it runs in the reaper task).
     tokio::time::sleep(Duration::from_millis(20)).await;
     for _ in 0..3 {

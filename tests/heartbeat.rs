@@ -21,24 +21,6 @@ fn builder(server: &FaultServer) -> livepool::Builder {
         .breaker(None)
 }
 
-async fn idle_member(pool: &Pool, n: u64) -> std::net::SocketAddr {
-    let mut c = pool.get().await.unwrap();
-    assert_eq!(exchange(&mut c, n).await.unwrap(), token(n));
-    c.local_addr().unwrap()
-}
-
-async fn expect_eviction(
-    pool_events: &mut livepool::Events,
-    reason: EvictReason,
-    addr: std::net::SocketAddr,
-) {
-    let ev = within(10, &format!("{reason} eviction"), pool_events.recv())
-        .await
-        .unwrap();
-    assert_eq!(ev.reason, reason, "{ev:?}");
-    assert_eq!(ev.local_addr, Some(addr));
-}
-
 #[tokio::test]
 async fn peer_that_stops_answering_is_evicted_by_heartbeat_timeout() {
     let server = FaultServer::start().await;
@@ -53,7 +35,7 @@ async fn peer_that_stops_answering_is_evicted_by_heartbeat_timeout() {
     assert_eq!(pool.statistics().evicted_total(), 0);
     // The peer's kernel keeps ACKing, but the process stops answering.
     server.stall(addr);
-    expect_eviction(&mut events, EvictReason::HeartbeatTimeout, addr).await;
+    expect_eviction(&mut events, 10, EvictReason::HeartbeatTimeout, addr).await;
     assert_eq!(pool.status().size, 0);
 }
 
@@ -64,7 +46,7 @@ async fn wrong_pong_seq_is_evicted() {
     let pool = builder(&server).build().unwrap();
     let mut events = pool.events();
     let addr = idle_member(&pool, 1).await;
-    expect_eviction(&mut events, EvictReason::HeartbeatBadReply, addr).await;
+    expect_eviction(&mut events, 10, EvictReason::HeartbeatBadReply, addr).await;
 }
 
 #[tokio::test]
@@ -74,7 +56,7 @@ async fn garbled_pong_is_evicted() {
     let pool = builder(&server).build().unwrap();
     let mut events = pool.events();
     let addr = idle_member(&pool, 1).await;
-    expect_eviction(&mut events, EvictReason::HeartbeatBadReply, addr).await;
+    expect_eviction(&mut events, 10, EvictReason::HeartbeatBadReply, addr).await;
 }
 
 #[tokio::test]
@@ -216,7 +198,7 @@ async fn heartbeat_on_a_closed_connection_evicts_but_does_not_feed_the_breaker()
     let mut events = pool.events();
     let addr = idle_member(&pool, 1).await;
     server.fin(addr);
-    expect_eviction(&mut events, EvictReason::HeartbeatFailed, addr).await;
+    expect_eviction(&mut events, 10, EvictReason::HeartbeatFailed, addr).await;
     assert_eq!(pool.statistics().breaker_state, BreakerState::Closed);
     let mut c = pool
         .get()

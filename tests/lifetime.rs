@@ -23,12 +23,6 @@ fn builder(addr: std::net::SocketAddr) -> livepool::Builder {
         .heartbeat_jitter(0.0)
 }
 
-async fn use_once(pool: &Pool, n: u64) -> std::net::SocketAddr {
-    let mut c = pool.get().await.unwrap();
-    assert_eq!(exchange(&mut c, n).await.unwrap(), token(n));
-    c.local_addr().unwrap()
-}
-
 #[tokio::test(start_paused = true)]
 async fn idle_timeout_at_checkout() {
     let server = FaultServer::start().await;
@@ -38,16 +32,16 @@ async fn idle_timeout_at_checkout() {
         .reap_interval(3600 * SEC)
         .build()
         .unwrap();
-    let first = use_once(&pool, 1).await;
+    let first = idle_member(&pool, 1).await;
     advance(59 * SEC).await;
     assert_eq!(
-        use_once(&pool, 2).await,
+        idle_member(&pool, 2).await,
         first,
         "evicted before its idle timeout"
     );
     advance(61 * SEC).await;
     assert_ne!(
-        use_once(&pool, 3).await,
+        idle_member(&pool, 3).await,
         first,
         "idle past the timeout, still handed out"
     );
@@ -98,7 +92,7 @@ async fn max_lifetime_idle_and_in_use() {
         .reap_interval(3600 * SEC)
         .build()
         .unwrap();
-    let first = use_once(&pool, 1).await;
+    let first = idle_member(&pool, 1).await;
     advance(599 * SEC).await;
     // Checked out just before it expires, returned after: closed on return.
     let c = pool.get().await.unwrap();
@@ -108,9 +102,9 @@ async fn max_lifetime_idle_and_in_use() {
     assert_eq!(pool.statistics().evicted(EvictReason::MaxLifetime), 1);
     assert_eq!(pool.status().size, 0);
     // An idle one past its lifetime is refused at checkout.
-    let second = use_once(&pool, 2).await;
+    let second = idle_member(&pool, 2).await;
     advance(601 * SEC).await;
-    assert_ne!(use_once(&pool, 3).await, second);
+    assert_ne!(idle_member(&pool, 3).await, second);
     assert_eq!(pool.statistics().evicted(EvictReason::MaxLifetime), 2);
 }
 
@@ -162,7 +156,7 @@ async fn heartbeats_are_scheduled_per_interval_and_keep_members() {
         .reap_interval(SEC)
         .build()
         .unwrap();
-    let first = use_once(&pool, 1).await;
+    let first = idle_member(&pool, 1).await;
     assert_eq!(server.pings.load(Ordering::SeqCst), 0);
     for _ in 0..35 {
         advance(SEC).await;
@@ -178,7 +172,7 @@ async fn heartbeats_are_scheduled_per_interval_and_keep_members() {
         "expected a ping every 10 s over 35 s, got {pings}"
     );
     assert_eq!(
-        use_once(&pool, 2).await,
+        idle_member(&pool, 2).await,
         first,
         "a healthy pinged member was lost"
     );

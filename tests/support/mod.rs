@@ -328,3 +328,29 @@ pub async fn exchange(conn: &mut livepool::Conn, n: u64) -> std::io::Result<[u8;
     Ok(buf)
 }
 pub mod netns;
+
+/// Checks out one connection, does exchange `n` on it (asserting the echo), returns it to the
+/// pool idle; returns its local address.
+pub async fn idle_member(pool: &livepool::Pool, n: u64) -> SocketAddr {
+    let mut c = within(5, "get", pool.get()).await.expect("get");
+    let reply = within(5, "exchange", exchange(&mut c, n))
+        .await
+        .expect("exchange");
+    assert_eq!(reply, token(n));
+    c.local_addr().unwrap()
+}
+
+/// Waits (bounded by `secs`) for the next eviction event and checks its reason and address.
+pub async fn expect_eviction(
+    events: &mut livepool::Events,
+    secs: u64,
+    reason: livepool::EvictReason,
+    addr: SocketAddr,
+) -> livepool::EvictionEvent {
+    let ev = within(secs, &format!("{reason} eviction"), events.recv())
+        .await
+        .expect("event");
+    assert_eq!(ev.reason, reason, "{ev:?}");
+    assert_eq!(ev.local_addr, Some(addr), "{ev:?}");
+    ev
+}
