@@ -27,7 +27,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
-use deadpool::managed::{Metrics, RecycleResult};
 use livepool::BreakerConfig;
 use tokio::net::TcpStream;
 
@@ -38,24 +37,6 @@ const GET_DEADLINE: Duration = Duration::from_secs(5);
 fn down_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
-}
-
-#[derive(Debug)]
-struct DpManager {
-    addr: SocketAddr,
-}
-
-impl deadpool::managed::Manager for DpManager {
-    type Type = TcpStream;
-    type Error = io::Error;
-
-    async fn create(&self) -> io::Result<TcpStream> {
-        TcpStream::connect(self.addr).await
-    }
-
-    async fn recycle(&self, _: &mut TcpStream, _: &Metrics) -> RecycleResult<io::Error> {
-        Ok(())
-    }
 }
 
 #[derive(Debug)]
@@ -83,7 +64,7 @@ impl bb8::ManageConnection for Bb8Manager {
 enum AnyPool {
     LiveOpen(livepool::Pool),
     LiveNoBreaker(livepool::Pool),
-    Dead(deadpool::managed::Pool<DpManager>),
+    Dead(deadpool::managed::Pool<NoopManager>),
     Bb8(bb8::Pool<Bb8Manager>),
 }
 
@@ -151,7 +132,7 @@ fn bench_breaker(c: &mut Criterion) {
                         .expect("livepool"),
                 ),
                 "deadpool" => AnyPool::Dead(
-                    deadpool::managed::Pool::builder(DpManager { addr })
+                    deadpool::managed::Pool::builder(NoopManager { addr })
                         .max_size(16)
                         .build()
                         .expect("deadpool"),

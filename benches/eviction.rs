@@ -50,7 +50,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group};
-use deadpool::managed::{Metrics, RecycleResult};
 use livepool::{EvictReason, FrameHeartbeat};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -613,25 +612,6 @@ async fn ping_ok<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, seq: u32) -> bool
 // ---------------------------------------------------------------------------------------------
 // Equivalents: deadpool and bb8, which have no background eviction.
 
-struct DpManager {
-    addr: SocketAddr,
-}
-
-impl deadpool::managed::Manager for DpManager {
-    type Type = TcpStream;
-    type Error = io::Error;
-
-    async fn create(&self) -> io::Result<TcpStream> {
-        let s = TcpStream::connect(self.addr).await?;
-        s.set_nodelay(true)?;
-        Ok(s)
-    }
-
-    async fn recycle(&self, _: &mut TcpStream, _: &Metrics) -> RecycleResult<io::Error> {
-        Ok(())
-    }
-}
-
 struct Bb8Manager {
     addr: SocketAddr,
     seq: std::sync::atomic::AtomicU32,
@@ -694,7 +674,7 @@ fn equivalents() {
                 .min_idle(1)
                 .build()
                 .expect("livepool");
-            let dp = deadpool::managed::Pool::<DpManager>::builder(DpManager { addr })
+            let dp = deadpool::managed::Pool::<NoopManager>::builder(NoopManager { addr })
                 .max_size(1)
                 .build()
                 .expect("deadpool");

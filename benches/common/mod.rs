@@ -3,7 +3,10 @@
 
 use std::io;
 use std::mem::MaybeUninit;
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use deadpool::managed::{Metrics, RecycleResult};
 
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
@@ -41,4 +44,26 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 pub fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
+}
+
+/// A deadpool manager over plain `TcpStream`s (`TCP_NODELAY`, as livepool sets by default)
+/// whose recycle checks nothing: deadpool as most users run it.
+#[derive(Debug)]
+pub struct NoopManager {
+    pub addr: SocketAddr,
+}
+
+impl deadpool::managed::Manager for NoopManager {
+    type Type = TcpStream;
+    type Error = io::Error;
+
+    async fn create(&self) -> io::Result<TcpStream> {
+        let s = TcpStream::connect(self.addr).await?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+
+    async fn recycle(&self, _: &mut TcpStream, _: &Metrics) -> RecycleResult<io::Error> {
+        Ok(())
+    }
 }
