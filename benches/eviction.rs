@@ -45,7 +45,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, AtomicIsize, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -473,13 +473,12 @@ fn refill_one_off(k: usize) {
 
 // ---------------------------------------------------------------------------------------------
 // The ping server (own thread, own runtime): answers FrameHeartbeat pings; can FIN any
-// connection on request. Its thread is tagged so that its allocations are counted apart.
+// connection on request. Its thread is tagged so that its allocations are counted apart. (The
+// scale run puts it in a child process instead: see `ChildServer`.)
 
 struct PingServer {
     addr: SocketAddr,
     kill: Arc<Mutex<HashMap<SocketAddr, oneshot::Sender<()>>>>,
-    pings: Arc<AtomicU64>,
-    tid: Arc<AtomicI32>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -489,13 +488,9 @@ impl PingServer {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let kill: Arc<Mutex<HashMap<SocketAddr, oneshot::Sender<()>>>> = Arc::default();
-        let pings = Arc::new(AtomicU64::new(0));
-        let tid = Arc::new(AtomicI32::new(0));
-        let (k2, p2, t2) = (kill.clone(), pings.clone(), tid.clone());
+        let k2 = kill.clone();
         let thread = std::thread::spawn(move || {
             ON_SERVER.with(|c| c.set(true));
-            // SAFETY: gettid has no preconditions.
-            t2.store(unsafe { libc::gettid() }, Relaxed);
             let rt = current_thread();
             rt.block_on(async move {
                 let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -511,7 +506,7 @@ impl PingServer {
                             let _ = stream.set_nodelay(true);
                             let (tx, rx) = oneshot::channel();
                             k2.lock().expect("kill map").insert(peer, tx);
-                            tokio::spawn(serve(stream, rx, p2.clone()));
+                            tokio::spawn(serve(stream, rx));
                         }
                     }
                 }
@@ -523,8 +518,6 @@ impl PingServer {
         PingServer {
             addr,
             kill,
-            pings,
-            tid,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -544,15 +537,6 @@ impl PingServer {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-
-    /// CPU time of the server thread so far.
-    fn cpu(&self) -> Duration {
-        let tid = self.tid.load(Relaxed);
-        std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .map_or(Duration::ZERO, Duration::from_nanos)
-    }
 }
 
 impl Drop for PingServer {
@@ -567,7 +551,7 @@ impl Drop for PingServer {
 }
 
 /// Answers each ping with a pong until EOF, an error, or a kill request (then closes: FIN).
-async fn serve(mut stream: TcpStream, mut kill: oneshot::Receiver<()>, pings: Arc<AtomicU64>) {
+async fn serve(mut stream: TcpStream, mut kill: oneshot::Receiver<()>) {
     let mut frame = [0u8; FrameHeartbeat::LEN];
     loop {
         tokio::select! {
@@ -580,7 +564,6 @@ async fn serve(mut stream: TcpStream, mut kill: oneshot::Receiver<()>, pings: Ar
                 if kind != FrameHeartbeat::PING {
                     return;
                 }
-                pings.fetch_add(1, Relaxed);
                 let pong = FrameHeartbeat::encode(FrameHeartbeat::PONG, seq, ts);
                 if stream.write_all(&pong).await.is_err() {
                     return;
@@ -778,6 +761,70 @@ fn process_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// Set in the environment of the scale run's ping server: this same binary, in a child
+/// process, so that the measured process holds only the pool's (client) ends.
+const CHILD_SERVER_ENV: &str = "LIVEPOOL_PING_SERVER_CHILD";
+
+/// The child's main: a `PingServer`, its address on stdout, serving until stdin closes.
+fn child_server_main() {
+    let server = PingServer::start();
+    println!("{}", server.addr);
+    let _ = io::stdout().flush();
+    let mut line = String::new();
+    let _ = io::stdin().read_line(&mut line);
+    drop(server);
+}
+
+/// The scale run's ping server in a child process; killed when dropped.
+struct ChildServer {
+    addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl ChildServer {
+    fn start() -> ChildServer {
+        use std::io::BufRead as _;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(std::env::current_exe().expect("bench executable"))
+            .env(CHILD_SERVER_ENV, "1")
+            .env_remove("LIVEPOOL_SCALE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the ping server process");
+        let mut line = String::new();
+        io::BufReader::new(child.stdout.take().expect("child stdout"))
+            .read_line(&mut line)
+            .expect("read the ping server's address");
+        let addr = line.trim().parse().expect("ping server address");
+        ChildServer { addr, child }
+    }
+
+    /// CPU time (user + system) the child has used, from /proc/PID/stat.
+    fn cpu(&self) -> Duration {
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                // Fields after the command name (which is in parentheses): utime is the 12th,
+                // stime the 13th.
+                let rest = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+            })
+            .map_or(Duration::ZERO, |t| Duration::from_secs_f64(t / ticks))
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn vm_rss_kib() -> usize {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -799,18 +846,20 @@ fn scale_run() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(60),
     );
-    let server = PingServer::start();
-    let n = max_k();
+    let server = ChildServer::start();
+    // Only the client ends live in this process: 10,000 fit under the fd limit.
+    let n = fd_limit().saturating_sub(open_fds() + 1_100).min(10_000);
     println!(
-        "scale: N = {n} idle connections (fd limit {}, {} open before)",
+        "scale: N = {n} idle connections (fd limit {}, {} open before; ping server in child process {})",
         fd_limit(),
-        open_fds()
+        open_fds(),
+        server.child.id()
     );
     let rt = two_workers();
 
     // Baseline: what a bare tokio TcpStream costs on the heap (registration with the driver).
     let bare = 1000;
-    let (p0, s0) = (POOL_BYTES.load(Relaxed), SERVER_BYTES.load(Relaxed));
+    let p0 = POOL_BYTES.load(Relaxed);
     let held = rt.block_on(async {
         let mut v = Vec::with_capacity(bare);
         for _ in 0..bare {
@@ -819,22 +868,17 @@ fn scale_run() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         v
     });
-    let (p1, s1) = (POOL_BYTES.load(Relaxed), SERVER_BYTES.load(Relaxed));
+    let p1 = POOL_BYTES.load(Relaxed);
     println!(
-        "scale: bare tokio TcpStream: {} B client side (incl. the Vec slot), {} B server side, per connection",
+        "scale: bare tokio TcpStream: {} B per connection (incl. its Vec slot)",
         (p1 - p0) / bare as isize,
-        (s1 - s0) / bare as isize
     );
     rt.block_on(async move {
         drop(held);
         tokio::time::sleep(Duration::from_millis(300)).await;
     });
 
-    let (p0, s0, rss0) = (
-        POOL_BYTES.load(Relaxed),
-        SERVER_BYTES.load(Relaxed),
-        vm_rss_kib(),
-    );
+    let (p0, rss0) = (POOL_BYTES.load(Relaxed), vm_rss_kib());
     let fill_start = Instant::now();
     let pool = rt.block_on(async {
         let pool = livepool::Pool::builder(server.addr)
@@ -856,12 +900,11 @@ fn scale_run() {
                 report = Instant::now();
                 let st = pool.statistics();
                 println!(
-                    "scale: filling, t={:.1}s {:?} created={} connect_errors={} checkouts={}",
+                    "scale: filling, t={:.1}s {:?} created={} connect_errors={}",
                     start.elapsed().as_secs_f64(),
                     pool.status(),
                     st.created,
                     st.connect_errors,
-                    st.checkouts
                 );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -870,62 +913,47 @@ fn scale_run() {
     });
     let fill = fill_start.elapsed();
     rt.block_on(async { tokio::time::sleep(Duration::from_secs(1)).await });
-    let (p1, s1, rss1) = (
-        POOL_BYTES.load(Relaxed),
-        SERVER_BYTES.load(Relaxed),
-        vm_rss_kib(),
-    );
+    let (p1, rss1) = (POOL_BYTES.load(Relaxed), vm_rss_kib());
     println!(
         "scale: filled to {n} idle by min_idle refill in {:.2} s",
         fill.as_secs_f64()
     );
     println!(
-        "scale: heap growth: pool side {} B total = {} B per connection; server thread {} B per connection; VmRSS +{} KiB = {} B per connection (both sides)",
+        "scale: heap growth {} B total = {} B per connection; VmRSS +{} KiB = {} B per connection",
         p1 - p0,
         (p1 - p0) / n as isize,
-        (s1 - s0) / n as isize,
         rss1.saturating_sub(rss0),
         rss1.saturating_sub(rss0) * 1024 / n
     );
 
-    // CPU over an idle window that holds at least one heartbeat round.
-    let (cpu0, srv0, pings0, t0) = (
-        process_cpu(),
-        server.cpu(),
-        server.pings.load(Relaxed),
-        Instant::now(),
-    );
+    // CPU over an idle window that holds at least one heartbeat round. The whole process is
+    // the pool's side now; the server's CPU is read from the child for reference.
+    let (cpu0, srv0, t0) = (process_cpu(), server.cpu(), Instant::now());
     let stats0 = pool.statistics();
-    let mut last = t0;
     while t0.elapsed() < window {
         std::thread::sleep(Duration::from_secs(5));
-        let now = Instant::now();
         println!(
-            "scale: t={:>4.1}s pings so far {} cpu total {:.3}s server {:.3}s (last 5 s)",
+            "scale: t={:>4.1}s heartbeats so far {} cpu {:.3}s (server process {:.3}s)",
             t0.elapsed().as_secs_f64(),
-            server.pings.load(Relaxed) - pings0,
+            pool.statistics().heartbeats - stats0.heartbeats,
             (process_cpu() - cpu0).as_secs_f64(),
-            (server.cpu() - srv0).as_secs_f64(),
+            (server.cpu().saturating_sub(srv0)).as_secs_f64(),
         );
         let _ = io::stdout().flush();
-        last = now;
     }
-    let _ = last;
     let wall = t0.elapsed();
-    let (cpu, srv) = (process_cpu() - cpu0, server.cpu() - srv0);
-    let pings = server.pings.load(Relaxed) - pings0;
+    let (cpu, srv) = (process_cpu() - cpu0, server.cpu().saturating_sub(srv0));
     let stats1 = pool.statistics();
+    let beats = stats1.heartbeats - stats0.heartbeats;
     let pct = |d: Duration| 100.0 * d.as_secs_f64() / wall.as_secs_f64();
     println!(
-        "scale: window {:.1} s: {pings} heartbeats ({:.2} per connection); CPU: process {:.3} s = {:.3} % of a core; server thread {:.3} s = {:.3} %; pool side (process - server) {:.3} s = {:.3} % of a core",
+        "scale: window {:.1} s: {beats} heartbeats ({:.2} per connection); CPU: pool process {:.3} s = {:.3} % of a core; server process {:.3} s = {:.3} %",
         wall.as_secs_f64(),
-        pings as f64 / n as f64,
+        beats as f64 / n as f64,
         cpu.as_secs_f64(),
         pct(cpu),
         srv.as_secs_f64(),
         pct(srv),
-        cpu.saturating_sub(srv).as_secs_f64(),
-        pct(cpu.saturating_sub(srv)),
     );
     println!(
         "scale: evictions during the window: {} (before {}), status {:?}",
@@ -972,6 +1000,10 @@ criterion_group! {
 }
 
 fn main() {
+    if std::env::var_os(CHILD_SERVER_ENV).is_some() {
+        child_server_main();
+        return;
+    }
     if std::env::var_os("LIVEPOOL_SCALE").is_some() {
         scale_run();
         return;

@@ -14,8 +14,8 @@
 //! - **tick** (`reap_interval`): idle timeout above `min_idle`, max lifetime, and due
 //!   heartbeats, all decided inside one `retain` pass; heartbeats then run outside the lock
 //!   through the shared socket, each with its own deadline.
-//! - **refill** to `min_idle`, in a spawned task, through the breaker, up to 16 connects at a
-//!   time, with a capped backoff after connect failures (reset when the breaker closes).
+//! - **refill** to `min_idle`, in a spawned task, through the breaker, up to 16 connects in
+//!   flight, with a capped backoff after connect failures (reset when the breaker closes).
 //!
 //! Heartbeat outcomes feed the breaker: a success, a timeout (a hung or blackholed peer) or a
 //! wrong reply does; a heartbeat that finds the connection closed or reset by the peer does
@@ -201,7 +201,13 @@ async fn beat(sh: Arc<Shared>, hb: Arc<dyn crate::Heartbeat>, shared: Arc<PoolSh
         Err(_) => Some(EvictReason::HeartbeatTimeout),
     };
     match &res {
-        Ok(Ok(())) => shared.report(Outcome::Success, None),
+        Ok(Ok(())) => {
+            shared
+                .stats
+                .heartbeats
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared.report(Outcome::Success, None);
+        }
         // The peer closed or reset this one connection during the beat: a dead member, like
         // one the idle watch finds, not evidence that the endpoint is unhealthy.
         Ok(Err(e)) if member_died(e) => {
@@ -290,31 +296,32 @@ async fn fill(
     dp: deadpool::managed::Pool<crate::manager::Manager, crate::Conn>,
     shared: Arc<PoolShared>,
 ) -> bool {
-    // Up to this many connects at once.
-    const BATCH: usize = 16;
+    // Up to this many checkouts (in effect, connects) in flight. A sliding window, not
+    // batches: one slow connect (a SYN retransmitted after a full listen backlog costs 1 s)
+    // must not hold up the others.
+    const WINDOW: usize = 16;
     let no_wait = Timeouts {
         wait: Some(Duration::ZERO),
         ..dp.timeouts()
     };
     let mut held = Vec::new();
+    let mut inflight = FuturesUnordered::new();
     loop {
-        let need = shared.min_idle().saturating_sub(shared.members());
-        let room = shared.max_size().saturating_sub(held.len());
-        let batch = need.min(room).min(BATCH);
-        if batch == 0 {
-            return true;
+        while inflight.len() < WINDOW
+            && shared.members() + inflight.len() < shared.min_idle()
+            && held.len() + inflight.len() < shared.max_size()
+        {
+            inflight.push(dp.timeout_get(&no_wait));
         }
-        let tries = (0..batch).map(|_| dp.timeout_get(&no_wait));
-        for res in futures_util::future::join_all(tries).await {
-            match res {
-                Ok(conn) => held.push(conn),
-                // Every slot is checked out right now: not a failure of the endpoint; the
-                // next wake-up or tick tries again, without backing off.
-                Err(deadpool::managed::PoolError::Timeout(_)) => return true,
-                Err(e) => {
-                    tracing::debug!(error = ?e, "refill stopped");
-                    return false;
-                }
+        match inflight.next().await {
+            None => return true,
+            Some(Ok(conn)) => held.push(conn),
+            // Every slot is checked out right now: not a failure of the endpoint; the next
+            // wake-up or tick tries again, without backing off.
+            Some(Err(deadpool::managed::PoolError::Timeout(_))) => return true,
+            Some(Err(e)) => {
+                tracing::debug!(error = ?e, "refill stopped");
+                return false;
             }
         }
     }

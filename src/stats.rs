@@ -310,6 +310,7 @@ pub(crate) struct Stats {
     pub(crate) checkouts: AtomicU64,
     pub(crate) get_timeouts: AtomicU64,
     pub(crate) leaks: AtomicU64,
+    pub(crate) heartbeats: AtomicU64,
     evicted: [AtomicU64; EvictReason::ALL.len()],
     latency: [AtomicU64; BUCKETS],
     events: broadcast::Sender<EvictionEvent>,
@@ -324,6 +325,7 @@ impl Stats {
             checkouts: AtomicU64::new(0),
             get_timeouts: AtomicU64::new(0),
             leaks: AtomicU64::new(0),
+            heartbeats: AtomicU64::new(0),
             evicted: std::array::from_fn(|_| AtomicU64::new(0)),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             events: broadcast::channel(1024).0,
@@ -371,6 +373,7 @@ impl Stats {
             checkouts: self.checkouts.load(Relaxed),
             get_timeouts: self.get_timeouts.load(Relaxed),
             leaks: self.leaks.load(Relaxed),
+            heartbeats: self.heartbeats.load(Relaxed),
             breaker_state: crate::BreakerState::Closed,
             breaker_transitions: 0,
             evicted: std::array::from_fn(|i| self.evicted[i].load(Relaxed)),
@@ -406,6 +409,8 @@ pub struct Statistics {
     pub get_timeouts: u64,
     /// Checkouts held longer than the leak threshold.
     pub leaks: u64,
+    /// Heartbeats answered correctly (failed ones are counted as evictions).
+    pub heartbeats: u64,
     /// The circuit breaker's state when the snapshot was taken.
     pub breaker_state: crate::BreakerState,
     /// Breaker transitions so far.

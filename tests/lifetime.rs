@@ -171,6 +171,7 @@ async fn heartbeats_are_scheduled_per_interval_and_keep_members() {
         (3..=4).contains(&pings),
         "expected a ping every 10 s over 35 s, got {pings}"
     );
+    assert_eq!(pool.statistics().heartbeats, pings as u64);
     assert_eq!(
         idle_member(&pool, 2).await,
         first,
