@@ -90,18 +90,7 @@ impl Config {
 
     pub(crate) fn validate(&self) -> Result<(), BuildError> {
         let e = |f: &'static str, r: &dyn std::fmt::Display| BuildError::new(f, r.to_string());
-        if self.max_size == 0 {
-            return Err(e("max_size", &"must be at least 1"));
-        }
-        if self.min_idle > self.max_size {
-            return Err(e(
-                "min_idle",
-                &format!(
-                    "{} is larger than max_size {}",
-                    self.min_idle, self.max_size
-                ),
-            ));
-        }
+        check_sizes(self.max_size, self.min_idle, "min_idle")?;
         nonzero("connect_timeout", self.connect_timeout)?;
         nonzero("tcp_keepalive", self.tcp_keepalive)?;
         nonzero("tcp_keepalive_interval", Some(self.tcp_keepalive_interval))?;
@@ -180,6 +169,25 @@ impl Config {
         self.heartbeat_interval
             .mul_f64(1.0 - self.heartbeat_jitter * unit(self.jitter_seed ^ 0x9e37, id))
     }
+}
+
+/// The size rule, at build time and for `resize`/`set_min_idle` at runtime: `max_size` at
+/// least 1 and `min_idle` not above it. `blame` names the field reported when they conflict.
+pub(crate) fn check_sizes(
+    max_size: usize,
+    min_idle: usize,
+    blame: &'static str,
+) -> Result<(), BuildError> {
+    if max_size == 0 {
+        return Err(BuildError::new("max_size", "must be at least 1"));
+    }
+    if min_idle > max_size {
+        return Err(BuildError::new(
+            blame,
+            format!("min_idle {min_idle} is larger than max_size {max_size}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A number in [0, 1) derived from `seed` and `id` (splitmix64): jitter that tests can zero.

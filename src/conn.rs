@@ -452,12 +452,13 @@ impl Conn {
                 Err(_) => return,
             }
             let res = stream.try_io(tokio::io::Interest::READABLE, || probe::peek(stream));
-            match res {
-                Ok(0) => return,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return,
+            match probe::classify(&res) {
+                Health::Alive => {}
+                // Bytes for the caller: a FIN behind them is invisible to a peek.
+                Health::Dead(EvictReason::UnexpectedData) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Health::Dead(_) => return,
             }
         }
     }

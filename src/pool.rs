@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::breaker::{Admit, Breaker, BreakerState, Outcome, Transition};
 use crate::builder::{Builder, IntoAddr};
-use crate::config::Config;
+use crate::config::{Config, check_sizes};
 use crate::conn::{Conn, Shared};
 use crate::error::{BuildError, Error, TimeoutPhase};
 use crate::manager::Manager;
@@ -214,6 +214,18 @@ pub(crate) struct PoolInner {
 }
 
 impl PoolInner {
+    pub(crate) fn status(&self) -> Status {
+        let s = self.dp.status();
+        Status {
+            max_size: s.max_size,
+            size: s.size,
+            idle: s.available,
+            in_use: s.size - s.available,
+            waiting: s.waiting,
+            breaker: self.shared.breaker_state(),
+        }
+    }
+
     fn stop_reaper(&self) {
         // Dropping the sender ends the reaper.
         self.shutdown.lock().take();
@@ -430,15 +442,7 @@ impl Pool {
     /// # }
     /// ```
     pub fn status(&self) -> Status {
-        let s = self.inner.dp.status();
-        Status {
-            max_size: s.max_size,
-            size: s.size,
-            idle: s.available,
-            in_use: s.size - s.available,
-            waiting: s.waiting,
-            breaker: self.inner.shared.breaker_state(),
-        }
+        self.inner.status()
     }
 
     /// A snapshot of the counters: connections created, evictions by reason, the
@@ -564,15 +568,7 @@ impl Pool {
     /// ```
     pub fn resize(&self, max_size: usize) -> Result<(), BuildError> {
         let shared = &self.inner.shared;
-        if max_size == 0 {
-            return Err(BuildError::new("max_size", "must be at least 1"));
-        }
-        if max_size < shared.min_idle() {
-            return Err(BuildError::new(
-                "max_size",
-                format!("{max_size} is below min_idle {}", shared.min_idle()),
-            ));
-        }
+        check_sizes(max_size, shared.min_idle(), "max_size")?;
         shared.max_size.store(max_size, Relaxed);
         self.inner.dp.resize(max_size);
         Ok(())
@@ -592,12 +588,7 @@ impl Pool {
     /// ```
     pub fn set_min_idle(&self, min_idle: usize) -> Result<(), BuildError> {
         let shared = &self.inner.shared;
-        if min_idle > shared.max_size() {
-            return Err(BuildError::new(
-                "min_idle",
-                format!("{min_idle} is larger than max_size {}", shared.max_size()),
-            ));
-        }
+        check_sizes(shared.max_size(), min_idle, "min_idle")?;
         shared.min_idle.store(min_idle, Relaxed);
         shared.wake.notify_one();
         Ok(())

@@ -163,15 +163,7 @@ fn maintain(inner: &PoolInner, ticked: bool, beats: &mut FuturesUnordered<Task>)
     drop(removed);
     #[cfg(feature = "metrics")]
     if ticked {
-        let s = inner.dp.status();
-        shared.metrics.status(&crate::Status {
-            max_size: s.max_size,
-            size: s.size,
-            idle: s.available,
-            in_use: s.size - s.available,
-            waiting: s.waiting,
-            breaker: shared.breaker_state(),
-        });
+        shared.metrics.status(&inner.status());
     }
     if ticked && let Some(threshold) = cfg.leak_threshold {
         for member in shared.live_members() {
@@ -194,29 +186,32 @@ fn maintain(inner: &PoolInner, ticked: bool, beats: &mut FuturesUnordered<Task>)
 async fn beat(sh: Arc<Shared>, hb: Arc<dyn crate::Heartbeat>, shared: Arc<PoolShared>) {
     let timeout = shared.config.heartbeat_timeout;
     let res = tokio::time::timeout(timeout, hb.beat(&sh.stream)).await;
-    let failure = match &res {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) if e.is_bad_reply() => Some(EvictReason::HeartbeatBadReply),
-        Ok(Err(_)) => Some(EvictReason::HeartbeatFailed),
-        Err(_) => Some(EvictReason::HeartbeatTimeout),
-    };
-    match &res {
+    let failure = match res {
         Ok(Ok(())) => {
             shared
                 .stats
                 .heartbeats
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             shared.report(Outcome::Success, None);
+            None
         }
         // The peer closed or reset this one connection during the beat: a dead member, like
         // one the idle watch finds, not evidence that the endpoint is unhealthy.
-        Ok(Err(e)) if member_died(e) => {
+        Ok(Err(e)) if member_died(&e) => {
             tracing::debug!(conn.id = sh.id, error = %e, "peer closed the connection during a heartbeat");
+            Some(EvictReason::HeartbeatFailed)
         }
         Ok(Err(e)) => {
             tracing::debug!(conn.id = sh.id, error = %e, "heartbeat failed");
-            let io = std::io::Error::other(e.to_string());
-            shared.report(Outcome::Failure, Some(&io));
+            shared.report(
+                Outcome::Failure,
+                Some(&std::io::Error::other(e.to_string())),
+            );
+            Some(if e.is_bad_reply() {
+                EvictReason::HeartbeatBadReply
+            } else {
+                EvictReason::HeartbeatFailed
+            })
         }
         Err(_) => {
             let io = std::io::Error::new(
@@ -224,8 +219,9 @@ async fn beat(sh: Arc<Shared>, hb: Arc<dyn crate::Heartbeat>, shared: Arc<PoolSh
                 format!("heartbeat unanswered within {timeout:?}"),
             );
             shared.report(Outcome::Failure, Some(&io));
+            Some(EvictReason::HeartbeatTimeout)
         }
-    }
+    };
     sh.end_heartbeat(failure);
 }
 
