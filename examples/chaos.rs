@@ -36,7 +36,6 @@
 //! - **leak**: a well-formed response carrying another request's token.
 
 use std::collections::{BTreeMap, HashMap};
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -406,7 +405,7 @@ fn check_stale(conn: &Conn, chaos: &Chaos) {
     if !fault.kernel_visible() || now.saturating_duration_since(at) <= STALE_GRACE {
         return;
     }
-    let peek = SockRef::from(&**conn).peek(&mut [MaybeUninit::uninit(); 1]);
+    let peek = conn.peek_socket();
     if !matches!(&peek, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
         let (id, ago) = (conn.id(), now - at);
         let msg = format!(

@@ -8,28 +8,34 @@
     rustdoc::broken_intra_doc_links
 )]
 
-mod breaker;
-mod builder;
-mod config;
-mod conn;
-mod error;
-mod heartbeat;
-mod manager;
+// Layers, bottom up; each imports only the ones above it in this list.
+mod breaker; //   the pure circuit-breaker machine
+mod io; //        tracked I/O: the clean-return bookkeeping, above TLS
+mod member; //    the state word, a member's shared state, Conn and its return path
 #[cfg(feature = "metrics")]
 mod metrics;
-mod pool;
-mod probe;
-mod reaper;
-mod stats;
+mod pool; //      leaf shared state, the deadpool manager, builder, config, errors, Pool
+mod protocol; //   the Protocol trait, the raw default, ready-made protocols
+mod reaper; //    the background task: watch, idle bytes, maintain, heartbeat, refill
+mod stats; //     counters, histograms, event streams
+mod transport; // sockets (TCP, Unix), DNS at every connect, TLS, the kernel probe
 
 pub use breaker::{BreakerConfig, BreakerState, Transition};
-pub use builder::{Builder, IntoAddr};
-pub use conn::Conn;
-pub use error::{BuildError, Error, TimeoutPhase};
-pub use heartbeat::{
-    FrameHeartbeat, Heartbeat, HeartbeatError, RedisHeartbeat, read_exact, write_all,
-};
+pub use io::Io;
+pub use member::Conn;
+pub use pool::builder::{Builder, IntoAddr};
+pub use pool::error::{BuildError, Error, TimeoutPhase};
 pub use pool::{Pool, Status};
+#[cfg(feature = "postgres")]
+pub use protocol::postgres;
+#[cfg(feature = "redis")]
+pub use protocol::redis;
+pub use protocol::{
+    FrameHeartbeat, Heartbeat, HeartbeatError, IdleVerdict, Protocol, Raw, RedisHeartbeat,
+    SetupError, discard_idle,
+};
+#[cfg(feature = "tls")]
+pub use rustls;
 pub use stats::{
     BreakerEvent, BreakerEvents, Events, EventsError, EvictReason, EvictionEvent, Statistics,
 };

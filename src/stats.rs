@@ -52,15 +52,21 @@ pub enum EvictReason {
     HeartbeatBadReply,
     /// The pool was closed, dropped or shrunk.
     PoolClosed,
+    /// On return, the protocol said the connection is not clean: replies still owed, an open
+    /// transaction or `MULTI`, session state changed by the caller.
+    NotClean,
+    /// The server announced that it is closing the connection (Postgres `FATAL 57P01` from
+    /// `pg_terminate_backend` or a fast shutdown, a MySQL shutdown error).
+    Terminated,
 }
 
 impl EvictReason {
     /// Every reason, in the order of their counters.
     ///
     /// ```
-    /// assert_eq!(livepool::EvictReason::ALL.len(), 15);
+    /// assert_eq!(livepool::EvictReason::ALL.len(), 17);
     /// ```
-    pub const ALL: [EvictReason; 15] = [
+    pub const ALL: [EvictReason; 17] = [
         EvictReason::PeerClosed,
         EvictReason::Reset,
         EvictReason::SocketError,
@@ -76,6 +82,8 @@ impl EvictReason {
         EvictReason::HeartbeatFailed,
         EvictReason::HeartbeatBadReply,
         EvictReason::PoolClosed,
+        EvictReason::NotClean,
+        EvictReason::Terminated,
     ];
 
     /// A stable snake_case name, used in tracing events and metric labels.
@@ -100,6 +108,8 @@ impl EvictReason {
             EvictReason::HeartbeatFailed => "heartbeat_failed",
             EvictReason::HeartbeatBadReply => "heartbeat_bad_reply",
             EvictReason::PoolClosed => "pool_closed",
+            EvictReason::NotClean => "not_clean",
+            EvictReason::Terminated => "terminated",
         }
     }
 

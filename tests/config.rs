@@ -87,8 +87,10 @@ async fn every_bad_field_is_named() {
         b().breaker(Some(BreakerConfig::new().jitter(1.5))),
         "breaker.jitter",
     );
-    refused(Pool::builder("no-such-host.invalid:80"), "addr");
     refused(Pool::builder("not an address"), "addr");
+    refused(Pool::builder("::1:80"), "addr");
+    refused(Pool::builder("host:notaport"), "addr");
+    refused(Pool::builder("unix:"), "addr");
 }
 
 #[test]
@@ -143,4 +145,19 @@ proptest! {
             Err(e) => prop_assert!(!e.field().is_empty()),
         }
     }
+}
+
+/// A host name is not resolved by `builder()` or `build()` (that would block the runtime
+/// thread); a name that does not resolve fails the connect, and the error names the host.
+#[tokio::test]
+async fn unresolvable_names_fail_at_connect_naming_the_host() {
+    let pool = Pool::builder("no-such-host.invalid:80")
+        .breaker(None)
+        .build()
+        .expect("nothing is resolved at build()");
+    let err = pool.get().await.expect_err("the name does not resolve");
+    assert!(err.is_connect(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("no-such-host.invalid:80"), "{text}");
+    assert!(text.contains("name resolution failed"), "{text}");
 }

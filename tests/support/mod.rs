@@ -354,3 +354,6 @@ pub async fn expect_eviction(
     assert_eq!(ev.local_addr, Some(addr), "{ev:?}");
     ev
 }
+pub mod pg;
+pub mod redis_server;
+pub mod tls;

@@ -1,20 +1,13 @@
-//! Protocol heartbeats for idle pooled connections.
+//! Heartbeats for the raw protocol: a ping with its own deadline, run by the reaper on idle
+//! members through the member's [`Io`] (so over TLS too).
 //!
-//! The pool keeps idle connections in shared storage and a background reaper
-//! pings them in place. Because the socket is shared, a heartbeat only gets a
-//! `&TcpStream` and must stick to the `&self` readiness API of tokio
-//! (`readable()` / `try_read`, `writable()` / `try_write`). It must never use
-//! `poll_read_ready`, which belongs to the connection's owner.
+//! The pool wraps every [`Heartbeat::beat`] in its own `tokio::time::timeout`, so a beat does
+//! not need a timeout of its own. A beat may be dropped at any `.await`; the pool then evicts
+//! the connection, so leaving a half-written ping or a half-read pong behind is acceptable.
 //!
-//! The pool wraps every [`Heartbeat::beat`] in its own
-//! `tokio::time::timeout`, so a beat does not need a timeout of its own. A
-//! beat may be dropped at any `.await`; the pool then evicts the connection,
-//! so leaving a half-written ping or a half-read pong behind is acceptable.
-//!
-//! Two heartbeats are built in: [`FrameHeartbeat`] (a small binary
-//! ping/pong frame) and [`RedisHeartbeat`] (`PING` → `+PONG`). Custom
-//! protocols can implement [`Heartbeat`] with the [`write_all`] and
-//! [`read_exact`] helpers.
+//! Two heartbeats are built in: [`FrameHeartbeat`] (a small binary ping/pong frame) and
+//! [`RedisHeartbeat`] (`PING` → `+PONG`). A protocol with its own connection type pings in
+//! [`Protocol::heartbeat`](crate::Protocol::heartbeat) instead.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -23,7 +16,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A protocol-level ping performed on an idle connection.
 ///
@@ -33,10 +26,6 @@ use tokio::net::TcpStream;
 ///
 /// # Rules for implementors
 ///
-/// * Only use the shared-reference API of [`TcpStream`]: `readable()` with
-///   `try_read`, and `writable()` with `try_write`. The [`write_all`] and
-///   [`read_exact`] helpers in this module do exactly that and handle
-///   partial transfers and spurious wake-ups.
 /// * Do not add a timeout: the pool already bounds every beat.
 /// * Being dropped halfway through is fine; the pool evicts the connection
 ///   when a beat fails or is cancelled.
@@ -52,7 +41,8 @@ use tokio::net::TcpStream;
 /// use std::sync::atomic::{AtomicU64, Ordering};
 ///
 /// use livepool::{Heartbeat, HeartbeatError, RedisHeartbeat};
-/// use tokio::net::TcpStream;
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crate::io::Io;
 ///
 /// #[derive(Debug, Default)]
 /// struct CountingRedis {
@@ -61,8 +51,8 @@ use tokio::net::TcpStream;
 ///
 /// #[async_trait::async_trait]
 /// impl Heartbeat for CountingRedis {
-///     async fn beat(&self, stream: &TcpStream) -> Result<(), HeartbeatError> {
-///         RedisHeartbeat.beat(stream).await?;
+///     async fn beat(&self, io: &mut Io) -> Result<(), HeartbeatError> {
+///         RedisHeartbeat.beat(io).await?;
 ///         self.ok.fetch_add(1, Ordering::Relaxed);
 ///         Ok(())
 ///     }
@@ -78,7 +68,7 @@ pub trait Heartbeat: Send + Sync + fmt::Debug + 'static {
     ///
     /// Returns `Ok(())` when the peer answered correctly; any error makes the
     /// pool evict the connection.
-    async fn beat(&self, stream: &TcpStream) -> Result<(), HeartbeatError>;
+    async fn beat(&self, io: &mut Io) -> Result<(), HeartbeatError>;
 }
 
 /// Why a heartbeat failed.
@@ -211,78 +201,11 @@ impl StdError for HeartbeatError {
 
 impl From<io::Error> for HeartbeatError {
     fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            return Self::closed();
+        }
         Self::io(e)
     }
-}
-
-/// Writes all of `buf` to a shared stream.
-///
-/// Uses only `writable()` and `try_write`, so it is usable from a heartbeat
-/// that holds a `&TcpStream`. Partial writes and spurious readiness are
-/// handled by looping. A write that accepts 0 bytes is reported as an I/O
-/// error of kind [`io::ErrorKind::WriteZero`].
-///
-/// Cancel safety: if dropped, an unknown prefix of `buf` may have been sent.
-///
-/// ```
-/// # async fn f(stream: &tokio::net::TcpStream) -> Result<(), livepool::HeartbeatError> {
-/// livepool::write_all(stream, b"PING\r\n").await?;
-/// # Ok(()) }
-/// ```
-pub async fn write_all(stream: &TcpStream, buf: &[u8]) -> Result<(), HeartbeatError> {
-    let mut written = 0;
-    while written < buf.len() {
-        stream.writable().await.map_err(HeartbeatError::io)?;
-        match stream.try_write(&buf[written..]) {
-            Ok(0) => {
-                return Err(HeartbeatError::io(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "socket accepted no bytes",
-                )));
-            }
-            Ok(n) => written += n,
-            Err(e) if is_retry(&e) => continue,
-            Err(e) => return Err(HeartbeatError::io(e)),
-        }
-    }
-    Ok(())
-}
-
-/// Reads exactly `buf.len()` bytes from a shared stream.
-///
-/// Uses only `readable()` and `try_read`, so it is usable from a heartbeat
-/// that holds a `&TcpStream`. Never reads more than `buf.len()` bytes. If the
-/// peer closes the connection before `buf` is full (a read returns 0), the
-/// result is [`HeartbeatError::closed`].
-///
-/// Cancel safety: if dropped, an unknown prefix of the reply may have been
-/// consumed from the socket.
-///
-/// ```
-/// # async fn f(stream: &tokio::net::TcpStream) -> Result<(), livepool::HeartbeatError> {
-/// let mut reply = [0u8; 7];
-/// livepool::read_exact(stream, &mut reply).await?;
-/// # Ok(()) }
-/// ```
-pub async fn read_exact(stream: &TcpStream, buf: &mut [u8]) -> Result<(), HeartbeatError> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        stream.readable().await.map_err(HeartbeatError::io)?;
-        match stream.try_read(&mut buf[filled..]) {
-            Ok(0) => return Err(HeartbeatError::closed()),
-            Ok(n) => filled += n,
-            Err(e) if is_retry(&e) => continue,
-            Err(e) => return Err(HeartbeatError::io(e)),
-        }
-    }
-    Ok(())
-}
-
-fn is_retry(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
 }
 
 /// Mask for the 24-bit timestamp carried in a [`FrameHeartbeat`] frame.
@@ -326,9 +249,11 @@ fn now_ms24() -> u32 {
 /// use livepool::{FrameHeartbeat, Heartbeat};
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// let stream = tokio::net::TcpStream::connect("127.0.0.1:7000").await?;
-/// let heartbeat = FrameHeartbeat::new();
-/// heartbeat.beat(&stream).await?;
+/// let pool = livepool::Pool::builder("127.0.0.1:7000")
+///     .heartbeat(FrameHeartbeat::new())
+///     .build()?;
+/// let mut conn = pool.get().await?;
+/// FrameHeartbeat::new().beat(&mut conn).await?;
 /// # Ok(())
 /// # }
 /// ```
@@ -413,13 +338,13 @@ impl FrameHeartbeat {
 
 #[async_trait::async_trait]
 impl Heartbeat for FrameHeartbeat {
-    async fn beat(&self, stream: &TcpStream) -> Result<(), HeartbeatError> {
+    async fn beat(&self, io: &mut Io) -> Result<(), HeartbeatError> {
         let seq = self.next_seq();
         let ping = Self::encode(Self::PING, seq, now_ms24());
-        write_all(stream, &ping).await?;
+        io.write_all(&ping).await?;
 
         let mut pong = [0u8; Self::LEN];
-        read_exact(stream, &mut pong).await?;
+        io.read_exact(&mut pong).await?;
         let (kind, echoed, ts) = Self::decode(&pong);
         if kind != Self::PONG {
             return Err(HeartbeatError::bad_reply(format!(
@@ -457,8 +382,9 @@ impl Heartbeat for FrameHeartbeat {
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let heartbeat: Arc<dyn Heartbeat> = Arc::new(RedisHeartbeat);
-/// let stream = tokio::net::TcpStream::connect("127.0.0.1:6379").await?;
-/// heartbeat.beat(&stream).await?;
+/// let pool = livepool::Pool::builder("127.0.0.1:6379").build()?;
+/// let mut conn = pool.get().await?;
+/// heartbeat.beat(&mut conn).await?;
 /// # Ok(())
 /// # }
 /// ```
@@ -474,11 +400,11 @@ impl RedisHeartbeat {
 
 #[async_trait::async_trait]
 impl Heartbeat for RedisHeartbeat {
-    async fn beat(&self, stream: &TcpStream) -> Result<(), HeartbeatError> {
-        write_all(stream, Self::PING).await?;
+    async fn beat(&self, io: &mut Io) -> Result<(), HeartbeatError> {
+        io.write_all(Self::PING).await?;
 
         let mut reply = [0u8; Self::QUOTE_MAX];
-        read_exact(stream, &mut reply[..Self::PONG.len()]).await?;
+        io.read_exact(&mut reply[..Self::PONG.len()]).await?;
         if &reply[..Self::PONG.len()] == Self::PONG {
             return Ok(());
         }
@@ -488,8 +414,8 @@ impl Heartbeat for RedisHeartbeat {
         // useful, e.g. the rest of "-LOADING Redis is loading ...".
         let mut len = Self::PONG.len();
         while len < reply.len() && !contains_crlf(&reply[..len]) {
-            match stream.try_read(&mut reply[len..]) {
-                Ok(n) if n > 0 => len += n,
+            match io.try_read_now(&mut reply[len..]) {
+                Ok(Some(n)) if n > 0 => len += n,
                 _ => break,
             }
         }
@@ -525,7 +451,7 @@ mod tests {
     use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
     use tokio::task::JoinHandle;
 
     const LIMIT: Duration = Duration::from_secs(5);
@@ -538,7 +464,7 @@ mod tests {
     }
 
     /// Starts a one-connection server running `serve`, and connects to it.
-    async fn pair<F, Fut>(serve: F) -> (TcpStream, JoinHandle<()>)
+    async fn pair<F, Fut>(serve: F) -> (Io, JoinHandle<()>)
     where
         F: FnOnce(TcpStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -552,7 +478,7 @@ mod tests {
         let client = within("connect", TcpStream::connect(addr))
             .await
             .expect("connect");
-        (client, server)
+        (Io::from_tcp(client), server)
     }
 
     /// Reads pings forever and answers each with `respond(ping)`.
@@ -648,10 +574,10 @@ mod tests {
 
     #[tokio::test]
     async fn frame_heartbeat_against_echo_server() {
-        let (client, _server) = pair(|s| frame_server(s, echo_pong)).await;
+        let (mut client, _server) = pair(|s| frame_server(s, echo_pong)).await;
         let hb = FrameHeartbeat::new();
         for expected_seq in 1..=5u32 {
-            within("frame beat", hb.beat(&client))
+            within("frame beat", hb.beat(&mut client))
                 .await
                 .unwrap_or_else(|e| panic!("beat {expected_seq} failed: {e:?}"));
             assert_eq!(hb.seq.load(Ordering::Relaxed), expected_seq);
@@ -661,7 +587,7 @@ mod tests {
     #[tokio::test]
     async fn frame_heartbeat_sends_increasing_seq() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let (client, _server) = pair(move |mut sock| async move {
+        let (mut client, _server) = pair(move |mut sock| async move {
             let mut ping = [0u8; 8];
             while sock.read_exact(&mut ping).await.is_ok() {
                 let (_, seq, _) = FrameHeartbeat::decode(&ping);
@@ -674,7 +600,7 @@ mod tests {
         .await;
         let hb = FrameHeartbeat::new();
         for _ in 0..3 {
-            within("frame beat", hb.beat(&client))
+            within("frame beat", hb.beat(&mut client))
                 .await
                 .expect("beat against echo server");
         }
@@ -691,8 +617,8 @@ mod tests {
             let (_, seq, ts) = FrameHeartbeat::decode(&ping);
             FrameHeartbeat::encode(0x7f, seq, ts)
         }
-        let (client, _server) = pair(|s| frame_server(s, wrong_type)).await;
-        let err = within("frame beat", FrameHeartbeat::new().beat(&client))
+        let (mut client, _server) = pair(|s| frame_server(s, wrong_type)).await;
+        let err = within("frame beat", FrameHeartbeat::new().beat(&mut client))
             .await
             .expect_err("wrong type must fail");
         assert!(err.is_bad_reply(), "{err:?}");
@@ -708,8 +634,8 @@ mod tests {
             let (_, seq, ts) = FrameHeartbeat::decode(&ping);
             FrameHeartbeat::encode(FrameHeartbeat::PONG, seq.wrapping_add(41), ts)
         }
-        let (client, _server) = pair(|s| frame_server(s, wrong_seq)).await;
-        let err = within("frame beat", FrameHeartbeat::new().beat(&client))
+        let (mut client, _server) = pair(|s| frame_server(s, wrong_seq)).await;
+        let err = within("frame beat", FrameHeartbeat::new().beat(&mut client))
             .await
             .expect_err("wrong seq must fail");
         assert!(err.is_bad_reply(), "{err:?}");
@@ -721,14 +647,14 @@ mod tests {
 
     #[tokio::test]
     async fn frame_heartbeat_server_closes() {
-        let (client, server) = pair(|sock| async move { drop(sock) }).await;
+        let (mut client, server) = pair(|sock| async move { drop(sock) }).await;
         within("server task", server).await.expect("server task");
-        assert_closed_or_io(within("frame beat", FrameHeartbeat::new().beat(&client)).await);
+        assert_closed_or_io(within("frame beat", FrameHeartbeat::new().beat(&mut client)).await);
     }
 
     #[tokio::test]
     async fn frame_heartbeat_server_closes_mid_pong() {
-        let (client, _server) = pair(|mut sock| async move {
+        let (mut client, _server) = pair(|mut sock| async move {
             let mut ping = [0u8; 8];
             sock.read_exact(&mut ping).await.expect("read ping");
             // Send half a pong, then close.
@@ -737,22 +663,22 @@ mod tests {
                 .expect("write half pong");
         })
         .await;
-        assert_closed_or_io(within("frame beat", FrameHeartbeat::new().beat(&client)).await);
+        assert_closed_or_io(within("frame beat", FrameHeartbeat::new().beat(&mut client)).await);
     }
 
     #[tokio::test]
     async fn redis_heartbeat_pong_ok() {
-        let (client, _server) = pair(|s| redis_server(s, b"+PONG\r\n")).await;
-        within("redis beat", RedisHeartbeat.beat(&client))
+        let (mut client, _server) = pair(|s| redis_server(s, b"+PONG\r\n")).await;
+        within("redis beat", RedisHeartbeat.beat(&mut client))
             .await
             .expect("+PONG must succeed");
     }
 
     #[tokio::test]
     async fn redis_heartbeat_error_reply_is_bad_reply() {
-        let (client, _server) =
+        let (mut client, _server) =
             pair(|s| redis_server(s, b"-LOADING Redis is loading the dataset in memory\r\n")).await;
-        let err = within("redis beat", RedisHeartbeat.beat(&client))
+        let err = within("redis beat", RedisHeartbeat.beat(&mut client))
             .await
             .expect_err("-LOADING must fail");
         assert!(err.is_bad_reply(), "{err:?}");
@@ -763,8 +689,8 @@ mod tests {
 
     #[tokio::test]
     async fn redis_heartbeat_short_error_reply_quotes_whole_line() {
-        let (client, _server) = pair(|s| redis_server(s, b"-NOAUTH x\r\n")).await;
-        let err = within("redis beat", RedisHeartbeat.beat(&client))
+        let (mut client, _server) = pair(|s| redis_server(s, b"-NOAUTH x\r\n")).await;
+        let err = within("redis beat", RedisHeartbeat.beat(&mut client))
             .await
             .expect_err("-NOAUTH must fail");
         assert!(err.is_bad_reply(), "{err:?}");
@@ -775,8 +701,8 @@ mod tests {
 
     #[tokio::test]
     async fn redis_heartbeat_garbage_is_bad_reply() {
-        let (client, _server) = pair(|s| redis_server(s, b"$5\r\nhello\r\n")).await;
-        let err = within("redis beat", RedisHeartbeat.beat(&client))
+        let (mut client, _server) = pair(|s| redis_server(s, b"$5\r\nhello\r\n")).await;
+        let err = within("redis beat", RedisHeartbeat.beat(&mut client))
             .await
             .expect_err("garbage must fail");
         assert!(err.is_bad_reply(), "{err:?}");
@@ -785,28 +711,8 @@ mod tests {
 
     #[tokio::test]
     async fn redis_heartbeat_peer_closed() {
-        let (client, server) = pair(|sock| async move { drop(sock) }).await;
+        let (mut client, server) = pair(|sock| async move { drop(sock) }).await;
         within("server task", server).await.expect("server task");
-        assert_closed_or_io(within("redis beat", RedisHeartbeat.beat(&client)).await);
-    }
-
-    #[tokio::test]
-    async fn helpers_move_large_buffers() {
-        const N: usize = 4 << 20;
-        let (client, _server) = pair(|mut sock| async move {
-            let mut buf = vec![0u8; N];
-            sock.read_exact(&mut buf).await.expect("server read");
-            sock.write_all(&buf).await.expect("server write");
-        })
-        .await;
-        let out: Vec<u8> = (0..N).map(|i| (i % 251) as u8).collect();
-        within("write_all", write_all(&client, &out))
-            .await
-            .expect("write_all");
-        let mut back = vec![0u8; N];
-        within("read_exact", read_exact(&client, &mut back))
-            .await
-            .expect("read_exact");
-        assert!(out == back, "echoed bytes differ");
+        assert_closed_or_io(within("redis beat", RedisHeartbeat.beat(&mut client)).await);
     }
 }

@@ -1,13 +1,11 @@
 //! The validated pool configuration and its defaults.
 
 use std::fmt;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::breaker::BreakerConfig;
-use crate::error::BuildError;
-use crate::heartbeat::Heartbeat;
+use crate::pool::error::BuildError;
+use crate::transport::{Endpoint, TcpOptions};
 
 /// Linux caps TCP_KEEPIDLE and TCP_KEEPINTVL at 32,767 s and TCP_KEEPCNT at 127.
 const MAX_KEEPALIVE_SECS: u64 = 32_767;
@@ -15,7 +13,7 @@ const MAX_KEEPALIVE_RETRIES: u32 = 127;
 
 #[derive(Clone)]
 pub(crate) struct Config {
-    pub(crate) addr: SocketAddr,
+    pub(crate) endpoint: Endpoint,
     pub(crate) max_size: usize,
     pub(crate) min_idle: usize,
     pub(crate) connect_timeout: Option<Duration>,
@@ -30,7 +28,10 @@ pub(crate) struct Config {
     pub(crate) lifetime_jitter: f64,
     pub(crate) request_response: bool,
     pub(crate) reap_interval: Duration,
-    pub(crate) heartbeat: Option<Arc<dyn Heartbeat>>,
+    /// Whether the protocol pings idle members (taken from it at `build()`).
+    pub(crate) has_heartbeat: bool,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::transport::tls::TlsSettings>,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) heartbeat_timeout: Duration,
     pub(crate) heartbeat_jitter: f64,
@@ -41,9 +42,9 @@ pub(crate) struct Config {
 }
 
 impl Config {
-    pub(crate) fn new(addr: SocketAddr) -> Self {
+    pub(crate) fn new(endpoint: Endpoint) -> Self {
         Config {
-            addr,
+            endpoint,
             // Enough for a busy service on a few cores; databases cap clients at a few hundred.
             max_size: 16,
             // No background connects unless asked for.
@@ -62,7 +63,8 @@ impl Config {
             tcp_user_timeout: Some(Duration::from_secs(30)),
             // Below common server and NAT idle limits (Redis 0/300 s, AWS NLB 350 s, PG none).
             idle_timeout: Some(Duration::from_secs(300)),
-            // Rotates connections so that DNS/failover changes and server-side leaks heal.
+            // Rotates connections so that DNS and failover changes (every connect resolves the
+            // name again) and server-side leaks heal.
             max_lifetime: Some(Duration::from_secs(30 * 60)),
             // Spreads out the expiry of connections opened together.
             lifetime_jitter: 0.05,
@@ -70,8 +72,11 @@ impl Config {
             request_response: true,
             // Idle/lifetime granularity; a pass over 10,000 idle members costs ~0.1 ms.
             reap_interval: Duration::from_secs(1),
-            // Heartbeats need a protocol; none by default.
-            heartbeat: None,
+            // Heartbeats need a protocol; the raw protocol has none by default.
+            has_heartbeat: false,
+            // Plain TCP unless asked for.
+            #[cfg(feature = "tls")]
+            tls: None,
             // Keeps NAT/LB state warm and finds a hung peer within ~35 s.
             heartbeat_interval: Duration::from_secs(30),
             // A healthy peer answers a ping in well under a second.
@@ -133,7 +138,7 @@ impl Config {
         }
         fraction("lifetime_jitter", self.lifetime_jitter)?;
         fraction("heartbeat_jitter", self.heartbeat_jitter)?;
-        if self.heartbeat.is_some() && self.heartbeat_timeout >= self.heartbeat_interval {
+        if self.has_heartbeat && self.heartbeat_timeout >= self.heartbeat_interval {
             return Err(e(
                 "heartbeat_timeout",
                 &format!(
@@ -156,6 +161,17 @@ impl Config {
             })?;
         }
         Ok(())
+    }
+
+    /// The TCP options of every new connection (skipped on Unix sockets).
+    pub(crate) fn tcp_options(&self) -> TcpOptions {
+        TcpOptions {
+            nodelay: self.tcp_nodelay,
+            keepalive: self.tcp_keepalive,
+            keepalive_interval: self.tcp_keepalive_interval,
+            keepalive_retries: self.tcp_keepalive_retries,
+            user_timeout: self.tcp_user_timeout,
+        }
     }
 
     /// This member's maximum lifetime, shortened by up to `lifetime_jitter` of it.
@@ -223,14 +239,14 @@ fn fraction(field: &'static str, f: f64) -> Result<(), BuildError> {
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
-            .field("addr", &self.addr)
+            .field("endpoint", &self.endpoint)
             .field("max_size", &self.max_size)
             .field("min_idle", &self.min_idle)
             .field("connect_timeout", &self.connect_timeout)
             .field("wait_timeout", &self.wait_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_lifetime", &self.max_lifetime)
-            .field("heartbeat", &self.heartbeat)
+            .field("has_heartbeat", &self.has_heartbeat)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .finish_non_exhaustive()
@@ -242,7 +258,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> Config {
-        Config::new("127.0.0.1:1".parse().unwrap())
+        Config::new(Endpoint::parse("127.0.0.1:1").unwrap())
     }
 
     #[test]

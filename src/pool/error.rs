@@ -3,7 +3,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Which phase of a checkout ran out of time.
@@ -43,6 +43,7 @@ enum Kind {
     Timeout(TimeoutPhase),
     Closed,
     Connect,
+    Setup,
     CircuitOpen { retry_after: Duration },
 }
 
@@ -62,15 +63,15 @@ enum Kind {
 /// ```
 pub struct Error {
     kind: Kind,
-    addr: Option<SocketAddr>,
+    endpoint: Option<Arc<str>>,
     source: Option<Box<dyn StdError + Send + Sync>>,
 }
 
 impl Error {
-    pub(crate) fn timeout(phase: TimeoutPhase, addr: Option<SocketAddr>) -> Self {
+    pub(crate) fn timeout(phase: TimeoutPhase, endpoint: Option<Arc<str>>) -> Self {
         Error {
             kind: Kind::Timeout(phase),
-            addr,
+            endpoint,
             source: None,
         }
     }
@@ -83,27 +84,39 @@ impl Error {
     pub(crate) fn closed() -> Self {
         Error {
             kind: Kind::Closed,
-            addr: None,
+            endpoint: None,
             source: None,
         }
     }
 
-    pub(crate) fn connect(addr: SocketAddr, e: io::Error) -> Self {
+    pub(crate) fn connect(endpoint: Arc<str>, e: io::Error) -> Self {
         Error {
             kind: Kind::Connect,
-            addr: Some(addr),
+            endpoint: Some(endpoint),
+            source: Some(Box::new(e)),
+        }
+    }
+
+    pub(crate) fn connect_timeout(endpoint: Arc<str>, e: io::Error) -> Self {
+        Error::timeout(TimeoutPhase::Connect, Some(endpoint)).with_source(e)
+    }
+
+    pub(crate) fn setup(endpoint: Arc<str>, e: crate::protocol::SetupError) -> Self {
+        Error {
+            kind: Kind::Setup,
+            endpoint: Some(endpoint),
             source: Some(Box::new(e)),
         }
     }
 
     pub(crate) fn circuit_open(
-        addr: SocketAddr,
+        endpoint: Arc<str>,
         retry_after: Duration,
         last: Option<io::Error>,
     ) -> Self {
         Error {
             kind: Kind::CircuitOpen { retry_after },
-            addr: Some(addr),
+            endpoint: Some(endpoint),
             source: last.map(|e| Box::new(e) as Box<dyn StdError + Send + Sync>),
         }
     }
@@ -161,6 +174,19 @@ impl Error {
         )
     }
 
+    /// True when the connection opened but the protocol's setup failed (a wrong password, an
+    /// unknown database, a failed TLS handshake); the [`SetupError`](crate::SetupError) or
+    /// the `io::Error` with the server's words is the [`source`](std::error::Error::source).
+    ///
+    /// ```no_run
+    /// # async fn f(pool: livepool::Pool) {
+    /// if let Err(e) = pool.get().await { if e.is_setup() { eprintln!("check the credentials: {e}"); } }
+    /// # }
+    /// ```
+    pub fn is_setup(&self) -> bool {
+        matches!(self.kind, Kind::Setup)
+    }
+
     /// True when the circuit breaker refused the checkout without trying to connect.
     ///
     /// ```no_run
@@ -202,7 +228,7 @@ impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Error")
             .field("kind", &self.kind)
-            .field("addr", &self.addr)
+            .field("endpoint", &self.endpoint)
             .field("source", &self.source)
             .finish()
     }
@@ -220,12 +246,13 @@ impl fmt::Display for Error {
             Kind::Timeout(TimeoutPhase::Connect) => f.write_str("timed out connecting")?,
             Kind::Closed => return f.write_str("pool is closed"),
             Kind::Connect => f.write_str("connect failed")?,
+            Kind::Setup => f.write_str("connection setup failed")?,
             Kind::CircuitOpen { retry_after } => {
                 write!(f, "circuit breaker open, retry after {retry_after:?}")?
             }
         }
-        if let Some(addr) = self.addr {
-            write!(f, " ({addr})")?;
+        if let Some(endpoint) = &self.endpoint {
+            write!(f, " ({endpoint})")?;
         }
         // The cause is part of the message: "connection refused" must be what a user reads.
         if let Some(src) = &self.source {

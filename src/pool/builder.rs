@@ -1,64 +1,84 @@
 //! `Pool::builder(addr)` → setters → `build()`, where all validation happens.
 
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::config::Config;
-use crate::error::BuildError;
-use crate::heartbeat::Heartbeat;
 use crate::pool::Pool;
+use crate::pool::config::Config;
+use crate::pool::error::BuildError;
+use crate::protocol::{Heartbeat, Protocol, Raw};
+use crate::transport::{Endpoint, Target};
 
-/// An endpoint address: a [`SocketAddr`], or a `"host:port"` string resolved at `build()`.
+/// An endpoint address. Nothing is resolved here: a host name is resolved again at every
+/// connect (asynchronously), so that new connections follow DNS changes.
+///
+/// - a [`SocketAddr`] or `(IpAddr, u16)`;
+/// - `"host:port"` or `"1.2.3.4:port"` or `"[::1]:port"`;
+/// - `"unix:/path/to/socket"`, or a [`Path`](std::path::Path)/[`PathBuf`](std::path::PathBuf), for a Unix domain socket (the TCP
+///   options are skipped there).
 ///
 /// ```
 /// let a = livepool::Pool::builder("127.0.0.1:6379");
 /// let b = livepool::Pool::builder(std::net::SocketAddr::from(([127, 0, 0, 1], 6379)));
+/// let c = livepool::Pool::builder("redis.internal:6379");
+/// let d = livepool::Pool::builder("unix:/run/redis/redis.sock");
+/// let e = livepool::Pool::builder(std::path::Path::new("/run/redis/redis.sock"));
 /// ```
-pub trait IntoAddr: sealed::Sealed {
-    #[doc(hidden)]
-    fn into_addr(self) -> Result<SocketAddr, String>;
-}
+pub trait IntoAddr: sealed::Sealed {}
 
+// The conversion is out of reach of other crates; `Endpoint` is crate-private on purpose.
+#[allow(private_interfaces)]
 mod sealed {
-    pub trait Sealed {}
-    impl Sealed for std::net::SocketAddr {}
-    impl Sealed for &str {}
-    impl Sealed for String {}
-    impl Sealed for (std::net::IpAddr, u16) {}
-}
+    use std::net::SocketAddr;
+    use std::path::{Path, PathBuf};
 
-impl IntoAddr for SocketAddr {
-    fn into_addr(self) -> Result<SocketAddr, String> {
-        Ok(self)
+    use crate::transport::{Endpoint, Target};
+
+    pub trait Sealed {
+        fn into_endpoint(self) -> Result<Endpoint, String>;
     }
-}
 
-impl IntoAddr for (std::net::IpAddr, u16) {
-    fn into_addr(self) -> Result<SocketAddr, String> {
-        Ok(self.into())
-    }
-}
-
-impl IntoAddr for &str {
-    fn into_addr(self) -> Result<SocketAddr, String> {
-        if let Ok(a) = self.parse() {
-            return Ok(a);
+    impl Sealed for SocketAddr {
+        fn into_endpoint(self) -> Result<Endpoint, String> {
+            Ok(Endpoint::Tcp(Target::Addr(self)))
         }
-        let mut addrs = self
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {self:?}: {e}"))?;
-        addrs
-            .next()
-            .ok_or_else(|| format!("{self:?} resolves to no address"))
+    }
+
+    impl Sealed for (std::net::IpAddr, u16) {
+        fn into_endpoint(self) -> Result<Endpoint, String> {
+            Sealed::into_endpoint(SocketAddr::from(self))
+        }
+    }
+
+    impl Sealed for &str {
+        fn into_endpoint(self) -> Result<Endpoint, String> {
+            Endpoint::parse(self)
+        }
+    }
+
+    impl Sealed for String {
+        fn into_endpoint(self) -> Result<Endpoint, String> {
+            Endpoint::parse(&self)
+        }
+    }
+
+    impl Sealed for &Path {
+        fn into_endpoint(self) -> Result<Endpoint, String> {
+            Sealed::into_endpoint(self.to_path_buf())
+        }
+    }
+
+    impl Sealed for PathBuf {
+        fn into_endpoint(self) -> Result<Endpoint, String> {
+            if self.as_os_str().is_empty() {
+                return Err("an empty Unix socket path".into());
+            }
+            Ok(Endpoint::Unix(self))
+        }
     }
 }
 
-impl IntoAddr for String {
-    fn into_addr(self) -> Result<SocketAddr, String> {
-        self.as_str().into_addr()
-    }
-}
+impl<T: sealed::Sealed> IntoAddr for T {}
 
 /// Configures and builds a [`Pool`]. Setters consume the builder; nothing is checked until
 /// [`Builder::build`], which names the first wrong field.
@@ -77,9 +97,12 @@ impl IntoAddr for String {
 /// ```
 #[must_use = "a builder does nothing until build() is called"]
 #[derive(Debug)]
-pub struct Builder {
-    addr: Result<SocketAddr, String>,
+pub struct Builder<P: Protocol = Raw> {
+    endpoint: Result<Endpoint, String>,
     config: Config,
+    protocol: P,
+    #[cfg(feature = "tls")]
+    tls: Option<Result<crate::transport::tls::TlsSettings, String>>,
 }
 
 macro_rules! setter {
@@ -92,14 +115,82 @@ macro_rules! setter {
     };
 }
 
-impl Builder {
+impl Builder<Raw> {
     pub(crate) fn new(addr: impl IntoAddr) -> Self {
-        let addr = addr.into_addr();
-        let placeholder = SocketAddr::from(([0, 0, 0, 0], 0));
+        let endpoint = sealed::Sealed::into_endpoint(addr);
+        let placeholder = Endpoint::Tcp(Target::Addr(SocketAddr::from(([0, 0, 0, 0], 0))));
         Builder {
-            config: Config::new(*addr.as_ref().unwrap_or(&placeholder)),
-            addr,
+            config: Config::new(endpoint.clone().unwrap_or(placeholder)),
+            endpoint,
+            protocol: Raw::new(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// A ping for idle members of the raw protocol, run every `heartbeat_interval` with its
+    /// own `heartbeat_timeout` (the same as `.protocol(Raw::new().heartbeat(h))`). Without
+    /// it, idle raw members get no heartbeat.
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:6379").heartbeat(livepool::RedisHeartbeat);
+    /// ```
+    /// Default: none.
+    pub fn heartbeat(mut self, heartbeat: impl Heartbeat) -> Self {
+        self.protocol = self.protocol.heartbeat(heartbeat);
+        self
+    }
+}
+
+impl<P: Protocol> Builder<P> {
+    /// The client protocol: setup of every new connection, its heartbeat, the clean-return
+    /// check and what bytes on an idle member mean. `get()` then returns `Conn<Q>`, which
+    /// derefs to the protocol's connection type.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool: livepool::Pool<livepool::Raw> = livepool::Pool::builder("127.0.0.1:1")
+    ///     .protocol(livepool::Raw::new().heartbeat(livepool::FrameHeartbeat::new()))
+    ///     .build()
+    ///     .unwrap();
+    /// # }
+    /// ```
+    /// Default: [`Raw`] without a heartbeat.
+    pub fn protocol<Q: Protocol>(self, protocol: Q) -> Builder<Q> {
+        Builder {
+            endpoint: self.endpoint,
+            config: self.config,
+            protocol,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
+        }
+    }
+
+    /// TLS (cargo feature `tls`) on every connection, with rustls: `config` says what to
+    /// trust (and any client certificate); the server's certificate must be valid for
+    /// `server_name` (a DNS name or an IP address). The handshake is part of opening a
+    /// connection, bounded by `connect_timeout`; the protocol's setup runs over TLS.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let roots = livepool::rustls::RootCertStore::empty();
+    /// let config = livepool::rustls::ClientConfig::builder_with_provider(Arc::new(
+    ///         livepool::rustls::crypto::ring::default_provider()))
+    ///     .with_safe_default_protocol_versions().unwrap()
+    ///     .with_root_certificates(roots)
+    ///     .with_no_client_auth();
+    /// let pool = livepool::Pool::builder("redis.internal:6380")
+    ///     .tls(Arc::new(config), "redis.internal")
+    ///     .build()
+    ///     .unwrap();
+    /// # }
+    /// ```
+    /// Default: plain TCP.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: std::sync::Arc<rustls::ClientConfig>, server_name: &str) -> Self {
+        self.tls = Some(crate::transport::tls::TlsSettings::new(config, server_name));
+        self
     }
 
     setter! {
@@ -307,18 +398,6 @@ impl Builder {
         jitter_seed: u64
     }
 
-    /// A protocol ping for idle members, run every `heartbeat_interval` with its own
-    /// `heartbeat_timeout`. Without it, idle members get no heartbeat.
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:6379").heartbeat(livepool::RedisHeartbeat);
-    /// ```
-    /// Default: none.
-    pub fn heartbeat(mut self, heartbeat: impl Heartbeat) -> Self {
-        self.config.heartbeat = Some(Arc::new(heartbeat));
-        self
-    }
-
     setter! {
         /// Leak detection: a connection held longer than this logs a warning (once per
         /// checkout) with its id and the place of the `get()` call, and is counted in
@@ -349,7 +428,8 @@ impl Builder {
     /// the pool's reaper task is spawned on it.
     ///
     /// # Errors
-    /// A [`BuildError`] naming the first wrong field (`addr` when the address does not resolve).
+    /// A [`BuildError`] naming the first wrong field (`addr` when the address cannot be
+    /// parsed; nothing is resolved here).
     ///
     /// Outside a tokio runtime it returns an error for the field `runtime`.
     ///
@@ -359,13 +439,21 @@ impl Builder {
     /// assert_eq!(err.field(), "min_idle");
     /// # }
     /// ```
-    pub fn build(self) -> Result<Pool, BuildError> {
+    pub fn build(self) -> Result<Pool<P>, BuildError> {
         let mut config = self.config;
-        config.addr = self.addr.map_err(|e| BuildError::new("addr", e))?;
+        config.endpoint = self.endpoint.map_err(|e| BuildError::new("addr", e))?;
+        config.has_heartbeat = self.protocol.has_heartbeat();
+        #[cfg(feature = "tls")]
+        {
+            config.tls = self
+                .tls
+                .transpose()
+                .map_err(|e| BuildError::new("tls", e))?;
+        }
         config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             BuildError::new("runtime", "build() must be called within a tokio runtime")
         })?;
-        Pool::from_config(config, &runtime)
+        Pool::from_config(config, self.protocol, &runtime)
     }
 }

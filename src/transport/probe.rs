@@ -2,16 +2,14 @@
 //!
 //! One `recv(MSG_PEEK | MSG_DONTWAIT)` of one byte, through socket2's safe `SockRef`, is the
 //! only cheap check that sees FIN, RST, a pending socket error and unread bytes alike
-//! (`SO_ERROR` misses FIN, `SIOCINQ` misses FIN and RST; see FAULTS.md). It must be a real
+//! (`SO_ERROR` misses FIN, `SIOCINQ` misses FIN and RST). It must be a real
 //! syscall: tokio's `try_read`/`poll_peek` answer from cached readiness and miss a FIN that
 //! arrived while the task did not yield. So no `unsafe` is needed here at all.
 
 use std::io;
 use std::mem::MaybeUninit;
 
-use socket2::SockRef;
-use tokio::net::TcpStream;
-
+use super::Socket;
 use crate::stats::EvictReason;
 
 /// What a peek says about an idle connection.
@@ -25,9 +23,10 @@ pub(crate) enum Health {
 
 /// One non-blocking `recv(MSG_PEEK)` syscall. Reading a pending socket error clears it, so
 /// its result must be acted on.
-pub(crate) fn peek(stream: &TcpStream) -> io::Result<usize> {
+pub(crate) fn peek(sock: &Socket) -> io::Result<usize> {
     let mut buf = [MaybeUninit::<u8>::uninit(); 1];
-    SockRef::from(stream).recv_with_flags(&mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+    sock.sock_ref()
+        .recv_with_flags(&mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
 }
 
 /// The one place that turns a peek result into what happens to an idle connection.
@@ -44,8 +43,8 @@ pub(crate) fn classify(res: &io::Result<usize>) -> Health {
 }
 
 /// Peeks and classifies.
-pub(crate) fn check(stream: &TcpStream) -> Health {
-    classify(&peek(stream))
+pub(crate) fn check(sock: &Socket) -> Health {
+    classify(&peek(sock))
 }
 
 #[cfg(test)]

@@ -1,210 +1,38 @@
-//! [`Pool`]: the handle users clone, the state its parts share, and `get()`.
+//! The pool layer: [`Pool`], the handle users clone, and `get()`; its parts are the leaf
+//! shared state (`shared.rs`), the deadpool manager (`manager.rs`), the builder, the
+//! validated configuration and the errors.
 
-use std::collections::HashMap;
+pub(crate) mod builder;
+pub(crate) mod config;
+pub(crate) mod error;
+pub(crate) mod manager;
+pub(crate) mod shared;
+
 use std::fmt;
 use std::future::Future;
-use std::io;
 use std::panic::Location;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use deadpool::Runtime;
 use deadpool::managed::{PoolError, QueueMode, TimeoutType, Timeouts};
 use parking_lot::Mutex;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::breaker::{Admit, Breaker, BreakerState, Outcome, Transition};
-use crate::builder::{Builder, IntoAddr};
-use crate::config::{Config, check_sizes};
-use crate::conn::{Conn, Shared};
-use crate::error::{BuildError, Error, TimeoutPhase};
-use crate::manager::Manager;
-use crate::stats::{BreakerEvent, BreakerEvents, Events, Statistics, Stats};
+use crate::breaker::BreakerState;
+use crate::member::Conn;
+use crate::protocol::{Protocol, Raw};
+use crate::stats::{BreakerEvents, Events, Statistics};
+use builder::{Builder, IntoAddr};
+use config::{Config, check_sizes};
+use error::{BuildError, Error, TimeoutPhase};
+use manager::Manager;
+use shared::PoolShared;
 
-/// State shared by the pool handle, the manager, every member and the reaper.
-pub(crate) struct PoolShared {
-    pub(crate) config: Config,
-    pub(crate) stats: Stats,
-    epoch: Instant,
-    members: AtomicUsize,
-    next_id: AtomicU64,
-    purge: AtomicBool,
-    refill_now: AtomicBool,
-    /// Wakes the reaper: a purge is due, or the pool fell below `min_idle`.
-    pub(crate) wake: Notify,
-    /// Wakes `drain()` whenever a member goes.
-    gone: Notify,
-    min_idle: AtomicUsize,
-    max_size: AtomicUsize,
-    /// Every live member, for leak detection and forced drain (touched on create and drop only).
-    registry: Mutex<HashMap<u64, Weak<Shared>>>,
-    watch_tx: Option<mpsc::UnboundedSender<Arc<Shared>>>,
-    breaker: Option<Mutex<Breaker>>,
-    breaker_transitions: AtomicU64,
-    last_error: Mutex<Option<(io::ErrorKind, Option<i32>, String)>>,
-    #[cfg(feature = "metrics")]
-    pub(crate) metrics: crate::metrics::Metrics,
-}
-
-impl PoolShared {
-    pub(crate) fn ns(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.epoch).as_nanos() as u64
-    }
-
-    pub(crate) fn instant(&self, ns: u64) -> Instant {
-        self.epoch + Duration::from_nanos(ns)
-    }
-
-    pub(crate) fn members(&self) -> usize {
-        self.members.load(Relaxed)
-    }
-
-    pub(crate) fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Relaxed)
-    }
-
-    pub(crate) fn min_idle(&self) -> usize {
-        self.min_idle.load(Relaxed)
-    }
-
-    pub(crate) fn max_size(&self) -> usize {
-        self.max_size.load(Relaxed)
-    }
-
-    /// Live members that are still alive, for scans outside deadpool's queue.
-    pub(crate) fn live_members(&self) -> Vec<Arc<Shared>> {
-        self.registry
-            .lock()
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect()
-    }
-
-    pub(crate) fn member_created(&self, member: &Arc<Shared>) {
-        self.registry
-            .lock()
-            .insert(member.id, Arc::downgrade(member));
-        self.members.fetch_add(1, Relaxed);
-        self.stats.created.fetch_add(1, Relaxed);
-        #[cfg(feature = "metrics")]
-        self.metrics.created();
-        if let Some(tx) = &self.watch_tx {
-            // The reaper is gone only when the pool is: then nobody needs the watch.
-            let _ = tx.send(member.clone());
-        }
-    }
-
-    pub(crate) fn member_gone(&self, id: u64) {
-        self.registry.lock().remove(&id);
-        let left = self.members.fetch_sub(1, Relaxed) - 1;
-        if left < self.min_idle() {
-            self.wake.notify_one();
-        }
-        self.gone.notify_waiters();
-    }
-
-    pub(crate) fn record_eviction(&self, ev: crate::stats::EvictionEvent) {
-        #[cfg(feature = "metrics")]
-        self.metrics.evicted(ev.reason, ev.latency());
-        self.stats.record_eviction(ev);
-    }
-
-    pub(crate) fn request_purge(&self) {
-        self.purge.store(true, Relaxed);
-        self.wake.notify_one();
-    }
-
-    pub(crate) fn take_purge(&self) -> bool {
-        self.purge.swap(false, Relaxed)
-    }
-
-    pub(crate) fn take_refill_now(&self) -> bool {
-        self.refill_now.swap(false, Relaxed)
-    }
-
-    pub(crate) fn admit(&self, now: Instant) -> Admit {
-        let Some(b) = &self.breaker else {
-            return Admit::Yes;
-        };
-        let (admit, tr) = b.lock().admit(now);
-        if let Some(tr) = tr {
-            self.transitioned(tr);
-        }
-        admit
-    }
-
-    pub(crate) fn probe_abandoned(&self) {
-        if let Some(b) = &self.breaker {
-            b.lock().probe_abandoned();
-        }
-    }
-
-    /// Feeds a connect or heartbeat outcome to the breaker.
-    pub(crate) fn report(&self, outcome: Outcome, err: Option<&io::Error>) {
-        if let Some(e) = err {
-            *self.last_error.lock() = Some((e.kind(), e.raw_os_error(), e.to_string()));
-        }
-        let Some(b) = &self.breaker else { return };
-        let tr = b.lock().on_event(outcome, Instant::now());
-        if let Some(tr) = tr {
-            self.transitioned(tr);
-        }
-    }
-
-    fn transitioned(&self, tr: Transition) {
-        self.breaker_transitions.fetch_add(1, Relaxed);
-        if tr.to == BreakerState::Closed {
-            // The endpoint is back: refill now, not after the refill backoff grown while down.
-            self.refill_now.store(true, Relaxed);
-            self.wake.notify_one();
-        }
-        let last = self.last_error.lock().as_ref().map(|e| e.2.clone());
-        self.stats.record_transition(BreakerEvent {
-            transition: tr,
-            at: Instant::now(),
-            last_error: last.clone(),
-        });
-        tracing::info!(
-            peer.addr = %self.config.addr,
-            from = tr.from.as_str(),
-            to = tr.to.as_str(),
-            open_for = ?tr.open_for,
-            last_error = ?last,
-            "circuit breaker transition"
-        );
-    }
-
-    /// A copy of the last connect or heartbeat error.
-    pub(crate) fn last_error(&self) -> Option<io::Error> {
-        self.last_error
-            .lock()
-            .as_ref()
-            .map(|(kind, os, msg)| match os {
-                Some(code) => io::Error::from_raw_os_error(*code),
-                None => io::Error::new(*kind, msg.clone()),
-            })
-    }
-
-    pub(crate) fn breaker_state(&self) -> BreakerState {
-        self.breaker
-            .as_ref()
-            .map_or(BreakerState::Closed, |b| b.lock().state())
-    }
-}
-
-impl fmt::Debug for PoolShared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PoolShared")
-            .field("config", &self.config)
-            .field("members", &self.members())
-            .finish_non_exhaustive()
-    }
-}
-
-pub(crate) struct PoolInner {
-    pub(crate) dp: deadpool::managed::Pool<Manager, Conn>,
+pub(crate) struct PoolInner<P: Protocol> {
+    pub(crate) dp: deadpool::managed::Pool<Manager<P>, Conn<P>>,
     /// deadpool timeouts with a zero wait: try a free slot without waiting.
     no_wait: Timeouts,
     /// True when the configured wait timeout is zero already (no second attempt).
@@ -213,17 +41,21 @@ pub(crate) struct PoolInner {
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
 }
 
-impl PoolInner {
+/// The pool's occupancy from deadpool's status and the breaker.
+pub(crate) fn status_of(s: deadpool::Status, shared: &PoolShared) -> Status {
+    Status {
+        max_size: s.max_size,
+        size: s.size,
+        idle: s.available,
+        in_use: s.size - s.available,
+        waiting: s.waiting,
+        breaker: shared.breaker_state(),
+    }
+}
+
+impl<P: Protocol> PoolInner<P> {
     pub(crate) fn status(&self) -> Status {
-        let s = self.dp.status();
-        Status {
-            max_size: s.max_size,
-            size: s.size,
-            idle: s.available,
-            in_use: s.size - s.available,
-            waiting: s.waiting,
-            breaker: self.shared.breaker_state(),
-        }
+        status_of(self.dp.status(), &self.shared)
     }
 
     fn stop_reaper(&self) {
@@ -232,15 +64,18 @@ impl PoolInner {
     }
 }
 
-impl Drop for PoolInner {
+impl<P: Protocol> Drop for PoolInner<P> {
     fn drop(&mut self) {
         self.stop_reaper();
     }
 }
 
-/// A pool of TCP connections to one endpoint that never hands out a connection the kernel
+/// A pool of connections to one endpoint that never hands out a connection the kernel
 /// already knows is dead. Cheap to clone; every clone is the same pool. The pool closes when
 /// the last clone is dropped or [`Pool::close`] is called.
+///
+/// `P` is the client protocol (setup, heartbeat, clean-return check, idle bytes); the default
+/// [`Raw`] hands out raw byte streams. See [`Builder::protocol`].
 ///
 /// ```no_run
 /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -253,9 +88,16 @@ impl Drop for PoolInner {
 /// assert_eq!(&reply, b"+PONG\r\n");
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
-pub struct Pool {
-    inner: Arc<PoolInner>,
+pub struct Pool<P: Protocol = Raw> {
+    inner: Arc<PoolInner<P>>,
+}
+
+impl<P: Protocol> Clone for Pool<P> {
+    fn clone(&self) -> Self {
+        Pool {
+            inner: self.inner.clone(),
+        }
+    }
 }
 
 /// A snapshot of the pool's occupancy, eventually consistent.
@@ -286,7 +128,8 @@ pub struct Status {
 }
 
 impl Pool {
-    /// Starts configuring a pool for `addr` (a `SocketAddr` or a `"host:port"` string).
+    /// Starts configuring a pool for `addr`: a `SocketAddr`, a `"host:port"` string (resolved
+    /// at every connect, never here), or `"unix:/path"` (see [`IntoAddr`]).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -296,39 +139,23 @@ impl Pool {
     pub fn builder(addr: impl IntoAddr) -> Builder {
         Builder::new(addr)
     }
+}
 
+impl<P: Protocol> Pool<P> {
     pub(crate) fn from_config(
         config: Config,
+        protocol: P,
         runtime: &tokio::runtime::Handle,
-    ) -> Result<Pool, BuildError> {
+    ) -> Result<Pool<P>, BuildError> {
         let (watch_tx, watch_rx) = mpsc::unbounded_channel();
-        let breaker = config
-            .breaker
-            .clone()
-            .map(|b| Mutex::new(Breaker::new(b, config.jitter_seed)));
-        let shared = Arc::new(PoolShared {
-            watch_tx: config.idle_watch.then_some(watch_tx),
-            stats: Stats::new(),
-            epoch: Instant::now(),
-            members: AtomicUsize::new(0),
-            next_id: AtomicU64::new(1),
-            purge: AtomicBool::new(false),
-            refill_now: AtomicBool::new(false),
-            wake: Notify::new(),
-            gone: Notify::new(),
-            min_idle: AtomicUsize::new(config.min_idle),
-            max_size: AtomicUsize::new(config.max_size),
-            registry: Mutex::new(HashMap::new()),
-            breaker,
-            breaker_transitions: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-            #[cfg(feature = "metrics")]
-            metrics: crate::metrics::Metrics::new(config.addr.to_string()),
-            config,
-        });
+        let watch = config.idle_watch;
+        let shared = Arc::new(PoolShared::new(config));
+        let protocol = Arc::new(protocol);
         let cfg = &shared.config;
         let dp = deadpool::managed::Pool::builder(Manager {
             shared: shared.clone(),
+            protocol: protocol.clone(),
+            watch_tx: watch.then_some(watch_tx),
         })
         .max_size(cfg.max_size)
         .wait_timeout(cfg.wait_timeout)
@@ -350,12 +177,8 @@ impl Pool {
             shared: shared.clone(),
             shutdown: Mutex::new(Some(shutdown_tx)),
         });
-        runtime.spawn(crate::reaper::run(
-            Arc::downgrade(&inner),
-            shared,
-            watch_rx,
-            shutdown_rx,
-        ));
+        let reaper = crate::reaper::Reaper::new(inner.dp.weak(), shared, protocol);
+        runtime.spawn(reaper.run(watch_rx, shutdown_rx));
         Ok(Pool { inner })
     }
 
@@ -385,7 +208,7 @@ impl Pool {
     /// # }
     /// ```
     #[track_caller]
-    pub fn get(&self) -> impl Future<Output = Result<Conn, Error>> + Send + '_ {
+    pub fn get(&self) -> impl Future<Output = Result<Conn<P>, Error>> + Send + '_ {
         // Captured before the first await: where the caller asked, for leak reports.
         let at = Location::caller();
         async move {
@@ -543,7 +366,7 @@ impl Pool {
         let out = shared.live_members();
         for member in &out {
             tracing::warn!(
-                conn.id = member.id,
+                conn.id = member.id(),
                 "drain timed out: shutting down a checked-out connection"
             );
             member.force_close();
@@ -569,7 +392,7 @@ impl Pool {
     pub fn resize(&self, max_size: usize) -> Result<(), BuildError> {
         let shared = &self.inner.shared;
         check_sizes(max_size, shared.min_idle(), "max_size")?;
-        shared.max_size.store(max_size, Relaxed);
+        shared.set_max_size(max_size);
         self.inner.dp.resize(max_size);
         Ok(())
     }
@@ -589,8 +412,7 @@ impl Pool {
     pub fn set_min_idle(&self, min_idle: usize) -> Result<(), BuildError> {
         let shared = &self.inner.shared;
         check_sizes(shared.max_size(), min_idle, "min_idle")?;
-        shared.min_idle.store(min_idle, Relaxed);
-        shared.wake.notify_one();
+        shared.set_min_idle(min_idle);
         Ok(())
     }
 
@@ -608,7 +430,7 @@ impl Pool {
 }
 
 fn map_error(shared: &PoolShared, e: PoolError<Error>) -> Error {
-    let addr = Some(shared.config.addr);
+    let addr = Some(shared.endpoint.clone());
     match e {
         PoolError::Backend(e) => e,
         PoolError::Timeout(TimeoutType::Wait) => {
@@ -621,10 +443,10 @@ fn map_error(shared: &PoolShared, e: PoolError<Error>) -> Error {
     }
 }
 
-impl fmt::Debug for Pool {
+impl<P: Protocol> fmt::Debug for Pool<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
-            .field("addr", &self.inner.shared.config.addr)
+            .field("endpoint", &self.inner.shared.endpoint)
             .field("status", &self.status())
             .finish()
     }

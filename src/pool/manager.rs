@@ -1,0 +1,275 @@
+//! The deadpool `Manager`: `create` opens a connection through the breaker gate (connect,
+//! TLS, the protocol's setup, all within the connect timeout); `recycle` runs the cheap checks
+//! of an idle member, cheapest first, and lets the protocol read bytes that arrived while it
+//! was idle.
+
+use std::io;
+use std::sync::Arc;
+
+use deadpool::managed::{Metrics, RecycleError, RecycleResult};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::breaker::{Admit, Outcome};
+use crate::io::Io;
+use crate::member::state::Kind;
+use crate::member::{Member, Shared};
+use crate::pool::error::Error;
+use crate::pool::shared::{MemberOps, PoolShared};
+use crate::protocol::{Protocol, SetupError};
+use crate::stats::EvictReason;
+use crate::transport::probe::Health;
+use crate::transport::{self, Stream};
+
+/// Creates and recycles pooled members for deadpool.
+pub(crate) struct Manager<P: Protocol> {
+    pub(crate) shared: Arc<PoolShared>,
+    pub(crate) protocol: Arc<P>,
+    /// New members go to the reaper's idle watch (none when the watch is off).
+    pub(crate) watch_tx: Option<mpsc::UnboundedSender<Arc<Shared<P>>>>,
+}
+
+impl<P: Protocol> std::fmt::Debug for Manager<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a new connection did not become a member.
+enum OpenError {
+    Connect(transport::ConnectError),
+    Tls(io::Error),
+    Setup(SetupError),
+    Timeout,
+}
+
+impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
+    type Type = Member<P>;
+    type Error = Error;
+
+    async fn create(&self) -> Result<Member<P>, Error> {
+        let shared = &self.shared;
+        // The breaker gate: while it is open no connect is attempted at all.
+        let probe = match shared.admit(Instant::now()) {
+            Admit::Yes => None,
+            Admit::Probe => Some(DropGuard::new(|| shared.probe_abandoned())),
+            Admit::No { retry_after } => {
+                return Err(Error::circuit_open(
+                    shared.endpoint.clone(),
+                    retry_after,
+                    shared.last_error(),
+                ));
+            }
+        };
+        #[cfg(feature = "metrics")]
+        let start = Instant::now();
+        let cfg = &shared.config;
+        let res = match cfg.connect_timeout {
+            Some(t) => tokio::time::timeout(t, self.open())
+                .await
+                .unwrap_or(Err(OpenError::Timeout)),
+            None => self.open().await,
+        };
+        #[cfg(feature = "metrics")]
+        shared.metrics.connect(start.elapsed());
+        if let Some(p) = probe {
+            p.disarm();
+        }
+        match res {
+            Ok((sock, conn)) => {
+                shared.report(Outcome::Success, None);
+                let id = shared.next_id();
+                let member = Arc::new(Shared::new(sock, id, shared.clone(), self.protocol.clone()));
+                let ops: Arc<dyn MemberOps> = member.clone();
+                shared.member_created(Arc::downgrade(&ops), id);
+                if let Some(tx) = &self.watch_tx {
+                    // The reaper is gone only when the pool is: then nobody needs the watch.
+                    let _ = tx.send(member.clone());
+                }
+                tracing::debug!(conn.id = id, endpoint = %shared.endpoint, "connected");
+                Ok(Member {
+                    shared: member,
+                    conn: Some(conn),
+                })
+            }
+            Err(e) => {
+                shared
+                    .stats
+                    .connect_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (err, io) = self.open_error(e);
+                tracing::debug!(endpoint = %shared.endpoint, error = %err, "connect failed");
+                shared.report(Outcome::Failure, Some(&io));
+                Err(err)
+            }
+        }
+    }
+
+    async fn recycle(&self, member: &mut Member<P>, _: &Metrics) -> RecycleResult<Error> {
+        let sh = &member.shared;
+        let reason = loop {
+            let mut st = sh.state();
+            if st.kind() == Kind::Busy {
+                st = wait_for_busy(sh).await;
+            }
+            match st.kind() {
+                Kind::Idle => match sh.check_idle(Instant::now()) {
+                    Health::Alive => {
+                        if sh.state.checkout(st) {
+                            match sh.take_conn() {
+                                Some(conn) => {
+                                    member.conn = Some(conn);
+                                    return Ok(());
+                                }
+                                // Cannot happen (the slot is filled before the state goes
+                                // idle); refuse rather than hand out nothing.
+                                None => break EvictReason::SocketError,
+                            }
+                        }
+                        // The state moved on (a watcher condemned it): look again.
+                        continue;
+                    }
+                    // Bytes on an idle member: the protocol reads them and decides.
+                    Health::Dead(EvictReason::UnexpectedData) => {
+                        if sh.begin_busy(st) {
+                            Box::pin(crate::reaper::idle::read_idle_bytes(sh.clone(), true)).await;
+                        }
+                        continue;
+                    }
+                    Health::Dead(reason) => break reason,
+                },
+                Kind::Dead => break sh.reason().unwrap_or(EvictReason::SocketError),
+                // In use while in the idle queue cannot happen; refuse it rather than share it.
+                _ => break EvictReason::SocketError,
+            }
+        };
+        sh.condemn(reason, Instant::now());
+        Err(RecycleError::message(reason.as_str()))
+    }
+}
+
+impl<P: Protocol> Manager<P> {
+    /// Connect, TLS handshake, protocol setup.
+    async fn open(&self) -> Result<(Arc<crate::transport::Socket>, P::Conn), OpenError> {
+        let cfg = &self.shared.config;
+        // The connect timeout bounds the whole of `open`; each address gets its share of it.
+        let sock = transport::open(&cfg.endpoint, &cfg.tcp_options(), cfg.connect_timeout)
+            .await
+            .map_err(OpenError::Connect)?;
+        let sock = Arc::new(sock);
+        let stream = self.secure(sock.clone()).await?;
+        let io = Io::new(stream);
+        let mut conn = self.protocol.setup(io).await.map_err(OpenError::Setup)?;
+        P::io_mut(&mut conn).clear_pending();
+        Ok((sock, conn))
+    }
+
+    #[cfg(feature = "tls")]
+    async fn secure(&self, sock: Arc<crate::transport::Socket>) -> Result<Stream, OpenError> {
+        match &self.shared.config.tls {
+            Some(tls) => crate::transport::tls::handshake(sock, tls)
+                .await
+                .map(Stream::Tls)
+                .map_err(OpenError::Tls),
+            None => Ok(Stream::Plain(sock)),
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    async fn secure(&self, sock: Arc<crate::transport::Socket>) -> Result<Stream, OpenError> {
+        Ok(Stream::Plain(sock))
+    }
+
+    /// The caller's error and the `io::Error` the breaker records as the last error.
+    fn open_error(&self, e: OpenError) -> (Error, io::Error) {
+        let endpoint = self.shared.endpoint.clone();
+        let timeout = || {
+            let t = self.shared.config.connect_timeout.unwrap_or_default();
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect, TLS and setup did not finish within {t:?}"),
+            )
+        };
+        match e {
+            OpenError::Connect(c) => {
+                let timed_out = c.is_timeout();
+                let io = c.into_io();
+                let copy = io::Error::new(io.kind(), io.to_string());
+                let copy = match io.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => copy,
+                };
+                if timed_out {
+                    (Error::connect_timeout(endpoint, io), copy)
+                } else {
+                    (Error::connect(endpoint, io), copy)
+                }
+            }
+            OpenError::Timeout => (Error::connect_timeout(endpoint, timeout()), timeout()),
+            OpenError::Tls(e) => {
+                let text = format!("TLS handshake failed: {e}");
+                (
+                    Error::setup(
+                        endpoint,
+                        SetupError::io(io::Error::new(e.kind(), text.clone())),
+                    ),
+                    io::Error::new(e.kind(), text),
+                )
+            }
+            OpenError::Setup(s) => {
+                let io = io::Error::new(s.io_kind(), format!("setup failed: {s}"));
+                (Error::setup(endpoint, s), io)
+            }
+        }
+    }
+}
+
+/// Waits (bounded by the heartbeat timeout) until the reaper's job on this member finishes;
+/// returns the state after it. If the waiting `get()` is cancelled here, deadpool drops the
+/// member; it is counted as `Cancelled`.
+async fn wait_for_busy<P: Protocol>(sh: &Shared<P>) -> crate::member::state::State {
+    let deadline = Instant::now() + sh.pool.config.heartbeat_timeout;
+    // If this wait is cancelled, deadpool drops the member: say why.
+    let cancelled = DropGuard::new(|| sh.condemn(EvictReason::Cancelled, Instant::now()));
+    let st = loop {
+        let notified = sh.notify.notified();
+        tokio::pin!(notified);
+        // Register before re-reading the state: notify_waiters stores nothing.
+        notified.as_mut().enable();
+        let st = sh.state();
+        if st.kind() != Kind::Busy {
+            break st;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            sh.condemn(EvictReason::HeartbeatTimeout, Instant::now());
+            sh.state.kill_if(st);
+            break sh.state();
+        }
+    };
+    cancelled.disarm();
+    st
+}
+
+/// Runs its closure on drop unless disarmed: the one drop guard of the crate.
+pub(crate) struct DropGuard<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> DropGuard<F> {
+    pub(crate) fn new(f: F) -> Self {
+        DropGuard(Some(f))
+    }
+
+    /// The guarded work finished: do nothing on drop.
+    pub(crate) fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<F: FnOnce()> Drop for DropGuard<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! [`PoolShared`]: the state every part of one pool shares — configuration, counters, the
+//! breaker glue, the member count and registry, and the reaper's wake-up.
+//!
+//! It is a leaf: it imports configuration, statistics and the breaker, never the parts that
+//! use it (members, manager, reaper, the pool handle), and it is not generic over the
+//! protocol. Members reach it through an `Arc`; it reaches members only through the
+//! object-safe [`MemberOps`] in its registry.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::breaker::{Admit, Breaker, BreakerState, Outcome, Transition};
+use crate::pool::config::Config;
+use crate::stats::{BreakerEvent, EvictionEvent, Stats};
+
+/// What the pool needs of a member it does not otherwise hold (leak reports, forced drain).
+pub(crate) trait MemberOps: Send + Sync {
+    /// Reports (once per checkout) a member held longer than `threshold`. True when it did.
+    fn check_leak(&self, now: Instant, threshold: Duration) -> bool;
+    /// Shuts the socket down so that its holder's I/O fails.
+    fn force_close(&self);
+    fn id(&self) -> u64;
+}
+
+/// State shared by the pool handle, the manager, every member and the reaper.
+pub(crate) struct PoolShared {
+    pub(crate) config: Config,
+    pub(crate) stats: Stats,
+    /// The endpoint as text, for errors and events (cloned into every error: an `Arc`).
+    pub(crate) endpoint: Arc<str>,
+    epoch: Instant,
+    members: AtomicUsize,
+    next_id: AtomicU64,
+    purge: AtomicBool,
+    refill_now: AtomicBool,
+    /// Wakes the reaper: a purge is due, or the pool fell below `min_idle`.
+    pub(crate) wake: Notify,
+    /// Wakes `drain()` whenever a member goes.
+    pub(crate) gone: Notify,
+    min_idle: AtomicUsize,
+    max_size: AtomicUsize,
+    /// Every live member, for leak detection and forced drain (touched on create and drop only).
+    registry: Mutex<HashMap<u64, Weak<dyn MemberOps>>>,
+    breaker: Option<Mutex<Breaker>>,
+    pub(crate) breaker_transitions: AtomicU64,
+    last_error: Mutex<Option<(io::ErrorKind, Option<i32>, String)>>,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: crate::metrics::Metrics,
+}
+
+impl PoolShared {
+    pub(crate) fn new(config: Config) -> Self {
+        let breaker = config
+            .breaker
+            .clone()
+            .map(|b| Mutex::new(Breaker::new(b, config.jitter_seed)));
+        let endpoint: Arc<str> = config.endpoint.to_string().into();
+        PoolShared {
+            stats: Stats::new(),
+            epoch: Instant::now(),
+            members: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            purge: AtomicBool::new(false),
+            refill_now: AtomicBool::new(false),
+            wake: Notify::new(),
+            gone: Notify::new(),
+            min_idle: AtomicUsize::new(config.min_idle),
+            max_size: AtomicUsize::new(config.max_size),
+            registry: Mutex::new(HashMap::new()),
+            breaker,
+            breaker_transitions: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            #[cfg(feature = "metrics")]
+            metrics: crate::metrics::Metrics::new(endpoint.to_string()),
+            endpoint,
+            config,
+        }
+    }
+
+    pub(crate) fn ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    pub(crate) fn instant(&self, ns: u64) -> Instant {
+        self.epoch + Duration::from_nanos(ns)
+    }
+
+    pub(crate) fn members(&self) -> usize {
+        self.members.load(Relaxed)
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Relaxed)
+    }
+
+    pub(crate) fn min_idle(&self) -> usize {
+        self.min_idle.load(Relaxed)
+    }
+
+    pub(crate) fn set_min_idle(&self, n: usize) {
+        self.min_idle.store(n, Relaxed);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn max_size(&self) -> usize {
+        self.max_size.load(Relaxed)
+    }
+
+    pub(crate) fn set_max_size(&self, n: usize) {
+        self.max_size.store(n, Relaxed);
+    }
+
+    /// Live members that are still alive, for scans outside deadpool's queue.
+    pub(crate) fn live_members(&self) -> Vec<Arc<dyn MemberOps>> {
+        self.registry
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    pub(crate) fn member_created(&self, member: Weak<dyn MemberOps>, id: u64) {
+        self.registry.lock().insert(id, member);
+        self.members.fetch_add(1, Relaxed);
+        self.stats.created.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics.created();
+    }
+
+    pub(crate) fn member_gone(&self, id: u64) {
+        self.registry.lock().remove(&id);
+        let left = self.members.fetch_sub(1, Relaxed) - 1;
+        if left < self.min_idle() {
+            self.wake.notify_one();
+        }
+        self.gone.notify_waiters();
+    }
+
+    pub(crate) fn record_eviction(&self, ev: EvictionEvent) {
+        #[cfg(feature = "metrics")]
+        self.metrics.evicted(ev.reason, ev.latency());
+        self.stats.record_eviction(ev);
+    }
+
+    pub(crate) fn request_purge(&self) {
+        self.purge.store(true, Relaxed);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn take_purge(&self) -> bool {
+        self.purge.swap(false, Relaxed)
+    }
+
+    pub(crate) fn take_refill_now(&self) -> bool {
+        self.refill_now.swap(false, Relaxed)
+    }
+
+    pub(crate) fn admit(&self, now: Instant) -> Admit {
+        let Some(b) = &self.breaker else {
+            return Admit::Yes;
+        };
+        let (admit, tr) = b.lock().admit(now);
+        if let Some(tr) = tr {
+            self.transitioned(tr);
+        }
+        admit
+    }
+
+    pub(crate) fn probe_abandoned(&self) {
+        if let Some(b) = &self.breaker {
+            b.lock().probe_abandoned();
+        }
+    }
+
+    /// Feeds a connect, setup or heartbeat outcome to the breaker.
+    pub(crate) fn report(&self, outcome: Outcome, err: Option<&io::Error>) {
+        if let Some(e) = err {
+            *self.last_error.lock() = Some((e.kind(), e.raw_os_error(), e.to_string()));
+        }
+        let Some(b) = &self.breaker else { return };
+        let tr = b.lock().on_event(outcome, Instant::now());
+        if let Some(tr) = tr {
+            self.transitioned(tr);
+        }
+    }
+
+    fn transitioned(&self, tr: Transition) {
+        self.breaker_transitions.fetch_add(1, Relaxed);
+        if tr.to == BreakerState::Closed {
+            // The endpoint is back: refill now, not after the refill backoff grown while down.
+            self.refill_now.store(true, Relaxed);
+            self.wake.notify_one();
+        }
+        let last = self.last_error.lock().as_ref().map(|e| e.2.clone());
+        self.stats.record_transition(BreakerEvent {
+            transition: tr,
+            at: Instant::now(),
+            last_error: last.clone(),
+        });
+        tracing::info!(
+            endpoint = %self.endpoint,
+            from = tr.from.as_str(),
+            to = tr.to.as_str(),
+            open_for = ?tr.open_for,
+            last_error = ?last,
+            "circuit breaker transition"
+        );
+    }
+
+    /// A copy of the last connect, setup or heartbeat error.
+    pub(crate) fn last_error(&self) -> Option<io::Error> {
+        self.last_error
+            .lock()
+            .as_ref()
+            .map(|(kind, os, msg)| match os {
+                Some(code) => io::Error::from_raw_os_error(*code),
+                None => io::Error::new(*kind, msg.clone()),
+            })
+    }
+
+    pub(crate) fn breaker_state(&self) -> BreakerState {
+        self.breaker
+            .as_ref()
+            .map_or(BreakerState::Closed, |b| b.lock().state())
+    }
+}
+
+impl fmt::Debug for PoolShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolShared")
+            .field("config", &self.config)
+            .field("members", &self.members())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,81 @@
+//! One heartbeat of an idle member, through the protocol, with its own deadline.
+//!
+//! Heartbeat outcomes feed the breaker: a success, a timeout (a hung or blackholed peer) or a
+//! wrong reply does; a heartbeat that finds the connection closed or reset by the peer does
+//! not, since one dead member is not a dead endpoint (as with evictions at checkout).
+
+use std::io;
+use std::sync::Arc;
+
+use crate::breaker::Outcome;
+use crate::member::Shared;
+use crate::protocol::{HeartbeatError, Protocol};
+use crate::stats::EvictReason;
+
+pub(super) async fn beat<P: Protocol>(sh: Arc<Shared<P>>, protocol: Arc<P>) {
+    let shared = &sh.pool;
+    let timeout = shared.config.heartbeat_timeout;
+    let Some(mut conn) = sh.take_conn() else {
+        // Cannot happen: an idle member's connection is in its slot.
+        sh.end_busy(Some(EvictReason::HeartbeatFailed));
+        return;
+    };
+    let res = tokio::time::timeout(timeout, protocol.heartbeat(&mut conn)).await;
+    let failure = match res {
+        Ok(Ok(())) => match P::io(&conn).dirty_reason(false) {
+            // The beat itself saw an I/O error or end of stream.
+            Some(_) => Some(EvictReason::HeartbeatFailed),
+            None => {
+                shared
+                    .stats
+                    .heartbeats
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                shared.report(Outcome::Success, None);
+                None
+            }
+        },
+        // The peer closed or reset this one connection during the beat: a dead member, like
+        // one the idle watch finds, not evidence that the endpoint is unhealthy.
+        Ok(Err(e)) if member_died(&e) => {
+            tracing::debug!(conn.id = sh.id, error = %e, "peer closed the connection during a heartbeat");
+            Some(EvictReason::HeartbeatFailed)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(conn.id = sh.id, error = %e, "heartbeat failed");
+            shared.report(Outcome::Failure, Some(&io::Error::other(e.to_string())));
+            Some(if e.is_bad_reply() {
+                EvictReason::HeartbeatBadReply
+            } else {
+                EvictReason::HeartbeatFailed
+            })
+        }
+        Err(_) => {
+            let io = io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("heartbeat unanswered within {timeout:?}"),
+            );
+            shared.report(Outcome::Failure, Some(&io));
+            Some(EvictReason::HeartbeatTimeout)
+        }
+    };
+    if failure.is_none() {
+        P::io_mut(&mut conn).clear_pending();
+        sh.put_conn(conn);
+    }
+    sh.end_busy(failure);
+}
+
+/// True when a heartbeat failed because this connection died (closed or reset by the peer),
+/// which says nothing about the endpoint's health.
+fn member_died(e: &HeartbeatError) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    e.is_closed()
+        || std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+                )
+            })
+}

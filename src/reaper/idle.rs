@@ -1,0 +1,56 @@
+//! Bytes that arrived on an idle member: the protocol reads them through its own stack
+//! (TLS included) and keeps the member or evicts it with a reason.
+
+use std::sync::Arc;
+
+use crate::member::Shared;
+use crate::protocol::{IdleVerdict, Protocol};
+use crate::stats::EvictReason;
+
+/// Runs the protocol's `idle_bytes` on a member the caller made busy, bounded by
+/// `heartbeat_timeout`, and ends the busy state with its verdict. Returns true when the
+/// member was kept. `fresh`: the bytes were seen by a peek, not by the reactor, so wait for
+/// the socket's readiness first (tokio's reads answer from cached readiness).
+pub(crate) async fn read_idle_bytes<P: Protocol>(sh: Arc<Shared<P>>, fresh: bool) -> bool {
+    let Some(mut conn) = sh.take_conn() else {
+        sh.end_busy(Some(EvictReason::UnexpectedData));
+        return false;
+    };
+    let timeout = sh.pool.config.heartbeat_timeout;
+    let protocol = sh.protocol.clone();
+    let res = tokio::time::timeout(timeout, async {
+        if fresh {
+            let _ = sh.sock.readable().await;
+        }
+        protocol.idle_bytes(&mut conn).await
+    })
+    .await;
+    let verdict = match res {
+        Ok(IdleVerdict::Keep) => match P::io(&conn).dirty_reason(false) {
+            Some(_) => IdleVerdict::Evict(EvictReason::UnexpectedData),
+            None => IdleVerdict::Keep,
+        },
+        Ok(v) => v,
+        // Half a message that never completed.
+        Err(_) => IdleVerdict::Evict(EvictReason::UnexpectedData),
+    };
+    match verdict {
+        IdleVerdict::Keep => {
+            tracing::trace!(conn.id = sh.id, "benign bytes on an idle connection");
+            P::io_mut(&mut conn).clear_pending();
+            sh.put_conn(conn);
+            sh.end_busy(None);
+            true
+        }
+        IdleVerdict::Evict(reason) => {
+            tracing::debug!(
+                conn.id = sh.id,
+                reason = reason.as_str(),
+                "bytes on an idle connection evict it"
+            );
+            drop(conn);
+            sh.end_busy(Some(reason));
+            false
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The idle watch of one member.
+//!
+//! A checkout does not touch the watcher; if the owner's traffic wakes it, it sees the member
+//! in use and parks until the return, which wakes it only if it parked. So a checkout never
+//! waits for it or switches to it, and a checkout without traffic costs it nothing. The peek
+//! runs inside `try_io`, so a WouldBlock clears tokio's readiness (no spin).
+
+use std::sync::Arc;
+
+use tokio::io::Interest;
+use tokio::time::Instant;
+
+use super::idle::read_idle_bytes;
+use crate::member::Shared;
+use crate::member::state::Kind;
+use crate::protocol::Protocol;
+use crate::stats::EvictReason;
+use crate::transport::probe::{self, Health};
+
+/// After this many benign idle reads in a row with bytes still waiting, the protocol is not
+/// draining what arrives: evict instead of spinning.
+pub(crate) const MAX_IDLE_READS: u32 = 16;
+
+/// Watches one member's socket while it is idle; ends when the member is dead.
+pub(super) async fn watch<P: Protocol>(sh: Arc<Shared<P>>) {
+    let mut reads_in_a_row = 0;
+    loop {
+        let notified = sh.notify.notified();
+        tokio::pin!(notified);
+        // Register before reading the state: a change after this read wakes us.
+        notified.as_mut().enable();
+        let st = sh.state();
+        match st.kind() {
+            Kind::Dead => return,
+            Kind::Idle => {}
+            _ => {
+                reads_in_a_row = 0;
+                sh.park_watcher(st, notified.as_mut()).await;
+                continue;
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = &mut notified => {}
+            ready = sh.sock.readable() => {
+                let health = match ready {
+                    Ok(()) => {
+                        let res = sh.sock.try_io(Interest::READABLE, || probe::peek(&sh.sock));
+                        probe::classify(&res)
+                    }
+                    Err(_) => Health::Dead(EvictReason::SocketError),
+                };
+                match health {
+                    Health::Alive => reads_in_a_row = 0,
+                    // Bytes: the protocol reads them (unless the member was checked out
+                    // meanwhile: then they are the owner's response).
+                    Health::Dead(EvictReason::UnexpectedData) => {
+                        reads_in_a_row += 1;
+                        if reads_in_a_row > MAX_IDLE_READS {
+                            if sh.mark_dead(st, EvictReason::UnexpectedData) {
+                                sh.pool.request_purge();
+                                return;
+                            }
+                        } else if sh.begin_busy(st)
+                            && !Box::pin(read_idle_bytes(sh.clone(), false)).await
+                        {
+                            return;
+                        }
+                    }
+                    Health::Dead(reason) => {
+                        // EOF, RST and socket errors are permanent (and reading an error
+                        // clears it): record the first one even if the member was checked
+                        // out meanwhile, and it also holds for a newer generation of an idle
+                        // member.
+                        sh.condemn(reason, Instant::now());
+                        if sh.mark_dead(st, reason) || sh.mark_dead(sh.state(), reason) {
+                            sh.pool.request_purge();
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

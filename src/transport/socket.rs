@@ -1,0 +1,206 @@
+//! The socket kinds a member can sit on (TCP or a Unix domain socket), with the
+//! owner-side readiness API the tracked I/O above uses, and the shared-reference API the
+//! idle watch and the kernel probe use.
+//!
+//! tokio keeps one waker per direction for `poll_read_ready`: the connection's owner (the
+//! tracked I/O, or TLS through [`SockIo`]) uses it, and every other observer (the idle
+//! watch, `Conn::closed`) uses `readable()`/`ready()`, which keep a list of waiters.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf, Ready};
+use tokio::net::{TcpStream, UnixStream};
+
+/// One connected socket.
+#[derive(Debug)]
+pub(crate) enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+macro_rules! each {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self {
+            Socket::Tcp($s) => $e,
+            Socket::Unix($s) => $e,
+        }
+    };
+}
+
+impl Socket {
+    pub(crate) fn sock_ref(&self) -> SockRef<'_> {
+        each!(self, s => SockRef::from(s))
+    }
+
+    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_read_ready(cx))
+    }
+
+    pub(crate) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_write_ready(cx))
+    }
+
+    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        each!(self, s => s.try_read(buf))
+    }
+
+    pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        each!(self, s => s.try_write(buf))
+    }
+
+    pub(crate) fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        each!(self, s => s.try_write_vectored(bufs))
+    }
+
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        each!(self, s => s.readable().await)
+    }
+
+    pub(crate) async fn ready(&self, interest: Interest) -> io::Result<Ready> {
+        each!(self, s => s.ready(interest).await)
+    }
+
+    pub(crate) fn try_io<R>(
+        &self,
+        interest: Interest,
+        f: impl FnOnce() -> io::Result<R>,
+    ) -> io::Result<R> {
+        each!(self, s => s.try_io(interest, f))
+    }
+
+    /// A real `recv`, whatever tokio's cached readiness says (the socket is non-blocking, so
+    /// this never waits).
+    pub(crate) fn recv_now(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let sock = self.sock_ref();
+        let mut s: &socket2::Socket = &sock;
+        io::Read::read(&mut s, buf)
+    }
+
+    pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.sock_ref().shutdown(how)
+    }
+
+    /// Our address, for TCP.
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Socket::Tcp(s) => s.local_addr().ok(),
+            Socket::Unix(_) => None,
+        }
+    }
+
+    /// The peer's address, for TCP.
+    pub(crate) fn peer_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Socket::Tcp(s) => s.peer_addr().ok(),
+            Socket::Unix(_) => None,
+        }
+    }
+
+    pub(crate) fn is_tcp(&self) -> bool {
+        matches!(self, Socket::Tcp(_))
+    }
+
+    /// Owner-side read: waits for readiness, then a real `recv`; WouldBlock clears tokio's
+    /// readiness and registers for the next wake-up.
+    pub(crate) fn poll_read_owner(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            std::task::ready!(self.poll_read_ready(cx))?;
+            match self.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Owner-side write, as [`Socket::poll_read_owner`].
+    pub(crate) fn poll_write_owner(
+        &self,
+        cx: &mut Context<'_>,
+        write: impl Fn(&Socket) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.poll_write_ready(cx))?;
+            match write(self) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+/// An owner-side `AsyncRead + AsyncWrite` over a shared socket: what TLS runs on.
+///
+/// A read that finds tokio's readiness stale (the reactor has not yet seen bytes the kernel
+/// holds) still tries one real `recv`, so that reading an idle member's bytes through TLS
+/// right after a peek saw them does not wait for the reactor.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(crate) struct SockIo(pub(crate) Arc<Socket>);
+
+impl AsyncRead for SockIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.0.poll_read_owner(cx, buf) {
+            Poll::Pending => match recv_into(&self.0, buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+                res => Poll::Ready(res),
+            },
+            ready => ready,
+        }
+    }
+}
+
+/// One real `recv` into the unfilled part of `buf`.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(crate) fn recv_into(sock: &Socket, buf: &mut ReadBuf<'_>) -> io::Result<()> {
+    let n = sock.recv_now(buf.initialize_unfilled())?;
+    buf.advance(n);
+    Ok(())
+}
+
+impl AsyncWrite for SockIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.0.poll_write_owner(cx, |s| s.try_write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.0.poll_write_owner(cx, |s| s.try_write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.0.shutdown(Shutdown::Write))
+    }
+}
