@@ -39,7 +39,7 @@ impl<P: Protocol> std::fmt::Debug for Manager<P> {
 
 /// Why a new connection did not become a member.
 enum OpenError {
-    Connect(transport::ConnectError),
+    Connect(io::Error),
     Tls(io::Error),
     Setup(SetupError),
     Timeout,
@@ -193,9 +193,8 @@ impl<P: Protocol> Manager<P> {
             )
         };
         match e {
-            OpenError::Connect(c) => {
-                let timed_out = c.is_timeout();
-                let io = c.into_io();
+            OpenError::Connect(io) => {
+                let timed_out = io.kind() == io::ErrorKind::TimedOut;
                 let copy = io::Error::new(io.kind(), io.to_string());
                 let copy = match io.raw_os_error() {
                     Some(code) => io::Error::from_raw_os_error(code),

@@ -968,6 +968,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> PgSession<S> {
     /// # }
     /// ```
     pub fn get_mut(&mut self) -> &mut S {
+        // Whatever the caller does with it, the session can no longer vouch for the stream.
+        self.broken = true;
+        &mut self.stream
+    }
+
+    /// The stream for the pool's own bookkeeping (does not break the session).
+    pub(crate) fn stream_mut(&mut self) -> &mut S {
         &mut self.stream
     }
 
@@ -1259,5 +1266,100 @@ fn describe(msg: &Message) -> &'static str {
         Message::ReadyForQuery(_) => "ReadyForQuery",
         Message::RowDescription(_) => "RowDescription",
         _ => "unknown message",
+    }
+}
+
+/// The Postgres protocol for a [`Pool`](crate::Pool): every new connection runs the startup
+/// and authentication (SCRAM-SHA-256, md5 or cleartext) before anyone sees it; idle members
+/// are pinged with a `Sync` (answered by `ReadyForQuery`, no query parsed); a connection goes
+/// back only at `ReadyForQuery` idle, outside a transaction block, with nothing owed; on an
+/// idle member, `NotificationResponse`, `NoticeResponse` and `ParameterStatus` are benign and
+/// a `FATAL` error (57P01 from `pg_terminate_backend` or a fast shutdown) evicts it as
+/// [`EvictReason::Terminated`](crate::EvictReason::Terminated).
+///
+/// Postgres TLS starts inside the protocol (`SSLRequest`), so [`Builder::tls`](crate::Builder)
+/// does not apply to it; this protocol speaks plain TCP or a Unix socket.
+///
+/// ```no_run
+/// use livepool::postgres::{PgConfig, Postgres};
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = livepool::Pool::builder("127.0.0.1:5432")
+///     .protocol(Postgres::new(PgConfig::new("app").password("s3cret").database("app")))
+///     .build()?;
+/// let mut conn = pool.get().await?;
+/// let rows = conn.simple_query("SELECT 1").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Postgres {
+    config: PgConfig,
+}
+
+impl Postgres {
+    /// The protocol with this configuration.
+    ///
+    /// ```
+    /// let p = livepool::postgres::Postgres::new(livepool::postgres::PgConfig::new("app"));
+    /// # let _ = p;
+    /// ```
+    pub fn new(config: PgConfig) -> Self {
+        Postgres { config }
+    }
+}
+
+impl crate::Protocol for Postgres {
+    type Conn = PgSession<crate::Io>;
+
+    fn io(conn: &Self::Conn) -> &crate::Io {
+        conn.get_ref()
+    }
+
+    fn io_mut(conn: &mut Self::Conn) -> &mut crate::Io {
+        conn.stream_mut()
+    }
+
+    async fn setup(&self, io: crate::Io) -> Result<Self::Conn, crate::SetupError> {
+        PgSession::startup(io, &self.config).await.map_err(|e| {
+            if e.is_server() || e.is_auth() {
+                crate::SetupError::rejected(e.to_string())
+            } else if e.is_io() {
+                crate::SetupError::io(std::io::Error::other(e.to_string()))
+            } else {
+                crate::SetupError::protocol(e.to_string())
+            }
+        })
+    }
+
+    fn has_heartbeat(&self) -> bool {
+        true
+    }
+
+    async fn heartbeat(&self, conn: &mut Self::Conn) -> Result<(), crate::HeartbeatError> {
+        conn.ping().await.map_err(|e| {
+            if e.is_io() {
+                crate::HeartbeatError::closed()
+            } else {
+                crate::HeartbeatError::bad_reply(e.to_string())
+            }
+        })
+    }
+
+    fn is_clean(&self, conn: &Self::Conn) -> bool {
+        conn.is_idle()
+    }
+
+    async fn idle_bytes(&self, conn: &mut Self::Conn) -> crate::IdleVerdict {
+        match conn.idle_bytes().await {
+            IdleOutcome::Benign => crate::IdleVerdict::Keep,
+            IdleOutcome::Terminated { code, message } => {
+                tracing::debug!(code = %code, message = %message, "server terminated an idle connection");
+                crate::IdleVerdict::Evict(crate::EvictReason::Terminated)
+            }
+            IdleOutcome::Closed => crate::IdleVerdict::Evict(crate::EvictReason::PeerClosed),
+            IdleOutcome::Unexpected(what) => {
+                tracing::debug!(what = %what, "unexpected message on an idle postgres connection");
+                crate::IdleVerdict::Evict(crate::EvictReason::UnexpectedData)
+            }
+        }
     }
 }

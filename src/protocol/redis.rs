@@ -690,6 +690,15 @@ impl RedisError {
         self.kind == ErrorKind::Usage
     }
 
+    /// The kind of the underlying I/O error (`UnexpectedEof` for a close).
+    pub(crate) fn io_kind(&self) -> io::ErrorKind {
+        match (&self.source, self.kind) {
+            (Some(e), _) => e.kind(),
+            (None, ErrorKind::Closed) => io::ErrorKind::UnexpectedEof,
+            _ => io::ErrorKind::Other,
+        }
+    }
+
     /// The server's error text, exactly as sent (for [`is_server`](Self::is_server)).
     ///
     /// ```no_run
@@ -1214,14 +1223,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisSession<S> {
     }
 
     /// The underlying stream, mutably. Reading or writing it directly puts the session out
-    /// of step.
+    /// of step, so the session is no longer clean afterwards: a pooled connection is then
+    /// closed on return instead of reaching the next caller. (Socket options and addresses
+    /// need only [`RedisSession::get_ref`].)
     ///
     /// ```no_run
     /// # fn demo(s: &mut livepool::redis::RedisSession<tokio::net::TcpStream>) {
-    /// s.get_mut().set_nodelay(true).unwrap();
+    /// let raw = s.get_mut();
+    /// # let _ = raw;
+    /// assert!(!s.is_clean());
     /// # }
     /// ```
     pub fn get_mut(&mut self) -> &mut S {
+        self.tainted = true;
+        &mut self.stream
+    }
+
+    /// The stream for the pool's own bookkeeping (does not taint the session).
+    pub(crate) fn stream_mut(&mut self) -> &mut S {
         &mut self.stream
     }
 
@@ -1763,5 +1782,95 @@ mod tests {
             e.is_protocol() && e.to_string().contains("out of range"),
             "{e}"
         );
+    }
+}
+
+/// The Redis protocol for a [`Pool`](crate::Pool): every new connection is set up (AUTH with a
+/// password or an ACL user, `HELLO 3`, `CLIENT SETNAME`, `SELECT`) before anyone sees it,
+/// idle members are pinged through the session (TLS and RESP3 included), a connection goes
+/// back only when no reply is owed, no `MULTI` is open and the database is the one set up,
+/// and RESP3 pushes on an idle member are benign.
+///
+/// ```no_run
+/// use livepool::redis::{Redis, RedisConfig};
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = livepool::Pool::builder("127.0.0.1:6379")
+///     .protocol(Redis::new(RedisConfig::new().password("s3cret").db(2)))
+///     .min_idle(2)
+///     .build()?;
+/// let mut conn = pool.get().await?;
+/// conn.cmd(&[b"SET", b"k", b"v"]).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Redis {
+    config: RedisConfig,
+}
+
+impl Redis {
+    /// The protocol with this configuration.
+    ///
+    /// ```
+    /// let p = livepool::redis::Redis::new(livepool::redis::RedisConfig::new().db(1));
+    /// # let _ = p;
+    /// ```
+    pub fn new(config: RedisConfig) -> Self {
+        Redis { config }
+    }
+}
+
+impl crate::Protocol for Redis {
+    type Conn = RedisSession<crate::Io>;
+
+    fn io(conn: &Self::Conn) -> &crate::Io {
+        conn.get_ref()
+    }
+
+    fn io_mut(conn: &mut Self::Conn) -> &mut crate::Io {
+        conn.stream_mut()
+    }
+
+    async fn setup(&self, io: crate::Io) -> Result<Self::Conn, crate::SetupError> {
+        RedisSession::setup(io, &self.config).await.map_err(|e| {
+            if e.is_server() {
+                crate::SetupError::rejected(e.server_message().unwrap_or_default().to_owned())
+            } else if e.is_io() || e.is_closed() {
+                let kind = e.io_kind();
+                crate::SetupError::io(io::Error::new(kind, e.to_string()))
+            } else {
+                crate::SetupError::protocol(e.to_string())
+            }
+        })
+    }
+
+    fn has_heartbeat(&self) -> bool {
+        true
+    }
+
+    async fn heartbeat(&self, conn: &mut Self::Conn) -> Result<(), crate::HeartbeatError> {
+        conn.ping().await.map_err(|e| {
+            if e.is_closed() {
+                crate::HeartbeatError::closed()
+            } else if e.is_io() {
+                crate::HeartbeatError::io(io::Error::new(e.io_kind(), e.to_string()))
+            } else {
+                crate::HeartbeatError::bad_reply(e.to_string())
+            }
+        })
+    }
+
+    fn is_clean(&self, conn: &Self::Conn) -> bool {
+        conn.is_clean()
+    }
+
+    async fn idle_bytes(&self, conn: &mut Self::Conn) -> crate::IdleVerdict {
+        match conn.idle_bytes().await {
+            IdleOutcome::Benign => crate::IdleVerdict::Keep,
+            IdleOutcome::Closed => crate::IdleVerdict::Evict(crate::EvictReason::PeerClosed),
+            IdleOutcome::Unexpected(what) => {
+                tracing::debug!(what = %what, "unexpected bytes on an idle redis connection");
+                crate::IdleVerdict::Evict(crate::EvictReason::UnexpectedData)
+            }
+        }
     }
 }

@@ -20,7 +20,7 @@ use tokio::io::ReadBuf;
 #[cfg(feature = "tls")]
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub(crate) use connect::{ConnectError, Target, TcpOptions};
+pub(crate) use connect::{Target, TcpOptions};
 pub(crate) use socket::Socket;
 
 /// Where a pool connects: a TCP target (an address, or a host name resolved at every
@@ -53,15 +53,21 @@ impl fmt::Display for Endpoint {
 
 /// Opens a socket to `endpoint` within `timeout`. TCP options apply to TCP only: a Unix
 /// socket has no keepalive, user timeout or Nagle, so they are skipped there.
+///
+/// # Errors
+/// For a literal address or a Unix path, the connect's own `io::Error`; for a host name,
+/// one whose text names the host and every address tried. `TimedOut` when the budget ran
+/// out.
 pub(crate) async fn open(
     endpoint: &Endpoint,
     opts: &TcpOptions,
     timeout: Option<std::time::Duration>,
-) -> Result<Socket, ConnectError> {
+) -> io::Result<Socket> {
     match endpoint {
         Endpoint::Tcp(target) => connect::connect_tcp(target, opts, timeout)
             .await
-            .map(Socket::Tcp),
+            .map(Socket::Tcp)
+            .map_err(connect::ConnectError::into_io),
         Endpoint::Unix(path) => {
             let connecting = tokio::net::UnixStream::connect(path);
             let res = match timeout {
@@ -74,7 +80,7 @@ pub(crate) async fn open(
                 },
                 None => connecting.await,
             };
-            res.map(Socket::Unix).map_err(ConnectError::single)
+            res.map(Socket::Unix)
         }
     }
 }

@@ -354,6 +354,7 @@ pub async fn expect_eviction(
     assert_eq!(ev.local_addr, Some(addr), "{ev:?}");
     ev
 }
+pub mod hosts;
 pub mod pg;
 pub mod redis_server;
 pub mod tls;
