@@ -321,6 +321,7 @@ pub(crate) struct Stats {
     pub(crate) get_timeouts: AtomicU64,
     pub(crate) leaks: AtomicU64,
     pub(crate) heartbeats: AtomicU64,
+    pub(crate) idle_reads_kept: AtomicU64,
     evicted: [AtomicU64; EvictReason::ALL.len()],
     latency: [AtomicU64; BUCKETS],
     events: broadcast::Sender<EvictionEvent>,
@@ -336,6 +337,7 @@ impl Stats {
             get_timeouts: AtomicU64::new(0),
             leaks: AtomicU64::new(0),
             heartbeats: AtomicU64::new(0),
+            idle_reads_kept: AtomicU64::new(0),
             evicted: std::array::from_fn(|_| AtomicU64::new(0)),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             events: broadcast::channel(1024).0,
@@ -384,6 +386,7 @@ impl Stats {
             get_timeouts: self.get_timeouts.load(Relaxed),
             leaks: self.leaks.load(Relaxed),
             heartbeats: self.heartbeats.load(Relaxed),
+            idle_reads_kept: self.idle_reads_kept.load(Relaxed),
             breaker_state: crate::BreakerState::Closed,
             breaker_transitions: 0,
             evicted: std::array::from_fn(|i| self.evicted[i].load(Relaxed)),
@@ -421,6 +424,9 @@ pub struct Statistics {
     pub leaks: u64,
     /// Heartbeats answered correctly (failed ones are counted as evictions).
     pub heartbeats: u64,
+    /// Times bytes arrived on an idle member and the protocol judged them benign (TLS session
+    /// tickets, a notification, a RESP3 push): read through its stack, member kept.
+    pub idle_reads_kept: u64,
     /// The circuit breaker's state when the snapshot was taken.
     pub breaker_state: crate::BreakerState,
     /// Breaker transitions so far.

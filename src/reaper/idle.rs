@@ -37,6 +37,10 @@ pub(crate) async fn read_idle_bytes<P: Protocol>(sh: Arc<Shared<P>>, fresh: bool
     match verdict {
         IdleVerdict::Keep => {
             tracing::trace!(conn.id = sh.id, "benign bytes on an idle connection");
+            sh.pool
+                .stats
+                .idle_reads_kept
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             P::io_mut(&mut conn).clear_pending();
             sh.put_conn(conn);
             sh.end_busy(None);
