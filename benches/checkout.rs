@@ -20,7 +20,15 @@
 //! - `deadpool-noop-wait-timeout`: the no-op deadpool with a 30 s wait timeout, as livepool
 //!   configures its inner deadpool.
 //!
-//! Run: `cargo bench --bench checkout`. Results and findings: BENCHMARKS.md.
+//! Protocol-layer rows (targets: each within 1.1x of `livepool`; the fast path is still one
+//! peek):
+//! - `livepool-tls` (feature `tls`): the raw protocol over TLS 1.3 to the same server behind
+//!   rustls (its own listener on the server thread);
+//! - `livepool-redis` (feature `redis`): the Redis protocol (no AUTH, db 0: its setup sends
+//!   nothing, so the frame server serves it); checkout and return add its clean check.
+//!
+//! Run: `cargo bench --bench checkout --features tls,redis`. Results and findings:
+//! BENCHMARKS.md.
 
 mod common;
 use common::*;
@@ -52,14 +60,52 @@ const BATCH_DEADLINE: Duration = Duration::from_secs(60);
 /// pool under test's runtime. Stops when dropped.
 struct Server {
     addr: SocketAddr,
+    /// The same server behind TLS (feature `tls`).
+    #[cfg(feature = "tls")]
+    tls: TlsSide,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The TLS listener's address and a client configuration trusting its certificate.
+#[cfg(feature = "tls")]
+struct TlsSide {
+    addr: SocketAddr,
+    client: std::sync::Arc<rustls::ClientConfig>,
+}
+
+#[cfg(feature = "tls")]
+fn tls_configs() -> (
+    std::sync::Arc<rustls::ServerConfig>,
+    std::sync::Arc<rustls::ClientConfig>,
+) {
+    use std::sync::Arc;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key_pair.serialize_der().into());
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .expect("server config");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).expect("root");
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Arc::new(server), Arc::new(client))
 }
 
 impl Server {
     fn start() -> Server {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        #[cfg(feature = "tls")]
+        let (server_tls, client_tls) = tls_configs();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -67,6 +113,24 @@ impl Server {
                 .expect("server runtime");
             rt.block_on(async move {
                 let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                #[cfg(feature = "tls")]
+                {
+                    let tls_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                    let tls_addr = tls_listener.local_addr().expect("addr");
+                    let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
+                    tokio::spawn(async move {
+                        while let Ok((stream, _)) = tls_listener.accept().await {
+                            let _ = stream.set_nodelay(true);
+                            let acceptor = acceptor.clone();
+                            tokio::spawn(async move {
+                                if let Ok(tls) = acceptor.accept(stream).await {
+                                    serve(tls).await;
+                                }
+                            });
+                        }
+                    });
+                    addr_tx.send(tls_addr).expect("send addr");
+                }
                 addr_tx
                     .send(listener.local_addr().expect("addr"))
                     .expect("send addr");
@@ -84,11 +148,20 @@ impl Server {
             });
             // Dropping the runtime closes every connection.
         });
+        #[cfg(feature = "tls")]
+        let tls = TlsSide {
+            addr: addr_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("TLS server did not start within 10 s"),
+            client: client_tls,
+        };
         let addr = addr_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("server did not start within 10 s");
         Server {
             addr,
+            #[cfg(feature = "tls")]
+            tls,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -108,7 +181,7 @@ impl Drop for Server {
 
 /// Answers each 8-byte ping with a pong echoing its sequence number and timestamp; ends at
 /// EOF or on any error (the loop is bounded by the connection's life).
-async fn serve(mut stream: TcpStream) {
+async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut stream: S) {
     let mut frame = [0u8; FrameHeartbeat::LEN];
     while stream.read_exact(&mut frame).await.is_ok() {
         let (kind, seq, ts) = FrameHeartbeat::decode(&frame);
@@ -267,6 +340,8 @@ fn livepool_pool(addr: SocketAddr, which: Lp) -> livepool::Pool {
 #[derive(Clone)]
 enum AnyPool {
     Live(livepool::Pool),
+    #[cfg(feature = "redis")]
+    LiveRedis(livepool::Pool<livepool::redis::Redis>),
     Dead(DpPool),
     Bb8(bb8::Pool<Bb8Manager>),
 }
@@ -277,6 +352,8 @@ impl AnyPool {
     async fn get_drop(&self) {
         match self {
             AnyPool::Live(p) => drop(black_box(p.get().await.expect("livepool get"))),
+            #[cfg(feature = "redis")]
+            AnyPool::LiveRedis(p) => drop(black_box(p.get().await.expect("livepool get"))),
             AnyPool::Dead(p) => drop(black_box(p.get().await.expect("deadpool get"))),
             AnyPool::Bb8(p) => drop(black_box(p.get().await.expect("bb8 get"))),
         }
@@ -293,6 +370,16 @@ impl AnyPool {
                 }
                 drop(held);
                 // Let the reaper register its watchers before timing starts.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                assert_eq!(p.status().idle, n, "livepool not warm");
+            }
+            #[cfg(feature = "redis")]
+            AnyPool::LiveRedis(p) => {
+                let mut held = Vec::new();
+                for _ in 0..n {
+                    held.push(p.get().await.expect("warm livepool"));
+                }
+                drop(held);
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 assert_eq!(p.status().idle, n, "livepool not warm");
             }
@@ -319,12 +406,22 @@ impl AnyPool {
 #[derive(Clone, Copy)]
 enum Config {
     Livepool(Lp),
+    #[cfg(feature = "tls")]
+    LivepoolTls,
+    #[cfg(feature = "redis")]
+    LivepoolRedis,
     Deadpool(Dp),
-    Bb8 { ping: bool },
+    Bb8 {
+        ping: bool,
+    },
 }
 
 const CONFIGS: &[(&str, Config)] = &[
     ("livepool", Config::Livepool(Lp::Default)),
+    #[cfg(feature = "tls")]
+    ("livepool-tls", Config::LivepoolTls),
+    #[cfg(feature = "redis")]
+    ("livepool-redis", Config::LivepoolRedis),
     ("deadpool-noop", Config::Deadpool(Dp::Noop)),
     ("bb8-no-test", Config::Bb8 { ping: false }),
     ("bb8-ping", Config::Bb8 { ping: true }),
@@ -343,10 +440,31 @@ const CONFIGS: &[(&str, Config)] = &[
 ];
 
 /// Builds the pool inside `rt` (livepool's reaper and bb8's reaper run on it) and warms it.
-fn make_pool(rt: &Runtime, addr: SocketAddr, cfg: Config, warm: usize) -> AnyPool {
+fn make_pool(rt: &Runtime, server: &Server, cfg: Config, warm: usize) -> AnyPool {
+    let addr = server.addr;
+    #[cfg(feature = "tls")]
+    let (tls_addr, tls_client) = (server.tls.addr, server.tls.client.clone());
     rt.block_on(async move {
         let pool = match cfg {
             Config::Livepool(which) => AnyPool::Live(livepool_pool(addr, which)),
+            #[cfg(feature = "tls")]
+            Config::LivepoolTls => AnyPool::Live(
+                livepool::Pool::builder(tls_addr)
+                    .max_size(POOL_SIZE)
+                    .tls(tls_client, "localhost")
+                    .build()
+                    .expect("livepool tls"),
+            ),
+            #[cfg(feature = "redis")]
+            Config::LivepoolRedis => AnyPool::LiveRedis(
+                livepool::Pool::builder(addr)
+                    .max_size(POOL_SIZE)
+                    .protocol(livepool::redis::Redis::new(
+                        livepool::redis::RedisConfig::new(),
+                    ))
+                    .build()
+                    .expect("livepool redis"),
+            ),
             Config::Deadpool(which) => AnyPool::Dead(deadpool_pool(addr, which)),
             Config::Bb8 { ping } => AnyPool::Bb8(bb8_pool(addr, ping).await),
         };
@@ -387,7 +505,6 @@ async fn contended(pool: &AnyPool, iters: u64) -> Duration {
 
 fn bench_checkout(c: &mut Criterion) {
     let server = Server::start();
-    let addr = server.addr;
     let mut group = c.benchmark_group("checkout");
     group
         .sample_size(20)
@@ -396,7 +513,7 @@ fn bench_checkout(c: &mut Criterion) {
 
     for &(name, cfg) in CONFIGS {
         let rt = current_thread();
-        let pool = make_pool(&rt, addr, cfg, 1);
+        let pool = make_pool(&rt, &server, cfg, 1);
         group.bench_function(BenchmarkId::new(name, "uncontended"), |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
@@ -412,7 +529,7 @@ fn bench_checkout(c: &mut Criterion) {
 
     for &(name, cfg) in CONFIGS {
         let rt = two_workers();
-        let pool = make_pool(&rt, addr, cfg, POOL_SIZE);
+        let pool = make_pool(&rt, &server, cfg, POOL_SIZE);
         group.bench_function(BenchmarkId::new(name, "contended"), |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
