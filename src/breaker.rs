@@ -33,6 +33,7 @@
 //! Transitions to half-open happen lazily, in [`Breaker::admit`]; every
 //! transition is returned exactly once, from the call that caused it.
 
+use crate::jitter::SplitMix64;
 use std::fmt;
 use std::time::Duration;
 
@@ -535,26 +536,6 @@ impl Breaker {
         let unit = self.rng.next_unit() * 2.0 - 1.0;
         let factor = (1.0 + jitter * unit).max(0.0);
         Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(base)
-    }
-}
-
-/// SplitMix64: a tiny, well-distributed PRNG; plenty for jitter.
-#[derive(Debug)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn next_unit(&mut self) -> f64 {
-        // 53 random bits fit exactly in an f64 mantissa.
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

@@ -11,6 +11,7 @@
 // Layers, bottom up; each imports only the ones above it in this list.
 mod breaker; //   the pure circuit-breaker machine
 mod io; //        tracked I/O: the clean-return bookkeeping, above TLS
+mod jitter; //    the one seeded PRNG behind every jitter
 mod member; //    the state word, a member's shared state, Conn and its return path
 #[cfg(feature = "metrics")]
 mod metrics;

@@ -1,7 +1,7 @@
 //! A real blackhole: the client pool lives in network namespace A, the server in namespace
 //! B, joined by a veth pair; `blackhole()` takes B's veth down, so A's packets get no answer
 //! at all (no FIN, no RST, no ICMP). Only a heartbeat deadline, TCP keepalive,
-//! TCP_USER_TIMEOUT or a connect timeout can notice (FAULTS.md). Root only: without it
+//! TCP_USER_TIMEOUT or a connect timeout can notice. Root only: without it
 //! every test prints SKIPPED (or fails under `LIVEPOOL_REQUIRE_ALL=1`).
 //!
 //! Detection times are printed for comparison with the configuration, never asserted.
@@ -133,7 +133,7 @@ fn keepalive_alone_finds_blackholed_idle_peer() {
         assert_eq!(pool.status().size, 0, "the member is still in the pool");
         assert_eq!(pool.statistics().evicted(EvictReason::SocketError), 1);
         println!(
-            "keepalive 1s/1s/3: blackhole -> eviction {took:?} (FAULTS.md: ~3.95 s), \
+            "keepalive 1s/1s/3: blackhole -> eviction {took:?} (measured before on this kind of machine: ~3.95 s), \
              last alive -> eviction {:?}",
             ev.evicted_at - ev.last_alive
         );
@@ -169,7 +169,7 @@ fn user_timeout_finds_blackhole_with_unacked_data() {
         let err = res.expect_err("a read from a blackholed peer returned data");
         println!(
             "user timeout 1s: blackhole -> read error {took:?}: {:?} {err} \
-             (FAULTS.md: ~UTO + first retransmission)",
+             (expected: ~UTO + first retransmission)",
             err.kind()
         );
         // ETIMEDOUT, or the soft error the kernel saw meanwhile: with B's veth down, A's

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::breaker::BreakerConfig;
+use crate::jitter::unit;
 use crate::pool::error::BuildError;
 use crate::transport::{Endpoint, TcpOptions};
 
@@ -204,15 +205,6 @@ pub(crate) fn check_sizes(
         ));
     }
     Ok(())
-}
-
-/// A number in [0, 1) derived from `seed` and `id` (splitmix64): jitter that tests can zero.
-fn unit(seed: u64, id: u64) -> f64 {
-    let mut z = seed.wrapping_add(id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn nonzero(field: &'static str, d: Option<Duration>) -> Result<(), BuildError> {

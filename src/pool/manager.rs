@@ -40,6 +40,7 @@ impl<P: Protocol> std::fmt::Debug for Manager<P> {
 /// Why a new connection did not become a member.
 enum OpenError {
     Connect(io::Error),
+    #[cfg(feature = "tls")]
     Tls(io::Error),
     Setup(SetupError),
     Timeout,
@@ -207,6 +208,7 @@ impl<P: Protocol> Manager<P> {
                 }
             }
             OpenError::Timeout => (Error::connect_timeout(endpoint, timeout()), timeout()),
+            #[cfg(feature = "tls")]
             OpenError::Tls(e) => {
                 let text = format!("TLS handshake failed: {e}");
                 (

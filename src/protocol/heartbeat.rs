@@ -18,6 +18,8 @@ use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::io::Io;
+
 /// A protocol-level ping performed on an idle connection.
 ///
 /// Implementations must be object safe; the pool stores an
@@ -40,9 +42,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// use std::sync::Arc;
 /// use std::sync::atomic::{AtomicU64, Ordering};
 ///
-/// use livepool::{Heartbeat, HeartbeatError, RedisHeartbeat};
-/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use crate::io::Io;
+/// use livepool::{Heartbeat, HeartbeatError, Io, RedisHeartbeat};
 ///
 /// #[derive(Debug, Default)]
 /// struct CountingRedis {

@@ -1,0 +1,60 @@
+//! The crate's one source of jitter: SplitMix64, seeded, so tests can fix or zero it.
+
+/// The golden-ratio increment of SplitMix64.
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output function.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// 53 random bits as a number in [0, 1).
+fn to_unit(x: u64) -> f64 {
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A number in [0, 1) derived from `seed` and `id`: per-connection jitter, stable for a
+/// connection's life.
+pub(crate) fn unit(seed: u64, id: u64) -> f64 {
+    to_unit(mix(seed.wrapping_add(id.wrapping_mul(GOLDEN))))
+}
+
+/// A tiny, well-distributed PRNG; plenty for jitter.
+#[derive(Debug)]
+pub(crate) struct SplitMix64(pub(crate) u64);
+
+impl SplitMix64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(GOLDEN);
+        mix(self.0)
+    }
+
+    /// Uniform in [0, 1).
+    pub(crate) fn next_unit(&mut self) -> f64 {
+        to_unit(self.next_u64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_is_the_generator_seeded_one_step_back() {
+        for (seed, id) in [(0, 1), (42, 7), (u64::MAX, 3)] {
+            let mut g = SplitMix64(seed.wrapping_add((id - 1u64).wrapping_mul(GOLDEN)));
+            assert_eq!(unit(seed, id), g.next_unit());
+        }
+    }
+
+    #[test]
+    fn units_are_in_range() {
+        let mut g = SplitMix64(9);
+        for id in 0..10_000 {
+            let (a, b) = (unit(5, id), g.next_unit());
+            assert!((0.0..1.0).contains(&a) && (0.0..1.0).contains(&b));
+        }
+    }
+}
