@@ -255,6 +255,12 @@ impl Io {
         self.flags &= !(READ_PENDING | WRITE_PENDING | UNREAD);
     }
 
+    /// After a protocol read "what is there now" on an idle member: the read it gave up on
+    /// (nothing more had arrived) left nothing half done.
+    pub(crate) fn clear_read_pending(&mut self) {
+        self.flags &= !READ_PENDING;
+    }
+
     fn record<T>(&mut self, res: io::Result<T>) -> io::Result<T> {
         if res.is_err() {
             self.flags |= IO_ERROR;

@@ -25,6 +25,11 @@ pub(crate) async fn read_idle_bytes<P: Protocol>(sh: Arc<Shared<P>>, fresh: bool
         protocol.idle_bytes(&mut conn).await
     })
     .await;
+    if matches!(res, Ok(IdleVerdict::Keep)) {
+        // Reading what is there now ends with a read that found nothing more (after a RESP3
+        // push or TLS session tickets): that read was given up, not cut off halfway.
+        P::io_mut(&mut conn).clear_read_pending();
+    }
     let verdict = match res {
         Ok(IdleVerdict::Keep) => match P::io(&conn).dirty_reason(false) {
             Some(_) => IdleVerdict::Evict(EvictReason::UnexpectedData),
