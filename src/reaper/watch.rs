@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use tokio::io::Interest;
 use tokio::time::Instant;
 
@@ -61,10 +62,16 @@ pub(super) async fn watch<P: Protocol>(sh: Arc<Shared<P>>) {
                                 sh.pool.request_purge();
                                 return;
                             }
-                        } else if sh.begin_busy(st)
-                            && !Box::pin(read_idle_bytes(sh.clone(), false)).await
-                        {
-                            return;
+                        } else if sh.begin_busy(st) {
+                            if !Box::pin(read_idle_bytes(sh.clone(), false)).await {
+                                return;
+                            }
+                            // The protocol read until nothing was left (its read cleared the
+                            // socket's readiness): the next bytes are a new arrival, such as
+                            // the next RESP3 push, not bytes it failed to drain.
+                            if sh.sock.readable().now_or_never().is_none() {
+                                reads_in_a_row = 0;
+                            }
                         }
                     }
                     Health::Dead(reason) => {
