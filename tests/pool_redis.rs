@@ -1,0 +1,812 @@
+//! `Pool<Redis>` against a real `redis-server` (started by the tests on free loopback ports;
+//! skipped when it is not installed, unless `LIVEPOOL_REQUIRE_ALL=1`): setup (AUTH / HELLO)
+//! exactly once per connection with heartbeats running, a wrong password through the
+//! breaker, ACL users, session isolation (SELECT, MULTI), pipelined callers that stop early,
+//! TLS members (session tickets, `CLIENT KILL`) and RESP3 pushes on idle members.
+//!
+//! The server is the witness: `INFO commandstats`, `INFO errorstats`, `INFO stats` and
+//! `CLIENT LIST` are read after `CONFIG RESETSTAT`. Real time throughout; every wait is
+//! bounded and panics with what it waited for.
+#![cfg(all(feature = "redis", feature = "tls"))]
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use livepool::redis::{Redis, RedisConfig, Value};
+use livepool::{BreakerState, Builder, Conn, Events, EvictReason, EvictionEvent, Pool};
+use support::redis_server::{AdminSession, RedisOptions, RedisServer, admin_run};
+use support::{kernel_socket, wait_until, within};
+
+const MS: Duration = Duration::from_millis(1);
+const PASSWORD: &str = "pool-Pw_4417";
+const APP_PASSWORD: &str = "app-Pw_8803";
+const WRONG_PASSWORD: &str = "not-the-Pw_2290";
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+// ---------------------------------------------------------------------------------------------
+
+fn builder(redis: &RedisServer, cfg: RedisConfig) -> Builder<Redis> {
+    Pool::builder(redis.addr())
+        .protocol(Redis::new(cfg))
+        .connect_timeout(Some(Duration::from_secs(2)))
+        .wait_timeout(Some(Duration::from_secs(10)))
+}
+
+/// Short heartbeats, checked often.
+fn beating(b: Builder<Redis>) -> Builder<Redis> {
+    b.reap_interval(50 * MS)
+        .heartbeat_interval(300 * MS)
+        .heartbeat_timeout(200 * MS)
+}
+
+async fn get(pool: &Pool<Redis>) -> Conn<Redis> {
+    match within(10, "pool.get()", pool.get()).await {
+        Ok(c) => c,
+        Err(e) => panic!("pool.get(): {e}"),
+    }
+}
+
+/// One command on a pooled connection that must succeed (a reply, not an error reply).
+async fn must(conn: &mut Conn<Redis>, args: &[&[u8]]) -> Value {
+    let what = format!("reply to {:?}", String::from_utf8_lossy(&args.join(&b' ')));
+    let id = conn.id();
+    match within(5, &what, conn.cmd(args)).await {
+        Ok(Value::Error(e)) => panic!("{what} on pooled conn {id}: error reply {e}"),
+        Ok(v) => v,
+        Err(e) => panic!("{what} on pooled conn {id}: {e}"),
+    }
+}
+
+fn ok() -> Value {
+    Value::Simple("OK".into())
+}
+
+fn bulk(s: &str) -> Value {
+    Value::Bulk(Some(s.as_bytes().to_vec()))
+}
+
+/// Text of a string reply (simple, bulk or verbatim).
+fn text(v: &Value) -> String {
+    match v {
+        Value::Simple(s) => s.clone(),
+        Value::Bulk(Some(b)) | Value::Verbatim { text: b, .. } => {
+            String::from_utf8_lossy(b).into_owned()
+        }
+        other => panic!("expected a string reply, got {other:?}"),
+    }
+}
+
+/// `INFO section` from the admin connection.
+async fn info(adm: &mut AdminSession, section: &str) -> String {
+    text(&admin_run(adm, &[b"INFO", section.as_bytes()]).await)
+}
+
+/// The value of `key:value` in an INFO text.
+fn field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.trim_end().strip_prefix(key)?.strip_prefix(':'))
+}
+
+/// A number in an INFO text (`key:N`), 0 when the line is absent.
+fn number(info: &str, key: &str) -> u64 {
+    field(info, key).map_or(0, |v| {
+        v.parse()
+            .unwrap_or_else(|e| panic!("INFO {key}:{v} is not a number: {e}"))
+    })
+}
+
+/// One `name=N` item of a `cmdstat_*` / `errorstat_*` line, 0 when the line is absent.
+fn stat(info: &str, line: &str, item: &str) -> u64 {
+    let Some(v) = field(info, line) else {
+        return 0;
+    };
+    v.split(',')
+        .find_map(|kv| kv.strip_prefix(item)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("INFO {line}:{v} has no {item}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("INFO {line}:{v}: {item} is not a number: {e}"))
+}
+
+/// Runs `args` on the admin connection every 5 ms until `done` holds for its (text) reply;
+/// panics after `secs` seconds.
+async fn admin_until(
+    adm: &mut AdminSession,
+    secs: u64,
+    what: &str,
+    args: &[&[u8]],
+    mut done: impl FnMut(&str) -> bool,
+) {
+    within(secs, what, async {
+        while !done(&text(&admin_run(adm, args).await)) {
+            tokio::time::sleep(5 * MS).await;
+        }
+    })
+    .await
+}
+
+/// A client's output buffers are empty (`CLIENT LIST ID`): what it was sent left the server.
+fn flushed(client_list: &str) -> bool {
+    client_list.contains(" obl=0 ") && client_list.contains(" oll=0 ")
+}
+
+/// Every eviction event already delivered (none is pending after this).
+fn drain(events: &mut Events) -> Vec<EvictionEvent> {
+    let mut out = Vec::new();
+    while let Some(ev) = events.try_recv().expect("eviction event stream") {
+        out.push(ev);
+    }
+    out
+}
+
+/// The next eviction event (bounded).
+async fn next_eviction(events: &mut Events, what: &str) -> EvictionEvent {
+    within(5, what, events.recv())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// Redis' own id of the client behind a pooled connection.
+async fn client_id(conn: &mut Conn<Redis>) -> i64 {
+    match must(conn, &[b"CLIENT", b"ID"]).await {
+        Value::Int(id) => id,
+        other => panic!("CLIENT ID: {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. requirepass, min_idle, heartbeats: one AUTH (or HELLO) per connection, never NOAUTH.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requirepass_with_min_idle_and_heartbeats_authenticates_each_connection_once() {
+    let Some(redis) = RedisServer::start_with(RedisOptions::new().password(PASSWORD)).await else {
+        return;
+    };
+    let mut adm = redis.admin().await;
+    for resp3 in [false, true] {
+        // From here on the server counts only the pool's connections and commands.
+        assert_eq!(admin_run(&mut adm, &[b"CONFIG", b"RESETSTAT"]).await, ok());
+        let pool = beating(builder(
+            &redis,
+            RedisConfig::new().password(PASSWORD).resp3(resp3),
+        ))
+        .max_size(8)
+        .min_idle(4)
+        .build()
+        .expect("build");
+        wait_until(10, "4 idle members (refill through AUTH)", || {
+            pool.status().idle == 4
+        })
+        .await;
+        wait_until(10, "a few heartbeats on the idle members", || {
+            pool.statistics().heartbeats >= 8
+        })
+        .await;
+
+        let key = format!("counter-{resp3}");
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::with_capacity(25);
+                    for _ in 0..25 {
+                        let mut conn = get(&pool).await;
+                        match must(&mut conn, &[b"INCR", key.as_bytes()]).await {
+                            Value::Int(n) => got.push(n),
+                            other => panic!("INCR: {other:?}"),
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(within(30, "the command tasks", t).await.expect("task"));
+        }
+        all.sort_unstable();
+        assert_eq!(all, (1..=200).collect::<Vec<i64>>(), "resp3={resp3}");
+
+        let stats = pool.statistics();
+        assert_eq!(stats.evictions(), vec![], "resp3={resp3}: no eviction");
+        assert_eq!(stats.connect_errors, 0, "resp3={resp3}");
+        assert_eq!(stats.breaker_state, BreakerState::Closed, "resp3={resp3}");
+        assert_eq!(pool.status().breaker, BreakerState::Closed);
+        assert!(stats.heartbeats >= 8);
+        let created = stats.created;
+        assert!((4..=8).contains(&created), "created {created}");
+
+        let commands = info(&mut adm, "commandstats").await;
+        let errors = info(&mut adm, "errorstats").await;
+        let server = info(&mut adm, "stats").await;
+        assert!(
+            field(&errors, "errorstat_NOAUTH").is_none(),
+            "resp3={resp3}: NOAUTH seen by the server:\n{errors}"
+        );
+        assert_eq!(
+            number(&server, "total_error_replies"),
+            0,
+            "resp3={resp3}: error replies:\n{errors}"
+        );
+        assert_eq!(
+            number(&server, "total_connections_received"),
+            created,
+            "resp3={resp3}: the server saw exactly the pool's connections"
+        );
+        let (setup, other) = if resp3 {
+            ("cmdstat_hello", "cmdstat_auth")
+        } else {
+            ("cmdstat_auth", "cmdstat_hello")
+        };
+        assert_eq!(
+            stat(&commands, setup, "calls"),
+            created,
+            "resp3={resp3}: one {setup} per connection:\n{commands}"
+        );
+        assert_eq!(stat(&commands, setup, "failed_calls"), 0, "{commands}");
+        assert_eq!(stat(&commands, setup, "rejected_calls"), 0, "{commands}");
+        assert_eq!(stat(&commands, other, "calls"), 0, "{commands}");
+        assert_eq!(stat(&commands, "cmdstat_incr", "calls"), 200, "{commands}");
+        assert!(stat(&commands, "cmdstat_ping", "calls") >= 8, "{commands}");
+
+        pool.close();
+        admin_until(
+            &mut adm,
+            10,
+            "the pool's connections closed at the server",
+            &[b"INFO", b"clients"],
+            |info| number(info, "connected_clients") == 1,
+        )
+        .await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. A wrong password: the server's words, never the password, and the breaker bounds the
+//    connects. ACL users authenticate.
+// ---------------------------------------------------------------------------------------------
+
+fn assert_no_secret(what: &str, shown: &str) {
+    for secret in [PASSWORD, APP_PASSWORD, WRONG_PASSWORD] {
+        assert!(!shown.contains(secret), "{what} shows a password: {shown}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_a_setup_error_and_the_breaker_bounds_the_connects() {
+    let Some(redis) = RedisServer::start_with(
+        RedisOptions::new()
+            .password(PASSWORD)
+            .acl_user("app", APP_PASSWORD),
+    )
+    .await
+    else {
+        return;
+    };
+    let mut adm = redis.admin().await;
+    assert_eq!(admin_run(&mut adm, &[b"CONFIG", b"RESETSTAT"]).await, ok());
+
+    // Breaker defaults: 3 failures open it for 30 s (far longer than this test).
+    let pool = builder(&redis, RedisConfig::new().password(WRONG_PASSWORD))
+        .build()
+        .expect("build");
+    let mut breaker = pool.breaker_events();
+    let (mut setup, mut open) = (0u64, 0u64);
+    for i in 0..50 {
+        let e = match within(10, "get() with a wrong password", pool.get()).await {
+            Ok(c) => panic!("get() #{i} with a wrong password succeeded: {c:?}"),
+            Err(e) => e,
+        };
+        let shown = format!("{e}");
+        assert_no_secret("get() error", &format!("{e} / {e:?}"));
+        assert!(
+            shown.contains("WRONGPASS"),
+            "get() #{i}: the server's words are missing: {shown}"
+        );
+        if e.is_setup() {
+            assert_eq!(
+                open, 0,
+                "get() #{i}: a setup error after the breaker opened"
+            );
+            assert!(!e.is_connect() && !e.is_circuit_open(), "{shown}");
+            setup += 1;
+        } else {
+            assert!(e.is_circuit_open(), "get() #{i}: {shown}");
+            assert!(e.retry_after().is_some_and(|d| d > Duration::ZERO), "{e:?}");
+            open += 1;
+        }
+    }
+    assert_eq!(
+        (setup, open),
+        (3, 47),
+        "three setup failures, then the breaker"
+    );
+
+    let ev = within(5, "the breaker opening", breaker.recv())
+        .await
+        .expect("breaker event");
+    assert_eq!(
+        (ev.transition.from, ev.transition.to),
+        (BreakerState::Closed, BreakerState::Open)
+    );
+    let last = ev
+        .last_error
+        .expect("the breaker event carries the last error");
+    assert!(last.contains("WRONGPASS"), "{last}");
+    assert_no_secret("breaker event", &last);
+
+    let stats = pool.statistics();
+    assert_eq!(stats.breaker_state, BreakerState::Open);
+    assert_eq!((stats.created, stats.connect_errors), (0, 3));
+    let server = info(&mut adm, "stats").await;
+    let received = number(&server, "total_connections_received");
+    assert_eq!(
+        received, setup,
+        "one TCP connection per setup attempt, none while the breaker is open"
+    );
+    let errors = info(&mut adm, "errorstats").await;
+    assert_eq!(stat(&errors, "errorstat_WRONGPASS", "count"), 3, "{errors}");
+    let log = redis.log();
+    assert_no_secret("redis log", &log);
+    pool.close();
+
+    // An ACL user, RESP2 (AUTH app pw) and RESP3 (HELLO 3 AUTH app pw).
+    for resp3 in [false, true] {
+        let pool = builder(
+            &redis,
+            RedisConfig::new()
+                .username("app")
+                .password(APP_PASSWORD)
+                .resp3(resp3),
+        )
+        .build()
+        .expect("build");
+        let mut conn = get(&pool).await;
+        assert_eq!(text(&must(&mut conn, &[b"ACL", b"WHOAMI"]).await), "app");
+        assert_eq!(must(&mut conn, &[b"SET", b"acl", b"v"]).await, ok());
+        assert_eq!(must(&mut conn, &[b"GET", b"acl"]).await, bulk("v"));
+        drop(conn);
+        assert_eq!(pool.statistics().evictions(), vec![]);
+
+        // The same user with a wrong password is refused with the server's words.
+        let bad = builder(
+            &redis,
+            RedisConfig::new()
+                .username("app")
+                .password(WRONG_PASSWORD)
+                .resp3(resp3),
+        )
+        .build()
+        .expect("build");
+        let e = within(10, "get() as app with a wrong password", bad.get())
+            .await
+            .expect_err("a wrong ACL password");
+        assert!(e.is_setup(), "{e}");
+        assert!(e.to_string().contains("WRONGPASS"), "{e}");
+        assert_no_secret("ACL get() error", &format!("{e} / {e:?}"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Session isolation: a SELECT or an open MULTI never reaches the next caller.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_and_open_multi_are_not_handed_to_the_next_caller() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let mut adm = redis.admin().await;
+    // max_size 1: every caller gets the one slot the previous one left.
+    let pool = builder(&redis, RedisConfig::new())
+        .max_size(1)
+        .build()
+        .expect("build");
+    let mut events = pool.events();
+
+    // Control: SELECT 5 and back to 0 is clean, and the connection is reused.
+    let mut conn = get(&pool).await;
+    let first = conn.id();
+    assert_eq!(must(&mut conn, &[b"SELECT", b"5"]).await, ok());
+    assert_eq!(must(&mut conn, &[b"SELECT", b"0"]).await, ok());
+    assert!(conn.is_clean());
+    drop(conn);
+    let conn = get(&pool).await;
+    assert_eq!(conn.id(), first, "a clean connection is reused");
+    drop(conn);
+
+    // A: SELECT 5 and leave.
+    let mut a = get(&pool).await;
+    let a_id = a.id();
+    assert_eq!(must(&mut a, &[b"SELECT", b"5"]).await, ok());
+    assert_eq!(must(&mut a, &[b"SET", b"iso", b"from-a"]).await, ok());
+    assert_eq!(a.db(), 5);
+    assert!(!a.is_clean());
+    drop(a);
+    let ev = next_eviction(&mut events, "A's eviction").await;
+    assert_eq!((ev.id, ev.reason), (a_id, EvictReason::NotClean));
+
+    // B: a new connection, on database 0.
+    let mut b = get(&pool).await;
+    assert_ne!(b.id(), a_id, "B must not get A's connection");
+    assert_eq!(b.db(), 0);
+    assert_eq!(must(&mut b, &[b"SET", b"iso", b"from-b"]).await, ok());
+    assert_eq!(must(&mut b, &[b"GET", b"iso"]).await, bulk("from-b"));
+    drop(b);
+    assert_eq!(admin_run(&mut adm, &[b"SELECT", b"0"]).await, ok());
+    assert_eq!(admin_run(&mut adm, &[b"GET", b"iso"]).await, bulk("from-b"));
+    assert_eq!(admin_run(&mut adm, &[b"SELECT", b"5"]).await, ok());
+    assert_eq!(admin_run(&mut adm, &[b"GET", b"iso"]).await, bulk("from-a"));
+    assert_eq!(admin_run(&mut adm, &[b"SELECT", b"0"]).await, ok());
+
+    // C: MULTI left open (with a command queued).
+    let mut c = get(&pool).await;
+    let c_id = c.id();
+    assert_eq!(must(&mut c, &[b"MULTI"]).await, ok());
+    assert_eq!(
+        must(&mut c, &[b"SET", b"multi", b"from-c"]).await,
+        Value::Simple("QUEUED".into())
+    );
+    assert!(!c.is_clean());
+    drop(c);
+    let ev = next_eviction(&mut events, "C's eviction").await;
+    assert_eq!((ev.id, ev.reason), (c_id, EvictReason::NotClean));
+
+    // D: not inside C's transaction.
+    let mut d = get(&pool).await;
+    assert_ne!(d.id(), c_id, "D must not get C's connection");
+    assert_eq!(
+        must(&mut d, &[b"SET", b"after", b"from-d"]).await,
+        ok(),
+        "+OK, not +QUEUED"
+    );
+    assert_eq!(must(&mut d, &[b"GET", b"after"]).await, bulk("from-d"));
+    drop(d);
+    assert_eq!(
+        admin_run(&mut adm, &[b"GET", b"multi"]).await,
+        Value::Bulk(None),
+        "C's queued SET never ran"
+    );
+
+    let stats = pool.statistics();
+    assert_eq!(stats.evictions(), vec![(EvictReason::NotClean, 2)]);
+    assert_eq!(stats.created, 3, "the first connection, B's and D's");
+    assert!(drain(&mut events).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A pipelining caller that stops early never hands a stale reply to the next caller.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_caller_stopping_early_never_leaks_a_reply() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let mut adm = redis.admin().await;
+    let pool = builder(&redis, RedisConfig::new())
+        .max_size(1)
+        .build()
+        .expect("build");
+    let mut events = pool.events();
+    const ROUNDS: i64 = 120;
+    for round in 0..ROUNDS {
+        let mut a = get(&pool).await;
+        let a_id = a.id();
+        let stale = format!("stale-{round}");
+        // Even rounds: the replies after the first are delayed ~10 ms past the drop (BLPOP
+        // blocks only this client). Odd rounds: they arrive at once, possibly in the same
+        // read as the first.
+        let second: &[&[u8]] = if round % 2 == 0 {
+            &[b"BLPOP", b"nothing-here", b"0.01"]
+        } else {
+            &[b"ECHO", b"second"]
+        };
+        for args in [
+            &[b"PING".as_slice()][..],
+            second,
+            &[b"ECHO".as_slice(), stale.as_bytes()],
+        ] {
+            within(5, "send", a.send(args)).await.expect("send");
+        }
+        assert_eq!(
+            within(5, "the first reply", a.recv()).await.expect("recv"),
+            Value::Simple("PONG".into())
+        );
+        assert_eq!(a.owed(), 2);
+        drop(a);
+        let ev = next_eviction(&mut events, "the early leaver's eviction").await;
+        assert_eq!(
+            (ev.id, ev.reason),
+            (a_id, EvictReason::NotClean),
+            "round {round}"
+        );
+
+        let mut b = get(&pool).await;
+        assert_ne!(
+            b.id(),
+            a_id,
+            "round {round}: the next caller got the leaver's conn"
+        );
+        assert_eq!(
+            must(&mut b, &[b"INCR", b"counter"]).await,
+            Value::Int(round + 1),
+            "round {round}: the next caller's reply"
+        );
+        assert!(b.take_pushes().is_empty());
+    }
+    let stats = pool.statistics();
+    assert_eq!(
+        stats.evictions(),
+        vec![(EvictReason::NotClean, ROUNDS as u64)]
+    );
+    assert_eq!(stats.created, ROUNDS as u64 + 1);
+    assert_eq!(
+        admin_run(&mut adm, &[b"GET", b"counter"]).await,
+        bulk(&ROUNDS.to_string())
+    );
+    assert!(drain(&mut events).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. TLS members: session tickets are benign; CLIENT KILL is a peer close; refill.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_members_survive_tickets_and_client_kill_is_peer_closed() {
+    let Some(redis) = RedisServer::start_with(RedisOptions::new().tls()).await else {
+        return;
+    };
+    let mut adm = redis.admin().await;
+    // No setup steps: the server's TLS 1.3 session tickets arrive on idle members.
+    let pool = beating(builder(&redis, RedisConfig::new()))
+        .tls(redis.certs().client_config(), "localhost")
+        .max_size(8)
+        .min_idle(4)
+        .build()
+        .expect("build");
+    let mut events = pool.events();
+    wait_until(10, "4 idle TLS members", || pool.status().idle == 4).await;
+
+    // At least 3 s with heartbeats running and a few commands in between.
+    let beats = pool.statistics().heartbeats;
+    let window = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut n = 0i64;
+    while tokio::time::Instant::now() < window {
+        let mut conn = get(&pool).await;
+        assert!(conn.get_ref().is_tls());
+        n += 1;
+        assert_eq!(must(&mut conn, &[b"INCR", b"tls"]).await, Value::Int(n));
+        drop(conn);
+        tokio::time::sleep(100 * MS).await;
+    }
+    wait_until(10, "ten more heartbeats per member", || {
+        pool.statistics().heartbeats >= beats + 40
+    })
+    .await;
+    let stats = pool.statistics();
+    assert_eq!(stats.evictions(), vec![], "fresh TLS members were evicted");
+    assert!(drain(&mut events).is_empty());
+    assert_eq!((stats.created, pool.status().idle), (4, 4));
+
+    // Learn the members' redis client ids, then kill every normal client but the admin.
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(get(&pool).await);
+    }
+    let mut members = HashSet::new();
+    for c in &mut conns {
+        client_id(c).await;
+        members.insert(c.id());
+    }
+    assert_eq!(members.len(), 4);
+    drop(conns);
+    wait_until(5, "the 4 members idle again", || pool.status().idle == 4).await;
+    assert_eq!(
+        admin_run(&mut adm, &[b"CLIENT", b"KILL", b"TYPE", b"normal"]).await,
+        Value::Int(4),
+        "CLIENT KILL TYPE normal (the admin skips itself)"
+    );
+    let mut seen: HashMap<u64, EvictReason> = HashMap::new();
+    while seen.len() < 4 {
+        let ev = next_eviction(&mut events, "the killed members' evictions").await;
+        assert!(members.contains(&ev.id), "unexpected eviction {ev:?}");
+        assert!(seen.insert(ev.id, ev.reason).is_none(), "{ev:?} twice");
+    }
+    // The idle watch sees the close (close_notify or FIN); a member whose ~0.2 ms heartbeat
+    // happened to be in flight sees it as a failed heartbeat instead. Never unexpected data.
+    for (id, reason) in &seen {
+        assert!(
+            matches!(
+                reason,
+                EvictReason::PeerClosed | EvictReason::HeartbeatFailed
+            ),
+            "conn {id} evicted as {reason}: {seen:?}"
+        );
+    }
+    let stats = pool.statistics();
+    assert_eq!(stats.evicted(EvictReason::UnexpectedData), 0);
+    assert_eq!(
+        stats.evicted(EvictReason::PeerClosed) + stats.evicted(EvictReason::HeartbeatFailed),
+        4
+    );
+    eprintln!("killed TLS members evicted as: {:?}", stats.evictions());
+
+    wait_until(10, "refill to 4 idle", || {
+        let s = pool.statistics();
+        s.created == 8 && pool.status().idle == 4
+    })
+    .await;
+    assert_eq!(pool.statistics().breaker_state, BreakerState::Closed);
+    // No stale handout: every checkout is a new, working member.
+    for _ in 0..20 {
+        let mut conn = get(&pool).await;
+        assert!(
+            !members.contains(&conn.id()),
+            "a killed member was handed out"
+        );
+        n += 1;
+        assert_eq!(must(&mut conn, &[b"INCR", b"tls"]).await, Value::Int(n));
+    }
+    assert_eq!(pool.statistics().evicted_total(), 4);
+    assert!(drain(&mut events).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. RESP3 pushes on an idle member are benign.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_invalidation_push_on_an_idle_member_is_benign() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let mut adm = redis.admin().await;
+    let pool = beating(builder(&redis, RedisConfig::new().resp3(true)))
+        .max_size(1)
+        .build()
+        .expect("build");
+    let mut events = pool.events();
+
+    let mut conn = get(&pool).await;
+    let id = conn.id();
+    let rid = client_id(&mut conn).await.to_string();
+    assert_eq!(
+        must(&mut conn, &[b"CLIENT", b"TRACKING", b"on"]).await,
+        ok()
+    );
+    // The session does not count CLIENT TRACKING as a session change: it stays clean and the
+    // member goes back (its pushes are benign, see below).
+    assert!(conn.is_clean(), "clean after CLIENT TRACKING on");
+    let (local, peer) = (conn.local_addr().unwrap(), conn.peer_addr().unwrap());
+    drop(conn);
+
+    for round in 0..3 {
+        // Track the key (again: an invalidation ends the tracking of that key).
+        let mut conn = get(&pool).await;
+        assert_eq!(conn.id(), id, "round {round}: the member was replaced");
+        assert_eq!(conn.take_pushes(), vec![], "round {round}");
+        must(&mut conn, &[b"GET", b"tracked"]).await;
+        drop(conn);
+        wait_until(5, "the member idle", || pool.status().idle == 1).await;
+
+        let beats = pool.statistics().heartbeats;
+        let value = format!("v{round}");
+        assert_eq!(
+            admin_run(&mut adm, &[b"SET", b"tracked", value.as_bytes()]).await,
+            ok()
+        );
+        // The push left the server (its output buffer is empty) ...
+        let list = [b"CLIENT".as_slice(), b"LIST", b"ID", rid.as_bytes()];
+        admin_until(&mut adm, 5, "the invalidation sent", &list, |list| {
+            let flags = list
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("flags="))
+                .unwrap_or_else(|| panic!("no flags in {list}"));
+            assert!(flags.contains('t'), "tracking is on: {list}");
+            flushed(list)
+        })
+        .await;
+        // ... and the idle member read it (nothing left in its socket), then answered a
+        // heartbeat after it.
+        wait_until(5, "the push read on the idle member", || {
+            kernel_socket(local, peer).is_some_and(|s| s.rx_queue == 0)
+        })
+        .await;
+        wait_until(5, "a heartbeat after the push", || {
+            pool.statistics().heartbeats > beats
+        })
+        .await;
+        assert!(drain(&mut events).is_empty(), "round {round}: evicted");
+
+        let mut conn = get(&pool).await;
+        assert_eq!(conn.id(), id, "round {round}: the member was replaced");
+        assert_eq!(
+            conn.take_pushes(),
+            vec![Value::Array(Some(vec![
+                bulk("invalidate"),
+                Value::Array(Some(vec![bulk("tracked")])),
+            ]))],
+            "round {round}: the push was queued while idle"
+        );
+        assert_eq!(must(&mut conn, &[b"GET", b"tracked"]).await, bulk(&value));
+        assert!(conn.is_clean());
+        // The admin change after this GET comes as the next round's push.
+        must(&mut conn, &[b"PING"]).await;
+    }
+    let stats = pool.statistics();
+    assert_eq!(stats.evictions(), vec![], "no eviction at all");
+    assert_eq!(stats.created, 1);
+}
+
+/// Many pushes, each arriving on its own while the member sits idle (no heartbeat, no
+/// checkout in between): each is read and queued, and the member stays. The idle watch's
+/// anti-spin guard (16 benign reads in a row) is for bytes left waiting, not for separate
+/// arrivals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_many_separate_pushes_on_an_idle_member_are_benign() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let mut adm = redis.admin().await;
+    // Default heartbeat interval (30 s): nothing resets the watch between the pushes.
+    let pool = builder(&redis, RedisConfig::new().resp3(true))
+        .max_size(1)
+        .build()
+        .expect("build");
+    let mut events = pool.events();
+    let mut conn = get(&pool).await;
+    let id = conn.id();
+    let rid = client_id(&mut conn).await.to_string();
+    assert_eq!(
+        must(
+            &mut conn,
+            &[
+                b"CLIENT",
+                b"TRACKING",
+                b"on",
+                b"BCAST",
+                b"PREFIX",
+                b"burst:"
+            ]
+        )
+        .await,
+        ok()
+    );
+    let (local, peer) = (conn.local_addr().unwrap(), conn.peer_addr().unwrap());
+    drop(conn);
+    wait_until(5, "the member idle", || pool.status().idle == 1).await;
+
+    const PUSHES: usize = 40;
+    for i in 0..PUSHES {
+        let key = format!("burst:{i}");
+        assert_eq!(
+            admin_run(&mut adm, &[b"SET", key.as_bytes(), b"x"]).await,
+            ok()
+        );
+        let list = [b"CLIENT".as_slice(), b"LIST", b"ID", rid.as_bytes()];
+        admin_until(&mut adm, 5, "the invalidation sent", &list, flushed).await;
+        wait_until(
+            5,
+            &format!("push #{} read on the idle member", i + 1),
+            || kernel_socket(local, peer).is_none_or(|s| s.rx_queue == 0),
+        )
+        .await;
+        let evicted = drain(&mut events);
+        assert!(
+            evicted.is_empty(),
+            "push #{} evicted the idle member: {evicted:?}",
+            i + 1
+        );
+    }
+    let mut conn = get(&pool).await;
+    assert_eq!(conn.id(), id, "the member was replaced");
+    let pushes = conn.take_pushes();
+    assert_eq!(pushes.len(), PUSHES, "{pushes:?}");
+    must(&mut conn, &[b"PING"]).await;
+    assert_eq!(pool.statistics().evictions(), vec![]);
+}
