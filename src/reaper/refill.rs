@@ -29,23 +29,32 @@ pub(super) async fn fill<P: Protocol>(dp: Deadpool<P>, shared: Arc<PoolShared>) 
     };
     let mut held = Vec::new();
     let mut inflight = FuturesUnordered::new();
+    // Set when the refill stops early: whether that still counts as reaching the target.
+    // The connects already started are then awaited, not dropped: one of them may be the
+    // breaker's half-open probe, and dropping it abandons the probe. With two or more
+    // connects per refill, the sibling that the half-open breaker refuses at once would
+    // otherwise abandon the probe every time, and the breaker would never close.
+    let mut stopped = None;
     loop {
-        while inflight.len() < WINDOW
+        while stopped.is_none()
+            && inflight.len() < WINDOW
             && shared.members() + inflight.len() < shared.min_idle()
             && held.len() + inflight.len() < shared.max_size()
         {
             inflight.push(dp.timeout_get(&no_wait));
         }
         match inflight.next().await {
-            None => return true,
+            None => return stopped.unwrap_or(true),
             // Wrapped so that its drop is the pool's return path.
             Some(Ok(obj)) => held.push(Conn::from(obj)),
             // Every slot is checked out right now: not a failure of the endpoint; the next
             // wake-up or tick tries again, without backing off.
-            Some(Err(deadpool::managed::PoolError::Timeout(_))) => return true,
+            Some(Err(deadpool::managed::PoolError::Timeout(_))) => {
+                stopped.get_or_insert(true);
+            }
             Some(Err(e)) => {
                 tracing::debug!(error = ?e, "refill stopped");
-                return false;
+                stopped = Some(false);
             }
         }
     }
