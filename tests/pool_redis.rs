@@ -472,9 +472,19 @@ async fn select_and_open_multi_are_not_handed_to_the_next_caller() {
         "C's queued SET never ran"
     );
 
+    // E turns client tracking on (session state the next caller would inherit, with its
+    // pushes): not clean either.
+    let mut e = get(&pool).await;
+    let e_id = e.id();
+    assert_eq!(must(&mut e, &[b"CLIENT", b"TRACKING", b"on"]).await, ok());
+    assert!(!e.is_clean());
+    drop(e);
+    let ev = next_eviction(&mut events, "E's eviction").await;
+    assert_eq!((ev.id, ev.reason), (e_id, EvictReason::NotClean));
+
     let stats = pool.statistics();
-    assert_eq!(stats.evictions(), vec![(EvictReason::NotClean, 2)]);
-    assert_eq!(stats.created, 3, "the first connection, B's and D's");
+    assert_eq!(stats.evictions(), vec![(EvictReason::NotClean, 3)]);
+    assert_eq!(stats.created, 3, "the first connection, B's and D's (E reused D's)");
     assert!(drain(&mut events).is_empty());
 }
 
@@ -666,7 +676,11 @@ async fn resp3_invalidation_push_on_an_idle_member_is_benign() {
         return;
     };
     let mut adm = redis.admin().await;
-    let pool = beating(builder(&redis, RedisConfig::new().resp3(true)))
+    // Tracking is part of the session as set up: every connection has it from the start.
+    let cfg = RedisConfig::new()
+        .resp3(true)
+        .on_connect(&["CLIENT", "TRACKING", "on"]);
+    let pool = beating(builder(&redis, cfg))
         .max_size(1)
         .build()
         .expect("build");
@@ -675,13 +689,7 @@ async fn resp3_invalidation_push_on_an_idle_member_is_benign() {
     let mut conn = get(&pool).await;
     let id = conn.id();
     let rid = client_id(&mut conn).await.to_string();
-    assert_eq!(
-        must(&mut conn, &[b"CLIENT", b"TRACKING", b"on"]).await,
-        ok()
-    );
-    // The session does not count CLIENT TRACKING as a session change: it stays clean and the
-    // member goes back (its pushes are benign, see below).
-    assert!(conn.is_clean(), "clean after CLIENT TRACKING on");
+    assert!(conn.is_clean(), "clean as set up");
     let (local, peer) = (conn.local_addr().unwrap(), conn.peer_addr().unwrap());
     drop(conn);
 
@@ -754,29 +762,14 @@ async fn resp3_many_separate_pushes_on_an_idle_member_are_benign() {
     };
     let mut adm = redis.admin().await;
     // Default heartbeat interval (30 s): nothing resets the watch between the pushes.
-    let pool = builder(&redis, RedisConfig::new().resp3(true))
-        .max_size(1)
-        .build()
-        .expect("build");
+    let cfg = RedisConfig::new()
+        .resp3(true)
+        .on_connect(&["CLIENT", "TRACKING", "on", "BCAST", "PREFIX", "burst:"]);
+    let pool = builder(&redis, cfg).max_size(1).build().expect("build");
     let mut events = pool.events();
     let mut conn = get(&pool).await;
     let id = conn.id();
     let rid = client_id(&mut conn).await.to_string();
-    assert_eq!(
-        must(
-            &mut conn,
-            &[
-                b"CLIENT",
-                b"TRACKING",
-                b"on",
-                b"BCAST",
-                b"PREFIX",
-                b"burst:"
-            ]
-        )
-        .await,
-        ok()
-    );
     let (local, peer) = (conn.local_addr().unwrap(), conn.peer_addr().unwrap());
     drop(conn);
     wait_until(5, "the member idle", || pool.status().idle == 1).await;

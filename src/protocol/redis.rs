@@ -74,6 +74,8 @@ pub struct RedisConfig {
     db: u32,
     resp3: bool,
     client_name: Option<String>,
+    /// Extra commands of the setup, part of the session "as set up".
+    on_connect: Vec<Vec<Vec<u8>>>,
 }
 
 impl RedisConfig {
@@ -146,6 +148,24 @@ impl RedisConfig {
         self
     }
 
+    /// One more command of every connection's setup (after AUTH/HELLO and before SELECT),
+    /// for session state that every caller should find: `CLIENT TRACKING on` (client-side
+    /// caching; its invalidation pushes need `resp3(true)` and are benign on an idle
+    /// member), `CLIENT NO-EVICT on`, … An error reply fails the setup. The same commands
+    /// sent by a caller change the session and make the connection not clean.
+    ///
+    /// ```
+    /// let cfg = livepool::redis::RedisConfig::new()
+    ///     .resp3(true)
+    ///     .on_connect(&["CLIENT", "TRACKING", "on"]);
+    /// # let _ = cfg;
+    /// ```
+    pub fn on_connect(mut self, args: &[&str]) -> Self {
+        self.on_connect
+            .push(args.iter().map(|a| a.as_bytes().to_vec()).collect());
+        self
+    }
+
     /// The configured ACL user, if any.
     ///
     /// ```
@@ -211,6 +231,7 @@ impl fmt::Debug for RedisConfig {
             .field("db", &self.db)
             .field("resp3", &self.resp3)
             .field("client_name", &self.client_name)
+            .field("on_connect", &self.on_connect.len())
             .finish()
     }
 }
@@ -782,8 +803,8 @@ enum Effect {
     Exec,
     Discard,
     Select(u32),
-    /// Changes the session beyond what is tracked (`HELLO`, `AUTH`, `RESET`): never clean
-    /// again once it succeeded.
+    /// Changes the session beyond what is tracked (`HELLO`, `AUTH`, `RESET`, `CLIENT
+    /// TRACKING`, `CLIENT SETNAME`, …): never clean again once it succeeded.
     Taints,
 }
 
@@ -832,7 +853,16 @@ fn effect_of(args: &[&[u8]]) -> Result<Effect, RedisError> {
             Some(db) => Effect::Select(db),
             None => Effect::None,
         }
-    } else if is("HELLO") || is("AUTH") || is("RESET") {
+    } else if is("HELLO") || is("AUTH") || is("RESET") || is("READONLY") || is("READWRITE") {
+        Effect::Taints
+    } else if is("CLIENT")
+        && args.get(1).is_some_and(|sub| {
+            ["TRACKING", "SETNAME", "SETINFO", "NO-EVICT", "NO-TOUCH"]
+                .iter()
+                .any(|n| sub.eq_ignore_ascii_case(n.as_bytes()))
+        })
+    {
+        // Session state the next caller would inherit (tracking and its pushes, a name).
         Effect::Taints
     } else {
         Effect::None
@@ -956,6 +986,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisSession<S> {
                     vec![b"CLIENT", b"SETNAME", name.as_bytes()],
                 ));
             }
+        }
+        for cmd in &cfg.on_connect {
+            steps.push(("on_connect", cmd.iter().map(Vec::as_slice).collect()));
         }
         if cfg.db != 0 {
             steps.push(("SELECT", vec![b"SELECT", db.as_bytes()]));
@@ -1640,6 +1673,15 @@ mod tests {
         assert_eq!(effect_of(&[b"SELECT", b"x"]).unwrap(), Effect::None);
         assert_eq!(effect_of(&[b"Multi"]).unwrap(), Effect::Multi);
         assert_eq!(effect_of(&[b"hello", b"3"]).unwrap(), Effect::Taints);
+        assert_eq!(
+            effect_of(&[b"client", b"tracking", b"on"]).unwrap(),
+            Effect::Taints
+        );
+        assert_eq!(
+            effect_of(&[b"CLIENT", b"SETNAME", b"x"]).unwrap(),
+            Effect::Taints
+        );
+        assert_eq!(effect_of(&[b"CLIENT", b"ID"]).unwrap(), Effect::None);
         assert!(effect_of(&[b"subscribe", b"c"]).unwrap_err().is_usage());
         assert!(
             effect_of(&[b"CLIENT", b"reply", b"off"])
