@@ -484,7 +484,10 @@ async fn select_and_open_multi_are_not_handed_to_the_next_caller() {
 
     let stats = pool.statistics();
     assert_eq!(stats.evictions(), vec![(EvictReason::NotClean, 3)]);
-    assert_eq!(stats.created, 3, "the first connection, B's and D's (E reused D's)");
+    assert_eq!(
+        stats.created, 3,
+        "the first connection, B's and D's (E reused D's)"
+    );
     assert!(drain(&mut events).is_empty());
 }
 
