@@ -105,16 +105,6 @@ pub struct Builder<P: Protocol = Raw> {
     tls: Option<Result<crate::transport::tls::TlsSettings, String>>,
 }
 
-macro_rules! setter {
-    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
-        $(#[$doc])*
-        pub fn $name(mut self, value: $ty) -> Self {
-            self.config.$name = value;
-            self
-        }
-    };
-}
-
 impl Builder<Raw> {
     pub(crate) fn new(addr: impl IntoAddr) -> Self {
         let endpoint = sealed::Sealed::into_endpoint(addr);
@@ -193,235 +183,259 @@ impl<P: Protocol> Builder<P> {
         self
     }
 
-    setter! {
-        /// Most connections open at once, idle or in use. Must be at least 1.
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").max_size(8);
-        /// ```
-        /// Default: 16.
-        max_size: usize
+    /// Most connections open at once, idle or in use. Must be at least 1.
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").max_size(8);
+    /// ```
+    /// Default: 16.
+    pub fn max_size(mut self, value: usize) -> Self {
+        self.config.max_size = value;
+        self
     }
 
-    setter! {
-        /// Idle connections the reaper keeps open in the background (refilled after evictions,
-        /// never above `max_size`). Idle timeout never closes these.
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").min_idle(2);
-        /// ```
-        /// Default: 0.
-        min_idle: usize
+    /// Idle connections the reaper keeps open in the background (refilled after evictions,
+    /// never above `max_size`). Idle timeout never closes these.
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").min_idle(2);
+    /// ```
+    /// Default: 0.
+    pub fn min_idle(mut self, value: usize) -> Self {
+        self.config.min_idle = value;
+        self
     }
 
-    setter! {
-        /// Bound on opening one connection; `None` leaves it to the kernel (and
-        /// `tcp_user_timeout`, which also bounds SYN retries). Zero is refused.
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").connect_timeout(Some(std::time::Duration::from_secs(1)));
-        /// ```
-        /// Default: 5 s.
-        connect_timeout: Option<Duration>
+    /// Bound on opening one connection, all of it: resolving the name, connecting (each
+    /// address tried gets an even share of what is left), the TLS handshake and the
+    /// protocol's setup. `None` leaves it to the kernel (and `tcp_user_timeout`, which also
+    /// bounds SYN retries). Zero is refused.
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").connect_timeout(Some(std::time::Duration::from_secs(1)));
+    /// ```
+    /// Default: 5 s.
+    pub fn connect_timeout(mut self, value: Option<Duration>) -> Self {
+        self.config.connect_timeout = value;
+        self
     }
 
-    setter! {
-        /// Bound on waiting for a free slot when `max_size` connections are in use; `None` waits
-        /// forever; zero fails at once when nothing is free.
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").wait_timeout(None);
-        /// ```
-        /// Default: 30 s.
-        wait_timeout: Option<Duration>
+    /// Bound on waiting for a free slot when `max_size` connections are in use; `None` waits
+    /// forever; zero fails at once when nothing is free.
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").wait_timeout(None);
+    /// ```
+    /// Default: 30 s.
+    pub fn wait_timeout(mut self, value: Option<Duration>) -> Self {
+        self.config.wait_timeout = value;
+        self
     }
 
-    setter! {
-        /// Sets `TCP_NODELAY` on new connections.
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").tcp_nodelay(false);
-        /// ```
-        /// Default: true.
-        tcp_nodelay: bool
+    /// Sets `TCP_NODELAY` on new connections.
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").tcp_nodelay(false);
+    /// ```
+    /// Default: true.
+    pub fn tcp_nodelay(mut self, value: bool) -> Self {
+        self.config.tcp_nodelay = value;
+        self
     }
 
-    setter! {
-        /// TCP keepalive idle time (`TCP_KEEPIDLE`) before the first probe; `None` disables
-        /// keepalive. At most 32,767 s.
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").tcp_keepalive(Some(std::time::Duration::from_secs(30)));
-        /// ```
-        /// Default: 60 s.
-        tcp_keepalive: Option<Duration>
+    /// TCP keepalive idle time (`TCP_KEEPIDLE`) before the first probe; `None` disables
+    /// keepalive. At most 32,767 s.
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").tcp_keepalive(Some(std::time::Duration::from_secs(30)));
+    /// ```
+    /// Default: 60 s.
+    pub fn tcp_keepalive(mut self, value: Option<Duration>) -> Self {
+        self.config.tcp_keepalive = value;
+        self
     }
 
-    setter! {
-        /// Time between keepalive probes (`TCP_KEEPINTVL`). At most 32,767 s.
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").tcp_keepalive_interval(std::time::Duration::from_secs(5));
-        /// ```
-        /// Default: 10 s.
-        tcp_keepalive_interval: Duration
+    /// Time between keepalive probes (`TCP_KEEPINTVL`). At most 32,767 s.
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").tcp_keepalive_interval(std::time::Duration::from_secs(5));
+    /// ```
+    /// Default: 10 s.
+    pub fn tcp_keepalive_interval(mut self, value: Duration) -> Self {
+        self.config.tcp_keepalive_interval = value;
+        self
     }
 
-    setter! {
-        /// Unanswered keepalive probes before the kernel drops the connection (`TCP_KEEPCNT`),
-        /// 1 to 127. Linux ignores it when `tcp_user_timeout` is set.
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").tcp_keepalive_retries(5);
-        /// ```
-        /// Default: 3.
-        tcp_keepalive_retries: u32
+    /// Unanswered keepalive probes before the kernel drops the connection (`TCP_KEEPCNT`),
+    /// 1 to 127. Linux ignores it when `tcp_user_timeout` is set.
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").tcp_keepalive_retries(5);
+    /// ```
+    /// Default: 3.
+    pub fn tcp_keepalive_retries(mut self, value: u32) -> Self {
+        self.config.tcp_keepalive_retries = value;
+        self
     }
 
-    setter! {
-        /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before the kernel
-        /// drops the connection; also bounds connect retries. `None` keeps the kernel's ~15 min.
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").tcp_user_timeout(Some(std::time::Duration::from_secs(10)));
-        /// ```
-        /// Default: 30 s.
-        tcp_user_timeout: Option<Duration>
+    /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before the kernel
+    /// drops the connection; also bounds connect retries. `None` keeps the kernel's ~15 min.
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").tcp_user_timeout(Some(std::time::Duration::from_secs(10)));
+    /// ```
+    /// Default: 30 s.
+    pub fn tcp_user_timeout(mut self, value: Option<Duration>) -> Self {
+        self.config.tcp_user_timeout = value;
+        self
     }
 
-    setter! {
-        /// Close connections idle (since returned, or since their last good heartbeat) longer
-        /// than this, except the `min_idle` warmest. `None` disables it. Not longer than
-        /// `max_lifetime`.
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").idle_timeout(None);
-        /// ```
-        /// Default: 300 s.
-        idle_timeout: Option<Duration>
+    /// Close connections idle (since returned, or since their last good heartbeat) longer
+    /// than this, except the `min_idle` warmest. `None` disables it. Not longer than
+    /// `max_lifetime`.
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").idle_timeout(None);
+    /// ```
+    /// Default: 300 s.
+    pub fn idle_timeout(mut self, value: Option<Duration>) -> Self {
+        self.config.idle_timeout = value;
+        self
     }
 
-    setter! {
-        /// Close connections older than this (less a per-connection jitter); a connection
-        /// that expires while checked out is closed when returned. `None` disables it.
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").max_lifetime(Some(std::time::Duration::from_secs(600)));
-        /// ```
-        /// Default: 30 min.
-        max_lifetime: Option<Duration>
+    /// Close connections older than this (less a per-connection jitter); a connection
+    /// that expires while checked out is closed when returned. `None` disables it.
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").max_lifetime(Some(std::time::Duration::from_secs(600)));
+    /// ```
+    /// Default: 30 min.
+    pub fn max_lifetime(mut self, value: Option<Duration>) -> Self {
+        self.config.max_lifetime = value;
+        self
     }
 
-    setter! {
-        /// Each connection's lifetime is shortened by a random fraction up to this, so that
-        /// connections opened together do not expire together. In [0, 1).
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").lifetime_jitter(0.0);
-        /// ```
-        /// Default: 0.05.
-        lifetime_jitter: f64
+    /// Each connection's lifetime is shortened by a random fraction up to this, so that
+    /// connections opened together do not expire together. In [0, 1).
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").lifetime_jitter(0.0);
+    /// ```
+    /// Default: 0.05.
+    pub fn lifetime_jitter(mut self, value: f64) -> Self {
+        self.config.lifetime_jitter = value;
+        self
     }
 
-    setter! {
-        /// Request/response policy: a connection on which a write was not followed by a read
-        /// is not returned to the pool (its response would reach the next caller). Set `false`
-        /// for one-way protocols.
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").request_response(false);
-        /// ```
-        /// Default: true.
-        request_response: bool
+    /// Request/response policy: a connection on which a write was not followed by a read
+    /// is not returned to the pool (its response would reach the next caller). Set `false`
+    /// for one-way protocols.
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").request_response(false);
+    /// ```
+    /// Default: true.
+    pub fn request_response(mut self, value: bool) -> Self {
+        self.config.request_response = value;
+        self
     }
 
-    setter! {
-        /// How often the reaper checks idle members for idle timeout, lifetime and due heartbeats.
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").reap_interval(std::time::Duration::from_millis(250));
-        /// ```
-        /// Default: 1 s.
-        reap_interval: Duration
+    /// How often the reaper checks idle members for idle timeout, lifetime and due heartbeats.
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").reap_interval(std::time::Duration::from_millis(250));
+    /// ```
+    /// Default: 1 s.
+    pub fn reap_interval(mut self, value: Duration) -> Self {
+        self.config.reap_interval = value;
+        self
     }
 
-    setter! {
-        /// How long an idle member may go without a heartbeat (less jitter).
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").heartbeat_interval(std::time::Duration::from_secs(10));
-        /// ```
-        /// Default: 30 s.
-        heartbeat_interval: Duration
+    /// How long an idle member may go without a heartbeat (less jitter).
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").heartbeat_interval(std::time::Duration::from_secs(10));
+    /// ```
+    /// Default: 30 s.
+    pub fn heartbeat_interval(mut self, value: Duration) -> Self {
+        self.config.heartbeat_interval = value;
+        self
     }
 
-    setter! {
-        /// Deadline of one heartbeat; a member that does not answer in time is evicted. Must be
-        /// shorter than `heartbeat_interval`.
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").heartbeat_timeout(std::time::Duration::from_secs(1));
-        /// ```
-        /// Default: 5 s.
-        heartbeat_timeout: Duration
+    /// Deadline of one heartbeat (a member that does not answer in time is evicted), and of
+    /// the protocol's reading of bytes that arrived on an idle member. Must be shorter than
+    /// `heartbeat_interval`.
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").heartbeat_timeout(std::time::Duration::from_secs(1));
+    /// ```
+    /// Default: 5 s.
+    pub fn heartbeat_timeout(mut self, value: Duration) -> Self {
+        self.config.heartbeat_timeout = value;
+        self
     }
 
-    setter! {
-        /// Each member's heartbeat interval is shortened by a fraction up to this, so that
-        /// heartbeats spread out. In [0, 1).
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").heartbeat_jitter(0.0);
-        /// ```
-        /// Default: 0.1.
-        heartbeat_jitter: f64
+    /// Each member's heartbeat interval is shortened by a fraction up to this, so that
+    /// heartbeats spread out. In [0, 1).
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").heartbeat_jitter(0.0);
+    /// ```
+    /// Default: 0.1.
+    pub fn heartbeat_jitter(mut self, value: f64) -> Self {
+        self.config.heartbeat_jitter = value;
+        self
     }
 
-    setter! {
-        /// Watch idle members' sockets and evict one the moment the peer closes or resets it,
-        /// or sends bytes nobody asked for.
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").idle_watch(false);
-        /// ```
-        /// Default: true.
-        idle_watch: bool
+    /// Watch idle members' sockets and evict one the moment the peer closes or resets it,
+    /// or sends bytes nobody asked for.
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").idle_watch(false);
+    /// ```
+    /// Default: true.
+    pub fn idle_watch(mut self, value: bool) -> Self {
+        self.config.idle_watch = value;
+        self
     }
 
-    setter! {
-        /// Seed of the lifetime and heartbeat jitter (deterministic per connection id).
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").jitter_seed(42);
-        /// ```
-        /// Default: a fixed constant.
-        jitter_seed: u64
+    /// Seed of the lifetime and heartbeat jitter (deterministic per connection id).
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").jitter_seed(42);
+    /// ```
+    /// Default: a fixed constant.
+    pub fn jitter_seed(mut self, value: u64) -> Self {
+        self.config.jitter_seed = value;
+        self
     }
 
-    setter! {
-        /// Leak detection: a connection held longer than this logs a warning (once per
-        /// checkout) with its id and the place of the `get()` call, and is counted in
-        /// [`Statistics::leaks`](crate::Statistics::leaks). Checked every `reap_interval`.
-        /// `None` turns it off (and saves a clock read per checkout).
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1").leak_threshold(Some(std::time::Duration::from_secs(30)));
-        /// ```
-        /// Default: none.
-        leak_threshold: Option<Duration>
+    /// Leak detection: a connection held longer than this logs a warning (once per
+    /// checkout) with its id and the place of the `get()` call, and is counted in
+    /// [`Statistics::leaks`](crate::Statistics::leaks). Checked every `reap_interval`.
+    /// `None` turns it off (and saves a clock read per checkout).
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1").leak_threshold(Some(std::time::Duration::from_secs(30)));
+    /// ```
+    /// Default: none.
+    pub fn leak_threshold(mut self, value: Option<Duration>) -> Self {
+        self.config.leak_threshold = value;
+        self
     }
 
-    setter! {
-        /// The circuit breaker for this endpoint; `None` turns it off (every `get()` that
-        /// needs a new connection then tries to connect).
-        ///
-        /// ```
-        /// let b = livepool::Pool::builder("127.0.0.1:1")
-        ///     .breaker(Some(livepool::BreakerConfig::new().failure_threshold(5)));
-        /// let off = livepool::Pool::builder("127.0.0.1:1").breaker(None);
-        /// ```
-        /// Default: `Some(BreakerConfig::default())` (3 failures, 30 s open, doubling to 5 min).
-        breaker: Option<crate::breaker::BreakerConfig>
+    /// The circuit breaker for this endpoint; `None` turns it off (every `get()` that
+    /// needs a new connection then tries to connect).
+    ///
+    /// ```
+    /// let b = livepool::Pool::builder("127.0.0.1:1")
+    ///     .breaker(Some(livepool::BreakerConfig::new().failure_threshold(5)));
+    /// let off = livepool::Pool::builder("127.0.0.1:1").breaker(None);
+    /// ```
+    /// Default: `Some(BreakerConfig::default())` (3 failures, 30 s open, doubling to 5 min).
+    pub fn breaker(mut self, value: Option<crate::breaker::BreakerConfig>) -> Self {
+        self.config.breaker = value;
+        self
     }
 
     /// Validates the configuration and builds the pool. Must be called within a tokio runtime:
