@@ -110,6 +110,8 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
 
     async fn recycle(&self, member: &mut Member<P>, _: &Metrics) -> RecycleResult<Error> {
         let sh = &member.shared;
+        // Bytes that keep coming back after benign reads: the protocol is not draining them.
+        let mut idle_reads = 0;
         let reason = loop {
             let mut st = sh.state();
             if st.kind() == Kind::Busy {
@@ -134,6 +136,10 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
                     }
                     // Bytes on an idle member: the protocol reads them and decides.
                     Health::Dead(EvictReason::UnexpectedData) => {
+                        idle_reads += 1;
+                        if idle_reads > crate::reaper::MAX_IDLE_READS {
+                            break EvictReason::UnexpectedData;
+                        }
                         if sh.begin_busy(st) {
                             Box::pin(crate::reaper::idle::read_idle_bytes(sh.clone(), true)).await;
                         }

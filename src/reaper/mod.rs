@@ -22,6 +22,8 @@ mod maintain;
 mod refill;
 mod watch;
 
+pub(crate) use watch::MAX_IDLE_READS;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
