@@ -32,9 +32,58 @@
 //!
 //! Transitions to half-open happen lazily, in [`Breaker::admit`]; every
 //! transition is returned exactly once, from the call that caused it.
+//!
+//! # What feeds the breaker
+//!
+//! The breaker answers one question: *will a new connect to this endpoint
+//! succeed?* So only evidence about that question is fed to it; the pool decides
+//! what to report, the machine above only counts.
+//!
+//! Failures (counted towards `failure_threshold`, or the probe's verdict):
+//!
+//! * a connect error or connect timeout, a failed TLS handshake, a failed
+//!   protocol setup: exactly what a new connection would meet;
+//! * a heartbeat that gets no answer within its deadline: a hung or
+//!   blackholed server or path, which new connections would meet too;
+//! * a heartbeat that fails with an I/O error other than a close or reset by
+//!   the peer (for example `ETIMEDOUT` or `EHOSTUNREACH` from the kernel): the
+//!   path to the endpoint is broken.
+//!
+//! Successes (reset the count; close a half-open breaker through its probe): a
+//! connect with setup done, a correctly answered heartbeat.
+//!
+//! Neither — the member is evicted (or the caller gets the error), the breaker
+//! hears nothing:
+//!
+//! * **a wrong or garbled heartbeat reply.** The server answered, so it is up
+//!   and reachable; what is wrong is this member's session (a protocol state
+//!   out of step, a reply meant for another request) or the configuration (a
+//!   heartbeat that needs `AUTH` on a server that demands it: `-NOAUTH`). A new
+//!   connection goes through setup, which either fixes the session or fails —
+//!   and a failing setup *is* fed. Counting bad replies let a few `-NOAUTH`
+//!   answers on idle members open the breaker against a healthy server and
+//!   refuse connects that would have worked.
+//! * **a peer close or reset during a heartbeat** (or found at checkout): one
+//!   dead member is not a dead endpoint; servers close idle connections
+//!   routinely (`timeout`, restarts of one worker, load balancers).
+//! * **a local resource failure** ([`blame`] says [`Blame::Local`]):
+//!   `EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`, `EADDRNOTAVAIL`. This process
+//!   ran out of file descriptors, buffers, memory or ephemeral ports; the
+//!   endpoint was never reached. Counting these would open the breaker and
+//!   keep refusing connects for a whole open period after the resource is free
+//!   again. They are counted on their own (`local_resource_errors`).
+//!
+//! A half-open probe that fails locally did not test the endpoint: it is
+//! neither the probe's failure (no re-open, no longer period) nor its success
+//! (no close). The pool hands the probe back
+//! ([`Breaker::probe_abandoned`]), so the next caller may probe once the
+//! resource is free. Heartbeats never report a local failure to the machine,
+//! since in half-open the next outcome is taken to be the probe's and a
+//! heartbeat must not release the probe of a connect still in flight.
 
 use crate::jitter::SplitMix64;
 use std::fmt;
+use std::io;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -310,6 +359,50 @@ pub(crate) enum Outcome {
     Failure,
 }
 
+/// Whose fault an I/O error is, for the breaker: see the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Blame {
+    /// Evidence about the endpoint (or the path to it).
+    Endpoint,
+    /// This process ran out of a resource; the text names it
+    /// (`"too many open files"`, …).
+    Local(&'static str),
+}
+
+/// The local resource an OS error code says is exhausted, if it is one.
+fn local_cause(code: i32) -> Option<&'static str> {
+    match code {
+        libc::EMFILE => Some("too many open files"),
+        libc::ENFILE => Some("too many open files in the system"),
+        libc::ENOBUFS => Some("no buffer space"),
+        libc::ENOMEM => Some("out of memory"),
+        libc::EADDRNOTAVAIL => Some("no local address or port available"),
+        _ => None,
+    }
+}
+
+/// Classifies an I/O error from a connect, a setup or a heartbeat: the one place that says
+/// whether it counts against the endpoint.
+///
+/// Looks at the OS error code of `e` and of any `io::Error` it wraps (an error that
+/// carries a message around the original, as for a host name with several addresses).
+pub(crate) fn blame(e: &io::Error) -> Blame {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if let Some(cause) = io.raw_os_error().and_then(local_cause) {
+                return Blame::Local(cause);
+            }
+            if let Some(inner) = io.get_ref() {
+                cur = Some(inner);
+                continue;
+            }
+        }
+        cur = err.source();
+    }
+    Blame::Endpoint
+}
+
 /// The breaker's answer to "may a connect attempt start now?".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Admit {
@@ -580,6 +673,55 @@ mod tests {
         to: BreakerState::Closed,
         open_for: None,
     };
+
+    // ---- blame ----
+
+    #[test]
+    fn local_resource_errors_are_not_the_endpoints_fault() {
+        for (code, text) in [
+            (libc::EMFILE, "too many open files"),
+            (libc::ENFILE, "too many open files in the system"),
+            (libc::ENOBUFS, "no buffer space"),
+            (libc::ENOMEM, "out of memory"),
+            (libc::EADDRNOTAVAIL, "no local address or port available"),
+        ] {
+            let e = io::Error::from_raw_os_error(code);
+            assert_eq!(blame(&e), Blame::Local(text), "{e}");
+            // Wrapped in a message (a host name's error), the code is still found.
+            let wrapped = io::Error::other(Wrap(e));
+            assert_eq!(blame(&wrapped), Blame::Local(text));
+        }
+        for code in [
+            libc::ECONNREFUSED,
+            libc::ETIMEDOUT,
+            libc::EHOSTUNREACH,
+            libc::ENETUNREACH,
+            libc::ECONNRESET,
+        ] {
+            let e = io::Error::from_raw_os_error(code);
+            assert_eq!(blame(&e), Blame::Endpoint, "{e}");
+        }
+        assert_eq!(blame(&io::Error::other("setup failed")), Blame::Endpoint);
+        assert_eq!(
+            blame(&io::Error::new(io::ErrorKind::TimedOut, "no answer")),
+            Blame::Endpoint
+        );
+    }
+
+    #[derive(Debug)]
+    struct Wrap(io::Error);
+
+    impl fmt::Display for Wrap {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "db.local:1: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wrap {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
 
     // ---- config ----
 

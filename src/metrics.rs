@@ -24,6 +24,7 @@ pub(crate) enum GetOutcome {
 #[derive(Debug)]
 pub(crate) struct Metrics {
     created: Counter,
+    local_resource_errors: Counter,
     evicted: Vec<Counter>,
     gets: [Counter; 5],
     size: Gauge,
@@ -42,6 +43,7 @@ impl Metrics {
         let get = |outcome: &'static str| counter!("livepool_gets_total", "endpoint" => ep.clone(), "outcome" => outcome);
         Metrics {
             created: counter!("livepool_connections_created_total", "endpoint" => ep.clone()),
+            local_resource_errors: counter!("livepool_local_resource_errors_total", "endpoint" => ep.clone()),
             evicted: EvictReason::ALL
                 .iter()
                 .map(|r| {
@@ -68,6 +70,10 @@ impl Metrics {
 
     pub(crate) fn created(&self) {
         self.created.increment(1);
+    }
+
+    pub(crate) fn local_resource_error(&self) {
+        self.local_resource_errors.increment(1);
     }
 
     pub(crate) fn evicted(&self, reason: EvictReason, latency: Duration) {

@@ -322,6 +322,7 @@ pub(crate) struct Stats {
     pub(crate) leaks: AtomicU64,
     pub(crate) heartbeats: AtomicU64,
     pub(crate) idle_reads_kept: AtomicU64,
+    pub(crate) local_resource_errors: AtomicU64,
     evicted: [AtomicU64; EvictReason::ALL.len()],
     latency: [AtomicU64; BUCKETS],
     events: broadcast::Sender<EvictionEvent>,
@@ -338,6 +339,7 @@ impl Stats {
             leaks: AtomicU64::new(0),
             heartbeats: AtomicU64::new(0),
             idle_reads_kept: AtomicU64::new(0),
+            local_resource_errors: AtomicU64::new(0),
             evicted: std::array::from_fn(|_| AtomicU64::new(0)),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             events: broadcast::channel(1024).0,
@@ -387,6 +389,7 @@ impl Stats {
             leaks: self.leaks.load(Relaxed),
             heartbeats: self.heartbeats.load(Relaxed),
             idle_reads_kept: self.idle_reads_kept.load(Relaxed),
+            local_resource_errors: self.local_resource_errors.load(Relaxed),
             breaker_state: crate::BreakerState::Closed,
             breaker_transitions: 0,
             evicted: std::array::from_fn(|i| self.evicted[i].load(Relaxed)),
@@ -414,7 +417,9 @@ impl Stats {
 pub struct Statistics {
     /// Connections opened.
     pub created: u64,
-    /// Connect attempts that failed or timed out.
+    /// Connect attempts that failed or timed out (those that failed for want of a local
+    /// resource are counted in [`local_resource_errors`](Self::local_resource_errors)
+    /// instead).
     pub connect_errors: u64,
     /// Connections handed out by `get()`.
     pub checkouts: u64,
@@ -427,6 +432,17 @@ pub struct Statistics {
     /// Times bytes arrived on an idle member and the protocol judged them benign (TLS session
     /// tickets, a notification, a RESP3 push): read through its stack, member kept.
     pub idle_reads_kept: u64,
+    /// Connects and heartbeats that failed because this process ran out of a resource (file
+    /// descriptors, socket buffers, memory, ephemeral ports): `EMFILE`, `ENFILE`, `ENOBUFS`,
+    /// `ENOMEM`, `EADDRNOTAVAIL`. They do not count towards the circuit breaker.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let pool = livepool::Pool::builder("127.0.0.1:9".parse::<std::net::SocketAddr>().unwrap()).build().unwrap();
+    /// assert_eq!(pool.statistics().local_resource_errors, 0);
+    /// # }
+    /// ```
+    pub local_resource_errors: u64,
     /// The circuit breaker's state when the snapshot was taken.
     pub breaker_state: crate::BreakerState,
     /// Breaker transitions so far.

@@ -1,5 +1,6 @@
 //! Heartbeats on real sockets: a peer that stops answering, a wrong pong, a checkout that
-//! meets a running heartbeat, heartbeat failures feeding the breaker, and `Conn::closed()`.
+//! meets a running heartbeat, heartbeat timeouts feeding the breaker (and wrong replies not
+//! feeding it), and `Conn::closed()`.
 
 mod support;
 
@@ -136,6 +137,82 @@ async fn heartbeat_failures_open_the_breaker() {
         err.to_string().contains("heartbeat"),
         "the last error should be the heartbeat's: {err}"
     );
+}
+
+#[tokio::test]
+async fn bad_heartbeat_replies_evict_but_do_not_open_the_breaker() {
+    let server = FaultServer::start().await;
+    // Every pong is wrong (like `-NOAUTH` from a server that wants AUTH on the heartbeat).
+    server.set_pong_kind(1);
+    let pool = builder(&server)
+        .max_size(4)
+        .breaker(Some(
+            BreakerConfig::new()
+                .failure_threshold(1)
+                .open_for(Duration::from_secs(60))
+                .jitter(0.0),
+        ))
+        .build()
+        .unwrap();
+    let mut events = pool.events();
+    // Round after round of idle members, each evicted by its bad pong: far more than the
+    // threshold of one.
+    for round in 0..3u64 {
+        let mut held = Vec::new();
+        for i in 0..4 {
+            let mut c = within(5, "get", pool.get())
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: a new connection was refused: {e}"));
+            exchange(&mut c, round * 10 + i).await.unwrap();
+            held.push(c);
+        }
+        drop(held);
+        for _ in 0..4 {
+            let ev = within(10, "bad-reply eviction", events.recv())
+                .await
+                .unwrap();
+            assert_eq!(ev.reason, EvictReason::HeartbeatBadReply, "{ev:?}");
+        }
+        let s = pool.statistics();
+        assert_eq!(
+            s.breaker_state,
+            BreakerState::Closed,
+            "round {round}: {s:?}"
+        );
+        assert_eq!(s.breaker_transitions, 0, "{s:?}");
+    }
+    assert_eq!(
+        pool.statistics().evicted(EvictReason::HeartbeatBadReply),
+        12
+    );
+    // New connections still work.
+    let mut c = within(5, "get after the bad replies", pool.get())
+        .await
+        .expect("a wrong reply is not a dead endpoint");
+    assert_eq!(exchange(&mut c, 99).await.unwrap(), token(99));
+}
+
+#[tokio::test]
+async fn late_pongs_are_heartbeat_timeouts_and_open_the_breaker() {
+    let server = FaultServer::start().await;
+    let pool = builder(&server)
+        .breaker(Some(
+            BreakerConfig::new()
+                .failure_threshold(1)
+                .open_for(Duration::from_secs(60))
+                .jitter(0.0),
+        ))
+        .build()
+        .unwrap();
+    let mut events = pool.events();
+    let addr = idle_member(&pool, 1).await;
+    // The server answers, but after the heartbeat's deadline (100 ms).
+    server.set_pong_delay(300 * MS);
+    expect_eviction(&mut events, 10, EvictReason::HeartbeatTimeout, addr).await;
+    let s = pool.statistics();
+    assert_eq!(s.breaker_state, BreakerState::Open, "{s:?}");
+    let err = pool.get().await.unwrap_err();
+    assert!(err.is_circuit_open(), "{err}");
 }
 
 #[tokio::test]

@@ -45,6 +45,7 @@ enum Kind {
     Connect,
     Setup,
     CircuitOpen { retry_after: Duration },
+    LocalResource { cause: &'static str },
 }
 
 /// The error of [`Pool::get`](crate::Pool::get).
@@ -104,6 +105,16 @@ impl Error {
     pub(crate) fn setup(endpoint: Arc<str>, e: crate::protocol::SetupError) -> Self {
         Error {
             kind: Kind::Setup,
+            endpoint: Some(endpoint),
+            source: Some(Box::new(e)),
+        }
+    }
+
+    /// A connect (or setup) that failed because this process ran out of a resource; `cause`
+    /// names it (see `breaker::blame`).
+    pub(crate) fn local_resource(endpoint: Arc<str>, cause: &'static str, e: io::Error) -> Self {
+        Error {
+            kind: Kind::LocalResource { cause },
             endpoint: Some(endpoint),
             source: Some(Box::new(e)),
         }
@@ -187,6 +198,27 @@ impl Error {
         matches!(self.kind, Kind::Setup)
     }
 
+    /// True when a new connection could not be opened because this process ran out of a
+    /// resource: file descriptors (`EMFILE`, `ENFILE`), socket buffers (`ENOBUFS`), memory
+    /// (`ENOMEM`) or local addresses and ephemeral ports (`EADDRNOTAVAIL`). Not the
+    /// endpoint's fault: it does not count towards the circuit breaker, and the next `get()`
+    /// after the resource is free connects. The `io::Error` is the
+    /// [`source`](std::error::Error::source); the message names the resource, e.g. "local
+    /// resource exhausted (too many open files): not the endpoint's fault".
+    /// [`Statistics::local_resource_errors`](crate::Statistics::local_resource_errors)
+    /// counts these.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: livepool::Pool) {
+    /// if let Err(e) = pool.get().await {
+    ///     if e.is_local_resource() { eprintln!("raise the fd limit or close files: {e}"); }
+    /// }
+    /// # }
+    /// ```
+    pub fn is_local_resource(&self) -> bool {
+        matches!(self.kind, Kind::LocalResource { .. })
+    }
+
     /// True when the circuit breaker refused the checkout without trying to connect.
     ///
     /// ```no_run
@@ -212,7 +244,7 @@ impl Error {
         }
     }
 
-    /// The `io::Error` behind a failed connect, if there is one.
+    /// The `io::Error` behind a failed connect (or a local resource failure), if there is one.
     ///
     /// ```no_run
     /// # async fn f(pool: livepool::Pool) {
@@ -250,6 +282,10 @@ impl fmt::Display for Error {
             Kind::CircuitOpen { retry_after } => {
                 write!(f, "circuit breaker open, retry after {retry_after:?}")?
             }
+            Kind::LocalResource { cause } => write!(
+                f,
+                "local resource exhausted ({cause}): not the endpoint's fault; connect failed"
+            )?,
         }
         if let Some(endpoint) = &self.endpoint {
             write!(f, " ({endpoint})")?;

@@ -10,7 +10,7 @@ use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::breaker::{Admit, Outcome};
+use crate::breaker::{Admit, Blame, Outcome, blame};
 use crate::io::Io;
 use crate::member::state::Kind;
 use crate::member::{Member, Shared};
@@ -75,6 +75,7 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
         };
         #[cfg(feature = "metrics")]
         shared.metrics.connect(start.elapsed());
+        let was_probe = probe.is_some();
         if let Some(p) = probe {
             p.disarm();
         }
@@ -96,13 +97,23 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
                 })
             }
             Err(e) => {
-                shared
-                    .stats
-                    .connect_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (err, io) = self.open_error(e);
                 tracing::debug!(endpoint = %shared.endpoint, error = %err, "connect failed");
-                shared.report(Outcome::Failure, Some(&io));
+                if err.is_local_resource() {
+                    // This process's failure, not the endpoint's: neither a failure nor a
+                    // success for the breaker. A probe that never reached the endpoint
+                    // decided nothing: hand it back so the next caller probes.
+                    shared.local_resource_error(&io);
+                    if was_probe {
+                        shared.probe_abandoned();
+                    }
+                } else {
+                    shared
+                        .stats
+                        .connect_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    shared.report(Outcome::Failure, Some(&io));
+                }
                 Err(err)
             }
         }
@@ -207,7 +218,11 @@ impl<P: Protocol> Manager<P> {
                     Some(code) => io::Error::from_raw_os_error(code),
                     None => copy,
                 };
-                if timed_out {
+                // The socket, a buffer or a local port could not be had: this process's
+                // failure. (Classified for the connect, where those are allocated.)
+                if let Blame::Local(cause) = blame(&io) {
+                    (Error::local_resource(endpoint, cause, io), copy)
+                } else if timed_out {
                     (Error::connect_timeout(endpoint, io), copy)
                 } else {
                     (Error::connect(endpoint, io), copy)

@@ -180,6 +180,16 @@ impl PoolShared {
         }
     }
 
+    /// Counts a connect or heartbeat that failed for want of a local resource. The breaker
+    /// hears nothing of it (see the breaker module's docs); a connect that was the half-open
+    /// probe hands the probe back itself.
+    pub(crate) fn local_resource_error(&self, err: &io::Error) {
+        self.stats.local_resource_errors.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics.local_resource_error();
+        tracing::debug!(endpoint = %self.endpoint, error = %err, "local resource exhausted: not counted against the endpoint");
+    }
+
     /// Feeds a connect, setup or heartbeat outcome to the breaker.
     pub(crate) fn report(&self, outcome: Outcome, err: Option<&io::Error>) {
         if let Some(e) = err {

@@ -1,13 +1,17 @@
 //! One heartbeat of an idle member, through the protocol, with its own deadline.
 //!
-//! Heartbeat outcomes feed the breaker: a success, a timeout (a hung or blackholed peer) or a
-//! wrong reply does; a heartbeat that finds the connection closed or reset by the peer does
-//! not, since one dead member is not a dead endpoint (as with evictions at checkout).
+//! What feeds the breaker (the reasoning is in the breaker module's docs): a success, a
+//! timeout (a hung or blackholed peer) and an I/O error on the path (`ETIMEDOUT`,
+//! `EHOSTUNREACH`, …) do. A wrong or garbled reply only evicts the member: the server
+//! answered, so it is up; the member's session or the configuration is wrong. A heartbeat
+//! that finds the connection closed or reset by the peer only evicts it, since one dead
+//! member is not a dead endpoint (as with evictions at checkout). A local resource failure
+//! (`ENOBUFS`, `ENOMEM`) evicts the member and is counted, not fed.
 
 use std::io;
 use std::sync::Arc;
 
-use crate::breaker::Outcome;
+use crate::breaker::{Blame, Outcome, blame};
 use crate::member::Shared;
 use crate::protocol::{HeartbeatError, Protocol};
 use crate::stats::EvictReason;
@@ -40,14 +44,21 @@ pub(super) async fn beat<P: Protocol>(sh: Arc<Shared<P>>, protocol: Arc<P>) {
             tracing::debug!(conn.id = sh.id, error = %e, "peer closed the connection during a heartbeat");
             Some(EvictReason::HeartbeatFailed)
         }
+        // The server answered, wrongly: evidence against this member (or the configuration),
+        // not against new connections, which go through setup. Evict only.
+        Ok(Err(e)) if e.is_bad_reply() => {
+            tracing::debug!(conn.id = sh.id, error = %e, "bad heartbeat reply");
+            Some(EvictReason::HeartbeatBadReply)
+        }
         Ok(Err(e)) => {
             tracing::debug!(conn.id = sh.id, error = %e, "heartbeat failed");
-            shared.report(Outcome::Failure, Some(&io::Error::other(e.to_string())));
-            Some(if e.is_bad_reply() {
-                EvictReason::HeartbeatBadReply
-            } else {
-                EvictReason::HeartbeatFailed
-            })
+            match heartbeat_io(&e) {
+                // Never fed, not even as "no verdict": in half-open the machine would take it
+                // for the probe's (see the breaker module's docs).
+                Some(io) if matches!(blame(io), Blame::Local(_)) => shared.local_resource_error(io),
+                _ => shared.report(Outcome::Failure, Some(&io::Error::other(e.to_string()))),
+            }
+            Some(EvictReason::HeartbeatFailed)
         }
         Err(_) => {
             let io = io::Error::new(
@@ -65,17 +76,20 @@ pub(super) async fn beat<P: Protocol>(sh: Arc<Shared<P>>, protocol: Arc<P>) {
     sh.end_busy(failure);
 }
 
+/// The `io::Error` a heartbeat failed with, if it failed with one.
+fn heartbeat_io(e: &HeartbeatError) -> Option<&io::Error> {
+    std::error::Error::source(e).and_then(|s| s.downcast_ref::<io::Error>())
+}
+
 /// True when a heartbeat failed because this connection died (closed or reset by the peer),
 /// which says nothing about the endpoint's health.
 fn member_died(e: &HeartbeatError) -> bool {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
     e.is_closed()
-        || std::error::Error::source(e)
-            .and_then(|s| s.downcast_ref::<io::Error>())
-            .is_some_and(|io| {
-                matches!(
-                    io.kind(),
-                    ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
-                )
-            })
+        || heartbeat_io(e).is_some_and(|io| {
+            matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            )
+        })
 }

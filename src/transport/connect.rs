@@ -251,8 +251,39 @@ impl ConnectError {
                         ..
                     },
             } if tried.len() == 1 => e,
+            // Keep a local resource failure's OS error reachable (as the source) for the
+            // breaker's classification, under the full message.
+            ConnectError {
+                failure: Failure::Resolve(e),
+                ..
+            }
+            | ConnectError {
+                failure: Failure::Attempts { last: Some(e), .. },
+                ..
+            } if matches!(crate::breaker::blame(&e), crate::breaker::Blame::Local(_)) => {
+                io::Error::new(kind, Caused { message, source: e })
+            }
             _ => io::Error::new(kind, message),
         }
+    }
+}
+
+/// A message with the `io::Error` it is about as its source.
+#[derive(Debug)]
+struct Caused {
+    message: String,
+    source: io::Error,
+}
+
+impl fmt::Display for Caused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Caused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
     }
 }
 
