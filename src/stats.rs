@@ -58,15 +58,19 @@ pub enum EvictReason {
     /// The server announced that it is closing the connection (Postgres `FATAL 57P01` from
     /// `pg_terminate_backend` or a fast shutdown, a MySQL shutdown error).
     Terminated,
+    /// The tokio runtime whose I/O driver the connection's socket is registered with has shut
+    /// down (for example a pool in a `static` used from a later `#[tokio::test]`): every read
+    /// or write on it would fail with tokio's "being shutdown" error.
+    DriverGone,
 }
 
 impl EvictReason {
     /// Every reason, in the order of their counters.
     ///
     /// ```
-    /// assert_eq!(livepool::EvictReason::ALL.len(), 17);
+    /// assert_eq!(livepool::EvictReason::ALL.len(), 18);
     /// ```
-    pub const ALL: [EvictReason; 17] = [
+    pub const ALL: [EvictReason; 18] = [
         EvictReason::PeerClosed,
         EvictReason::Reset,
         EvictReason::SocketError,
@@ -84,6 +88,7 @@ impl EvictReason {
         EvictReason::PoolClosed,
         EvictReason::NotClean,
         EvictReason::Terminated,
+        EvictReason::DriverGone,
     ];
 
     /// A stable snake_case name, used in tracing events and metric labels.
@@ -110,6 +115,7 @@ impl EvictReason {
             EvictReason::PoolClosed => "pool_closed",
             EvictReason::NotClean => "not_clean",
             EvictReason::Terminated => "terminated",
+            EvictReason::DriverGone => "driver_gone",
         }
     }
 
@@ -323,6 +329,7 @@ pub(crate) struct Stats {
     pub(crate) heartbeats: AtomicU64,
     pub(crate) idle_reads_kept: AtomicU64,
     pub(crate) local_resource_errors: AtomicU64,
+    pub(crate) reaper_restarts: AtomicU64,
     evicted: [AtomicU64; EvictReason::ALL.len()],
     latency: [AtomicU64; BUCKETS],
     events: broadcast::Sender<EvictionEvent>,
@@ -340,6 +347,7 @@ impl Stats {
             heartbeats: AtomicU64::new(0),
             idle_reads_kept: AtomicU64::new(0),
             local_resource_errors: AtomicU64::new(0),
+            reaper_restarts: AtomicU64::new(0),
             evicted: std::array::from_fn(|_| AtomicU64::new(0)),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             events: broadcast::channel(1024).0,
@@ -390,6 +398,7 @@ impl Stats {
             heartbeats: self.heartbeats.load(Relaxed),
             idle_reads_kept: self.idle_reads_kept.load(Relaxed),
             local_resource_errors: self.local_resource_errors.load(Relaxed),
+            reaper_restarts: self.reaper_restarts.load(Relaxed),
             breaker_state: crate::BreakerState::Closed,
             breaker_transitions: 0,
             evicted: std::array::from_fn(|i| self.evicted[i].load(Relaxed)),
@@ -443,6 +452,9 @@ pub struct Statistics {
     /// # }
     /// ```
     pub local_resource_errors: u64,
+    /// Times `get()` found the pool's background task gone (the tokio runtime it ran on shut
+    /// down) and restarted it on the caller's runtime; see [`Pool`](crate::Pool).
+    pub reaper_restarts: u64,
     /// The circuit breaker's state when the snapshot was taken.
     pub breaker_state: crate::BreakerState,
     /// Breaker transitions so far.

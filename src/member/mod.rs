@@ -202,7 +202,8 @@ impl<P: Protocol> Shared<P> {
     }
 
     /// The checks of an idle member at checkout, cheapest first (after the state word):
-    /// lifetime, idle timeout, then one peek syscall.
+    /// lifetime, idle timeout, whether its socket's I/O driver is still running (one atomic
+    /// load in the common case), then one peek syscall (which cannot see a dead driver).
     pub(crate) fn check_idle(&self, now: Instant) -> Health {
         if self.deadline.is_some_and(|d| now >= d) {
             return Health::Dead(EvictReason::MaxLifetime);
@@ -213,6 +214,9 @@ impl<P: Protocol> Shared<P> {
             && self.pool.members() > self.pool.min_idle()
         {
             return Health::Dead(EvictReason::IdleTimeout);
+        }
+        if self.sock.driver_gone() {
+            return Health::Dead(EvictReason::DriverGone);
         }
         probe::check(&self.sock)
     }
@@ -247,6 +251,10 @@ impl<P: Protocol> MemberOps for Shared<P> {
 
     fn id(&self) -> u64 {
         self.id
+    }
+
+    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
     }
 }
 

@@ -7,6 +7,7 @@ use std::io;
 use std::sync::Arc;
 
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -25,8 +26,10 @@ use crate::transport::{self, Stream};
 pub(crate) struct Manager<P: Protocol> {
     pub(crate) shared: Arc<PoolShared>,
     pub(crate) protocol: Arc<P>,
-    /// New members go to the reaper's idle watch (none when the watch is off).
-    pub(crate) watch_tx: Option<mpsc::UnboundedSender<Arc<Shared<P>>>>,
+    /// New members go to the reaper's idle watch (none when the watch is off). Replaced when
+    /// the reaper is restarted; held while a new member is registered and sent, so that a
+    /// restart's hand-over of the live members sees each member exactly once.
+    pub(crate) watch_tx: Mutex<Option<mpsc::UnboundedSender<Arc<Shared<P>>>>>,
 }
 
 impl<P: Protocol> std::fmt::Debug for Manager<P> {
@@ -85,11 +88,14 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
                 let id = shared.next_id();
                 let member = Arc::new(Shared::new(sock, id, shared.clone(), self.protocol.clone()));
                 let ops: Arc<dyn MemberOps> = member.clone();
+                let watch = self.watch_tx.lock();
                 shared.member_created(Arc::downgrade(&ops), id);
-                if let Some(tx) = &self.watch_tx {
-                    // The reaper is gone only when the pool is: then nobody needs the watch.
+                if let Some(tx) = &*watch {
+                    // A reaper that is gone is restarted by the next `get()`, and the new one
+                    // is handed every live member: a failed send loses nothing.
                     let _ = tx.send(member.clone());
                 }
+                drop(watch);
                 tracing::debug!(conn.id = id, endpoint = %shared.endpoint, "connected");
                 Ok(Member {
                     shared: member,

@@ -22,14 +22,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::breaker::BreakerState;
-use crate::member::Conn;
+use crate::member::{Conn, Shared};
 use crate::protocol::{Protocol, Raw};
+use crate::reaper::Reaper;
 use crate::stats::{BreakerEvents, Events, Statistics};
 use builder::{Builder, IntoAddr};
 use config::{Config, check_sizes};
 use error::{BuildError, Error, TimeoutPhase};
 use manager::Manager;
-use shared::PoolShared;
+use shared::{PoolShared, ReaperRunning};
 
 pub(crate) struct PoolInner<P: Protocol> {
     pub(crate) dp: deadpool::managed::Pool<Manager<P>, Conn<P>>,
@@ -62,6 +63,65 @@ impl<P: Protocol> PoolInner<P> {
         // Dropping the sender ends the reaper.
         self.shutdown.lock().take();
     }
+
+    /// Spawns the reaper on `runtime` with a new idle-watch channel, handing the new reaper
+    /// every live member to watch (none on the first start). `shutdown` is the locked slot
+    /// of the reaper's stop signal.
+    fn start_reaper(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        shutdown: &mut Option<oneshot::Sender<()>>,
+    ) {
+        let manager = self.dp.manager();
+        let (watch_tx, watch_rx) = mpsc::unbounded_channel();
+        if self.shared.config.idle_watch {
+            // Locked while the live members are collected: a member created meanwhile is
+            // either among them or sent to the new channel after it, never both or neither.
+            let mut slot = manager.watch_tx.lock();
+            for member in self.shared.live_members() {
+                if let Ok(member) = member.as_any().downcast::<Shared<P>>() {
+                    let _ = watch_tx.send(member);
+                }
+            }
+            *slot = Some(watch_tx);
+        }
+        // Without the idle watch the sender is dropped here and that branch of the reaper
+        // stays off.
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        *shutdown = Some(shutdown_tx);
+        let reaper = Reaper::new(
+            self.dp.weak(),
+            self.shared.clone(),
+            manager.protocol.clone(),
+        );
+        let running = ReaperRunning::new(self.shared.clone());
+        runtime.spawn(async move {
+            // Dropped with the task however it ends, even unpolled.
+            let _running = running;
+            reaper.run(watch_rx, shutdown_rx).await;
+        });
+    }
+
+    /// The reaper's task is gone while the pool is open: its runtime shut down (or it
+    /// panicked). Starts a new one on the caller's runtime.
+    #[cold]
+    fn restart_reaper(&self) {
+        let mut shutdown = self.shutdown.lock();
+        // Another caller restarted it first, or the pool was closed.
+        if self.shared.reaper_running() || self.dp.is_closed() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        tracing::warn!(
+            endpoint = %self.shared.endpoint,
+            "the pool's background task is gone (the tokio runtime it ran on shut down): \
+             restarting it on the caller's runtime"
+        );
+        self.shared.stats.reaper_restarts.fetch_add(1, Relaxed);
+        self.start_reaper(&runtime, &mut shutdown);
+    }
 }
 
 impl<P: Protocol> Drop for PoolInner<P> {
@@ -76,6 +136,27 @@ impl<P: Protocol> Drop for PoolInner<P> {
 ///
 /// `P` is the client protocol (setup, heartbeat, clean-return check, idle bytes); the default
 /// [`Raw`] hands out raw byte streams. See [`Builder::protocol`].
+///
+/// # Runtimes that go away
+/// A pool may outlive the tokio runtime it was built in: a pool in a `static` shared by
+/// `#[tokio::test]`s, each with its own runtime, is the usual case. Two things die with that
+/// runtime, and `get()` (from any later runtime) deals with both:
+/// - **Connections registered with its I/O driver.** Their sockets are open, but every read
+///   or write would fail with tokio's "A Tokio 1.x context was found, but it is being
+///   shutdown". They are never handed out: the checkout finds them (one atomic load), evicts
+///   them as [`EvictReason::DriverGone`](crate::EvictReason::DriverGone) and opens a new one
+///   on the caller's runtime.
+/// - **The background task** (idle watch, heartbeats, idle timeout, refill to `min_idle`),
+///   spawned on the runtime that called `build()`. The next `get()` notices (one atomic load)
+///   and restarts it on the caller's runtime, with a `warn` trace and
+///   [`Statistics::reaper_restarts`] counted; the new task watches every live member again.
+///   Restarting, rather than failing every `get()`, is what such a pool's users want: the
+///   pool keeps working across runtimes, at worst with the background work paused between
+///   the old runtime's end and the next `get()`.
+///
+/// A restarted task lives on the caller's runtime and dies with it in turn; the next `get()`
+/// restarts it again. Connections opened on a runtime that is still running keep working
+/// from any other one.
 ///
 /// ```no_run
 /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -147,15 +228,14 @@ impl<P: Protocol> Pool<P> {
         protocol: P,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Pool<P>, BuildError> {
-        let (watch_tx, watch_rx) = mpsc::unbounded_channel();
-        let watch = config.idle_watch;
         let shared = Arc::new(PoolShared::new(config));
         let protocol = Arc::new(protocol);
         let cfg = &shared.config;
         let dp = deadpool::managed::Pool::builder(Manager {
             shared: shared.clone(),
-            protocol: protocol.clone(),
-            watch_tx: watch.then_some(watch_tx),
+            protocol,
+            // Set by `start_reaper`.
+            watch_tx: Mutex::new(None),
         })
         .max_size(cfg.max_size)
         .wait_timeout(cfg.wait_timeout)
@@ -165,7 +245,6 @@ impl<P: Protocol> Pool<P> {
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|e| BuildError::new("max_size", e.to_string()))?;
-        let (shutdown_tx, shutdown_rx) = oneshot::channel();
         let no_wait = Timeouts {
             wait: Some(Duration::ZERO),
             ..dp.timeouts()
@@ -174,11 +253,10 @@ impl<P: Protocol> Pool<P> {
             no_wait,
             no_wait_is_config: shared.config.wait_timeout == Some(Duration::ZERO),
             dp,
-            shared: shared.clone(),
-            shutdown: Mutex::new(Some(shutdown_tx)),
+            shared,
+            shutdown: Mutex::new(None),
         });
-        let reaper = crate::reaper::Reaper::new(inner.dp.weak(), shared, protocol);
-        runtime.spawn(reaper.run(watch_rx, shutdown_rx));
+        inner.start_reaper(runtime, &mut inner.shutdown.lock());
         Ok(Pool { inner })
     }
 
@@ -213,6 +291,10 @@ impl<P: Protocol> Pool<P> {
         let at = Location::caller();
         async move {
             let shared = &self.inner.shared;
+            // One atomic load: the reaper died with its runtime (see the type's docs).
+            if !shared.reaper_running() {
+                self.inner.restart_reaper();
+            }
             #[cfg(feature = "metrics")]
             let start = Instant::now();
             #[cfg(feature = "metrics")]

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -28,6 +28,8 @@ pub(crate) trait MemberOps: Send + Sync {
     /// Shuts the socket down so that its holder's I/O fails.
     fn force_close(&self);
     fn id(&self) -> u64;
+    /// The member itself, for the typed parts of the pool (a restarted reaper's idle watch).
+    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
 /// State shared by the pool handle, the manager, every member and the reaper.
@@ -41,6 +43,9 @@ pub(crate) struct PoolShared {
     next_id: AtomicU64,
     purge: AtomicBool,
     refill_now: AtomicBool,
+    /// True from the reaper's spawn until its task is gone: finished, panicked, or dropped
+    /// unfinished with its runtime (see [`ReaperRunning`]).
+    reaper_running: AtomicBool,
     /// Wakes the reaper: a purge is due, or the pool fell below `min_idle`.
     pub(crate) wake: Notify,
     /// Wakes `drain()` whenever a member goes.
@@ -70,6 +75,7 @@ impl PoolShared {
             next_id: AtomicU64::new(1),
             purge: AtomicBool::new(false),
             refill_now: AtomicBool::new(false),
+            reaper_running: AtomicBool::new(false),
             wake: Notify::new(),
             gone: Notify::new(),
             min_idle: AtomicUsize::new(config.min_idle),
@@ -157,6 +163,11 @@ impl PoolShared {
 
     pub(crate) fn take_purge(&self) -> bool {
         self.purge.swap(false, Relaxed)
+    }
+
+    /// Whether the reaper's task still exists (one atomic load: `get()` asks every time).
+    pub(crate) fn reaper_running(&self) -> bool {
+        self.reaper_running.load(Ordering::Acquire)
     }
 
     pub(crate) fn take_refill_now(&self) -> bool {
@@ -249,5 +260,31 @@ impl fmt::Debug for PoolShared {
             .field("config", &self.config)
             .field("members", &self.members())
             .finish_non_exhaustive()
+    }
+}
+
+/// Held by the reaper's task (moved into its future before the spawn): the pool's flag says
+/// the reaper runs from its creation until it is dropped. A task that finishes, panics, or is
+/// dropped unfinished because its runtime shut down drops it, and so does a spawn onto a
+/// runtime that is already shutting down (the future is dropped unpolled).
+pub(crate) struct ReaperRunning(Arc<PoolShared>);
+
+impl ReaperRunning {
+    /// Sets the flag; the caller spawns the task holding the result.
+    pub(crate) fn new(shared: Arc<PoolShared>) -> Self {
+        shared.reaper_running.store(true, Ordering::Release);
+        ReaperRunning(shared)
+    }
+}
+
+impl Drop for ReaperRunning {
+    fn drop(&mut self) {
+        self.0.reaper_running.store(false, Ordering::Release);
+    }
+}
+
+impl fmt::Debug for ReaperRunning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReaperRunning")
     }
 }

@@ -34,6 +34,11 @@ pub(super) fn maintain<P: Protocol>(
         if !ticked {
             return true;
         }
+        // Its runtime is gone: no heartbeat or checkout could use it.
+        if sh.sock.driver_gone() {
+            sh.condemn(EvictReason::DriverGone, now);
+            return false;
+        }
         if sh.deadline.is_some_and(|d| now >= d) {
             sh.condemn(EvictReason::MaxLifetime, now);
             return false;

@@ -49,7 +49,9 @@ pub(super) async fn watch<P: Protocol>(sh: Arc<Shared<P>>) {
                         let res = sh.sock.try_io(Interest::READABLE, || probe::peek(&sh.sock));
                         probe::classify(&res)
                     }
-                    Err(_) => Health::Dead(EvictReason::SocketError),
+                    // tokio fails readiness waits only once the socket's I/O driver has
+                    // shut down (its runtime was dropped).
+                    Err(_) => Health::Dead(EvictReason::DriverGone),
                 };
                 match health {
                     Health::Alive => reads_in_a_row = 0,

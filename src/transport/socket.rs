@@ -6,11 +6,12 @@
 //! tracked I/O, or TLS through [`SockIo`]) uses it, and every other observer (the idle
 //! watch, `Conn::closed`) uses `readable()`/`ready()`, which keep a list of waiters.
 
+use std::future::Future;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf, Ready};
@@ -43,6 +44,22 @@ impl Socket {
 
     pub(crate) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         each!(self, s => s.poll_write_ready(cx))
+    }
+
+    /// True when the tokio I/O driver this socket is registered with has shut down (its
+    /// runtime was dropped): every readiness wait on it fails from then on with tokio's
+    /// "being shutdown" error, while `try_read`/`try_write` and a peek still look fine.
+    ///
+    /// One poll of the write readiness with a no-op waker: an idle socket is almost always
+    /// write-ready, and then this is one atomic load (tokio reports the shutdown before
+    /// anything else). Otherwise it parks the no-op waker in the writer slot, which only the
+    /// connection's owner uses, and nobody owns an idle member but the caller. Unconstrained,
+    /// so that an exhausted coop budget cannot answer `Pending` for a dead driver.
+    pub(crate) fn driver_gone(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let ready = std::future::poll_fn(|cx| self.poll_write_ready(cx));
+        let ready = std::pin::pin!(tokio::task::unconstrained(ready));
+        matches!(ready.poll(&mut cx), Poll::Ready(Err(_)))
     }
 
     pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
