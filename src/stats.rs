@@ -179,7 +179,8 @@ impl EvictionEvent {
 /// A subscription to eviction events; see [`Pool::events`](crate::Pool::events).
 ///
 /// Events are buffered (1,024); a subscriber that falls behind gets
-/// [`EventsError::Lagged`] with the number it missed, then continues.
+/// [`EventsError::Lagged`] with the number it missed, then continues. Same methods and errors
+/// as [`BreakerEvents`].
 ///
 /// ```no_run
 /// # async fn demo(pool: livepool::Pool) {
@@ -189,10 +190,10 @@ impl EvictionEvent {
 /// ```
 #[derive(Debug)]
 pub struct Events {
-    rx: broadcast::Receiver<EvictionEvent>,
+    inner: Subscription<EvictionEvent>,
 }
 
-/// Why [`Events::recv`] returned no event.
+/// Why [`Events`] or [`BreakerEvents`] returned no event.
 ///
 /// ```
 /// let e = livepool::EventsError::Lagged(3);
@@ -218,11 +219,42 @@ impl fmt::Display for EventsError {
 
 impl std::error::Error for EventsError {}
 
+/// The one implementation behind [`Events`] and [`BreakerEvents`]: a broadcast receiver with
+/// its errors mapped to [`EventsError`].
+#[derive(Debug)]
+struct Subscription<T> {
+    rx: broadcast::Receiver<T>,
+}
+
+impl<T: Clone> Subscription<T> {
+    fn new(tx: &broadcast::Sender<T>) -> Self {
+        Subscription { rx: tx.subscribe() }
+    }
+
+    async fn recv(&mut self) -> Result<T, EventsError> {
+        self.rx.recv().await.map_err(|e| match e {
+            broadcast::error::RecvError::Closed => EventsError::Closed,
+            broadcast::error::RecvError::Lagged(n) => EventsError::Lagged(n),
+        })
+    }
+
+    fn try_recv(&mut self) -> Result<Option<T>, EventsError> {
+        match self.rx.try_recv() {
+            Ok(ev) => Ok(Some(ev)),
+            Err(broadcast::error::TryRecvError::Empty) => Ok(None),
+            Err(broadcast::error::TryRecvError::Closed) => Err(EventsError::Closed),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Err(EventsError::Lagged(n)),
+        }
+    }
+}
+
 impl Events {
     /// Waits for the next eviction event.
     ///
     /// # Errors
-    /// [`EventsError::Closed`] when the pool is gone, [`EventsError::Lagged`] when events were missed.
+    /// [`EventsError::Closed`] when the pool is gone and every event was delivered,
+    /// [`EventsError::Lagged`] when events were missed (the next call goes on with the oldest
+    /// one still buffered).
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped `recv` loses no event.
@@ -233,13 +265,10 @@ impl Events {
     /// # }
     /// ```
     pub async fn recv(&mut self) -> Result<EvictionEvent, EventsError> {
-        self.rx.recv().await.map_err(|e| match e {
-            broadcast::error::RecvError::Closed => EventsError::Closed,
-            broadcast::error::RecvError::Lagged(n) => EventsError::Lagged(n),
-        })
+        self.inner.recv().await
     }
 
-    /// Returns the next event if one is buffered, without waiting.
+    /// Returns the next eviction event if one is buffered, without waiting.
     ///
     /// # Errors
     /// As [`Events::recv`]; `Ok(None)` when nothing is buffered.
@@ -250,12 +279,7 @@ impl Events {
     /// # }
     /// ```
     pub fn try_recv(&mut self) -> Result<Option<EvictionEvent>, EventsError> {
-        match self.rx.try_recv() {
-            Ok(ev) => Ok(Some(ev)),
-            Err(broadcast::error::TryRecvError::Empty) => Ok(None),
-            Err(broadcast::error::TryRecvError::Closed) => Err(EventsError::Closed),
-            Err(broadcast::error::TryRecvError::Lagged(n)) => Err(EventsError::Lagged(n)),
-        }
+        self.inner.try_recv()
     }
 }
 
@@ -282,25 +306,31 @@ pub struct BreakerEvent {
 
 /// A subscription to breaker transitions; see [`Pool::breaker_events`](crate::Pool::breaker_events).
 ///
+/// Transitions are buffered (64); a subscriber that falls behind gets
+/// [`EventsError::Lagged`] with the number it missed, then continues. Same methods and errors
+/// as [`Events`].
+///
 /// ```no_run
 /// # async fn demo(pool: livepool::Pool) {
 /// let mut events = pool.breaker_events();
-/// let first = events.recv().await;
+/// let ev = events.recv().await.unwrap();
 /// # }
 /// ```
 #[derive(Debug)]
 pub struct BreakerEvents {
-    rx: broadcast::Receiver<BreakerEvent>,
+    inner: Subscription<BreakerEvent>,
 }
 
 impl BreakerEvents {
-    /// Waits for the next transition.
+    /// Waits for the next breaker transition.
     ///
     /// # Errors
-    /// [`EventsError::Closed`] when the pool is gone, [`EventsError::Lagged`] when events were missed.
+    /// [`EventsError::Closed`] when the pool is gone and every transition was delivered,
+    /// [`EventsError::Lagged`] when transitions were missed (the next call goes on with the
+    /// oldest one still buffered).
     ///
     /// # Cancel safety
-    /// Cancel safe.
+    /// Cancel safe: a dropped `recv` loses no transition.
     ///
     /// ```no_run
     /// # async fn demo(mut events: livepool::BreakerEvents) {
@@ -308,10 +338,21 @@ impl BreakerEvents {
     /// # }
     /// ```
     pub async fn recv(&mut self) -> Result<BreakerEvent, EventsError> {
-        self.rx.recv().await.map_err(|e| match e {
-            broadcast::error::RecvError::Closed => EventsError::Closed,
-            broadcast::error::RecvError::Lagged(n) => EventsError::Lagged(n),
-        })
+        self.inner.recv().await
+    }
+
+    /// Returns the next breaker transition if one is buffered, without waiting.
+    ///
+    /// # Errors
+    /// As [`BreakerEvents::recv`]; `Ok(None)` when nothing is buffered.
+    ///
+    /// ```no_run
+    /// # fn demo(mut events: livepool::BreakerEvents) {
+    /// while let Ok(Some(ev)) = events.try_recv() { println!("{:?}", ev.transition.to); }
+    /// # }
+    /// ```
+    pub fn try_recv(&mut self) -> Result<Option<BreakerEvent>, EventsError> {
+        self.inner.try_recv()
     }
 }
 
@@ -357,13 +398,13 @@ impl Stats {
 
     pub(crate) fn subscribe(&self) -> Events {
         Events {
-            rx: self.events.subscribe(),
+            inner: Subscription::new(&self.events),
         }
     }
 
     pub(crate) fn subscribe_breaker(&self) -> BreakerEvents {
         BreakerEvents {
-            rx: self.breaker_events.subscribe(),
+            inner: Subscription::new(&self.breaker_events),
         }
     }
 
@@ -524,5 +565,71 @@ impl Statistics {
                 (bound, self.latency[i])
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BreakerState, Transition};
+
+    fn eviction(id: u64) -> EvictionEvent {
+        let now = Instant::now();
+        EvictionEvent {
+            reason: EvictReason::PeerClosed,
+            id,
+            local_addr: None,
+            peer_addr: None,
+            last_alive: now,
+            detected_at: now,
+            evicted_at: now,
+        }
+    }
+
+    fn opened() -> BreakerEvent {
+        BreakerEvent {
+            transition: Transition {
+                from: BreakerState::Closed,
+                to: BreakerState::Open,
+                open_for: Some(Duration::from_secs(1)),
+            },
+            at: Instant::now(),
+            last_error: None,
+        }
+    }
+
+    /// Both streams answer the same way: nothing buffered, an event, a lag (then the oldest
+    /// buffered one), and closed once the pool's side is gone and the buffer drained.
+    #[tokio::test]
+    async fn eviction_and_breaker_streams_have_one_shape() {
+        let stats = Stats::new();
+        let (mut ev, mut br) = (stats.subscribe(), stats.subscribe_breaker());
+        assert!(ev.try_recv().unwrap().is_none());
+        assert!(br.try_recv().unwrap().is_none());
+
+        stats.record_eviction(eviction(1));
+        stats.record_transition(opened());
+        assert_eq!(ev.try_recv().unwrap().unwrap().id, 1);
+        let t = br.try_recv().unwrap().unwrap();
+        assert_eq!(t.transition.to, BreakerState::Open);
+
+        for id in 0..1024 + 3 {
+            stats.record_eviction(eviction(id));
+        }
+        for _ in 0..64 + 2 {
+            stats.record_transition(opened());
+        }
+        assert_eq!(ev.try_recv().unwrap_err(), EventsError::Lagged(3));
+        assert_eq!(br.try_recv().unwrap_err(), EventsError::Lagged(2));
+        assert_eq!(ev.recv().await.unwrap().id, 3);
+        assert!(br.recv().await.is_ok());
+
+        drop(stats);
+        while let Ok(Some(_)) = ev.try_recv() {}
+        while let Ok(Some(_)) = br.try_recv() {}
+        assert_eq!(ev.try_recv().unwrap_err(), EventsError::Closed);
+        assert_eq!(br.try_recv().unwrap_err(), EventsError::Closed);
+        assert_eq!(ev.recv().await.unwrap_err(), EventsError::Closed);
+        assert_eq!(br.recv().await.unwrap_err(), EventsError::Closed);
     }
 }

@@ -387,7 +387,8 @@ impl<P: Protocol> Pool<P> {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let pool = livepool::Pool::builder("127.0.0.1:1").build().unwrap();
-    /// let events = pool.breaker_events();
+    /// let mut events = pool.breaker_events();
+    /// assert!(events.try_recv().unwrap().is_none());
     /// # }
     /// ```
     pub fn breaker_events(&self) -> BreakerEvents {
