@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -81,7 +82,14 @@ pub fn skip_without(available: bool, what: &str) -> bool {
     if std::env::var("LIVEPOOL_REQUIRE_ALL").is_ok_and(|v| v == "1") {
         panic!("LIVEPOOL_REQUIRE_ALL=1 but {what} is not available");
     }
-    eprintln!("SKIPPED: {what} is not available on this machine");
+    // libtest captures the output of `print!` and `eprint!` (and so `eprintln!`) of a passing
+    // test and shows nothing of it; a write to the stderr handle itself is not captured, so
+    // the skip shows in the normal output of `cargo test`. libtest names each test's thread
+    // after the test.
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("<unnamed test thread>");
+    let line = format!("SKIPPED: {test}: {what} is not available on this machine\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
     true
 }
 
