@@ -1,22 +1,47 @@
 //! Fault-matrix soak: random faults of every kind (FIN, RST, unsolicited bytes, a peer that
 //! stops answering, the server going away and coming back) at a steady request rate.
 //!
-//! Asserts: zero stale handouts (a connection the client's kernel already knew was dead,
-//! handed out by a later `get()`), zero cross-request leaks (each request carries a unique
+//! Asserts: zero stale handouts, zero cross-request leaks (each request carries a unique
 //! token the server echoes; reading another request's token is a leak), every `get()`
 //! answered within its deadline, no panic, and open file descriptors back to baseline.
+//!
+//! # The stale-handout oracle
+//!
+//! A stale handout is a `get()` that returns a connection whose client-side socket the kernel
+//! had already shown dead (the server's FIN or RST processed) or unusable (the server's
+//! unsolicited bytes received) before that `get()` began. Three exact records decide it:
+//! - **which connection**: the server numbers every connection it accepts (the numbers go on
+//!   across restarts); the soak's protocol asks for the number in its setup, so every
+//!   checked-out connection carries the server's own name for it;
+//! - **what the server did**: the server records each fault after the close or the write has
+//!   returned, with the number of bytes it had written on the connection by then;
+//! - **when the client's kernel showed it**: right after, the injector asks the kernel about
+//!   that one client socket over netlink (`support::diag`: an exact lookup by ports and by the
+//!   socket's cookie, taken at accept) until it is no longer ESTABLISHED, is gone (a reset
+//!   socket is unhashed), or has received every byte the server sent; then it records the
+//!   instant, under the lock the workers read it with.
+//!
+//! A worker's checkout is stale when its connection's instant is earlier than the moment its
+//! `get()` began: the pool's own checkout check came later, on a socket whose state was
+//! already there to see. Nothing in this is a guess about timing (no grace period), and no
+//! record can name the wrong socket (an accept number is never reused, a cookie neither).
+//! A checkout inside the window between the kernel learning of the fault and the injector's
+//! lookup is not counted; the lookup follows the server's record with no sleep in between,
+//! so the window is the injector's wake-up time. On a stale handout the worker also prints
+//! its own `peek_socket()` of the connection, as a second witness.
 //!
 //! Runs 20 s by default; `LIVEPOOL_SOAK_SECS` changes that.
 
 mod support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
-use livepool::{BreakerConfig, FrameHeartbeat, Pool};
+use livepool::{
+    BreakerConfig, FrameHeartbeat, Heartbeat, HeartbeatError, Io, Pool, Protocol, SetupError,
+};
 use parking_lot::Mutex;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,12 +49,8 @@ use tokio::time::Instant;
 
 const MS: Duration = Duration::from_millis(1);
 
-/// A fault the client's kernel is known to have seen, per (client address, connection).
-#[derive(Clone, Copy)]
-struct Known {
-    generation: usize,
-    at: Instant,
-}
+/// When the client's kernel showed the fault of each connection, by the server's id of it.
+type Known = Mutex<HashMap<u64, Instant>>;
 
 #[derive(Default)]
 struct Tally {
@@ -48,6 +69,53 @@ fn rng(seed: &mut u64) -> u64 {
     *seed
 }
 
+/// The fault server's frames with one setup step: ask the server for its id of the
+/// connection. Otherwise raw bytes with the frame heartbeat, as `Raw` with `FrameHeartbeat`.
+#[derive(Debug)]
+struct Soak {
+    heartbeat: FrameHeartbeat,
+}
+
+struct SoakConn {
+    io: Io,
+    /// The server's id of this connection.
+    server_id: u64,
+}
+
+impl Protocol for Soak {
+    type Conn = SoakConn;
+
+    fn io(conn: &SoakConn) -> &Io {
+        &conn.io
+    }
+
+    fn io_mut(conn: &mut SoakConn) -> &mut Io {
+        &mut conn.io
+    }
+
+    async fn setup(&self, mut io: Io) -> Result<SoakConn, SetupError> {
+        io.write_all(&[0x03, 0, 0, 0, 0, 0, 0, 0]).await?;
+        let mut reply = [0u8; 8];
+        io.read_exact(&mut reply).await?;
+        if reply[0] != 0x04 {
+            return Err(SetupError::protocol(format!("not an id frame: {reply:?}")));
+        }
+        reply[0] = 0;
+        Ok(SoakConn {
+            io,
+            server_id: u64::from_be_bytes(reply),
+        })
+    }
+
+    fn has_heartbeat(&self) -> bool {
+        true
+    }
+
+    async fn heartbeat(&self, conn: &mut SoakConn) -> Result<(), HeartbeatError> {
+        self.heartbeat.beat(&mut conn.io).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_matrix_soak() {
     let secs: u64 = std::env::var("LIVEPOOL_SOAK_SECS")
@@ -55,20 +123,23 @@ async fn fault_matrix_soak() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     let base_fds = open_fds();
-    let first = FaultServer::start().await;
+    let log = Arc::new(ConnLog::default());
+    let first = FaultServer::start_logged("127.0.0.1:0".parse().unwrap(), log.clone()).await;
     let addr = first.addr;
     let server: Arc<Mutex<Option<FaultServer>>> = Arc::new(Mutex::new(Some(first)));
-    let known: Arc<Mutex<HashMap<SocketAddr, Known>>> = Default::default();
+    let known: Arc<Known> = Default::default();
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let next_token = Arc::new(AtomicU64::new(1));
 
     let pool = Pool::builder(addr)
+        .protocol(Soak {
+            heartbeat: FrameHeartbeat::new(),
+        })
         .max_size(8)
         .min_idle(2)
         .connect_timeout(Some(200 * MS))
         .wait_timeout(Some(500 * MS))
-        .heartbeat(FrameHeartbeat::new())
         .heartbeat_interval(200 * MS)
         .heartbeat_timeout(80 * MS)
         .reap_interval(20 * MS)
@@ -85,9 +156,8 @@ async fn fault_matrix_soak() {
 
     let mut workers = Vec::new();
     for w in 0..8u64 {
-        let (pool, server, known, tally, stop, next_token) = (
+        let (pool, known, tally, stop, next_token) = (
             pool.clone(),
-            server.clone(),
             known.clone(),
             tally.clone(),
             stop.clone(),
@@ -106,24 +176,28 @@ async fn fault_matrix_soak() {
                     tokio::time::sleep(5 * MS).await;
                     continue;
                 };
-                // Stale: the kernel had reported this very connection dead before we asked.
-                let local = conn.local_addr().unwrap();
-                let generation = server.lock().as_ref().and_then(|s| s.generation(local));
-                if let Some(k) = known.lock().get(&local).copied()
-                    && Some(k.generation) == generation
-                    && k.at < started
+                // Stale: the client's kernel showed this connection's fault before we asked.
+                let id = conn.server_id;
+                let shown = known.lock().get(&id).copied();
+                if let Some(shown) = shown
+                    && shown < started
                 {
                     tally.stale.fetch_add(1, SeqCst);
                     eprintln!(
-                        "STALE: {local} (connection {}) handed out after its fault",
-                        k.generation
+                        "STALE: connection {id} ({:?}) handed out {:?} after its client kernel \
+                         showed the fault; our own peek of it now: {:?}",
+                        conn.io.local_addr(),
+                        started - shown,
+                        conn.io.peek_socket()
                     );
+                    conn.mark_broken();
+                    continue;
                 }
                 let t = next_token.fetch_add(1, SeqCst);
                 let res = tokio::time::timeout(50 * MS, async {
-                    conn.write_all(&token(t)).await?;
+                    conn.io.write_all(&token(t)).await?;
                     let mut buf = [0u8; 8];
-                    conn.read_exact(&mut buf).await?;
+                    conn.io.read_exact(&mut buf).await?;
                     Ok::<_, std::io::Error>(buf)
                 })
                 .await;
@@ -163,21 +237,16 @@ async fn fault_matrix_soak() {
         if Instant::now() >= next_restart {
             next_restart = Instant::now() + Duration::from_secs(3);
             let old = server.lock().take().expect("server present");
-            let clients: Vec<_> = old
-                .clients()
-                .into_iter()
-                .map(|c| (c, old.generation(c)))
-                .collect();
-            old.shutdown().await;
-            for (c, g) in clients {
-                note_when_known(&known, c, addr, g, 0).await;
+            for id in old.shutdown().await {
+                note_when_shown(&log, &known, id).await;
             }
             tally.restarts.fetch_add(1, SeqCst);
+            // The server stays away for a while: connects fail, the breaker opens.
             tokio::time::sleep(150 * MS).await;
-            *server.lock() = Some(FaultServer::start_on(addr).await);
+            *server.lock() = Some(FaultServer::start_logged(addr, log.clone()).await);
             continue;
         }
-        let (client, generation, kind) = {
+        let (id, kind) = {
             let guard = server.lock();
             let s = guard.as_ref().expect("server present");
             let clients = s.clients();
@@ -186,14 +255,14 @@ async fn fault_matrix_soak() {
             }
             let client = clients[(rng(&mut seed) % clients.len() as u64) as usize];
             let kind = (rng(&mut seed) % 4) as u8;
-            if !s.try_fault(client, kind) {
+            let Some(id) = s.try_fault(client, kind) else {
                 continue;
-            }
-            (client, s.generation(client), kind)
+            };
+            (id, kind)
         };
         tally.faults.fetch_add(1, SeqCst);
         if kind < 3 {
-            note_when_known(&known, client, addr, generation, kind).await;
+            note_when_shown(&log, &known, id).await;
         }
     }
     stop.store(true, SeqCst);
@@ -205,11 +274,12 @@ async fn fault_matrix_soak() {
 
     let s = pool.statistics();
     eprintln!(
-        "soak {secs} s: ok {} failed {} faults {} restarts {} stale {} leaks {}; evictions {:?}; breaker transitions {}",
+        "soak {secs} s: ok {} failed {} faults {} restarts {} shown to the client {} stale {} leaks {}; evictions {:?}; breaker transitions {}",
         tally.ok.load(SeqCst),
         tally.failed.load(SeqCst),
         tally.faults.load(SeqCst),
         tally.restarts.load(SeqCst),
+        known.lock().len(),
         tally.stale.load(SeqCst),
         tally.leaks.load(SeqCst),
         s.evictions(),
@@ -234,32 +304,35 @@ async fn fault_matrix_soak() {
     .await;
 }
 
-/// Waits until the client's kernel shows the fault on this connection, then records when.
-async fn note_when_known(
-    known: &Mutex<HashMap<SocketAddr, Known>>,
-    client: SocketAddr,
-    server: SocketAddr,
-    generation: Option<usize>,
-    kind: u8,
-) {
-    let Some(generation) = generation else { return };
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < deadline {
-        let seen = match (kind, kernel_socket(client, server)) {
-            (2, Some(s)) => s.rx_queue > 0,
-            (2, None) => true,
-            (_, s) => s.is_none_or(|s| s.state != ESTABLISHED),
-        };
-        if seen {
-            known.lock().insert(
-                client,
-                Known {
-                    generation,
-                    at: Instant::now(),
-                },
-            );
-            return;
+/// Waits until the server has applied its fault to connection `id` and the client's kernel
+/// shows it, then records when, under the lock the workers read it with (so a worker whose
+/// `get()` began after the recorded instant sees the record).
+async fn note_when_shown(log: &ConnLog, known: &Known, id: u64) {
+    // None: the client closed the connection before the server got to it.
+    let Some(applied) = log.wait_applied(id, 5).await else {
+        return;
+    };
+    let rec = log.get(id).expect("a record of every accepted connection");
+    // None: the client had closed it before the server accepted it; nothing to hand out.
+    let Some(cookie) = rec.cookie else { return };
+    let shown = || match diag::lookup(rec.client, rec.server, Some(cookie))
+        .unwrap_or_else(|e| panic!("sock_diag lookup of connection {id}: {e}"))
+    {
+        // Reset (a reset socket leaves the tables) or closed by the pool.
+        None => true,
+        Some(d) if d.state != ESTABLISHED => true,
+        Some(d) => {
+            applied.fault == Fault::Bytes && d.bytes_received.is_some_and(|n| n >= applied.sent)
         }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !shown() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client's kernel did not show {applied:?} on connection {id} within 5 s"
+        );
         tokio::time::sleep(MS).await;
     }
+    let mut known = known.lock();
+    known.insert(id, Instant::now());
 }

@@ -36,7 +36,7 @@ pub async fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// The kernel's view of one TCP socket, from /proc/net/tcp.
+/// The kernel's view of one TCP socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelSocket {
     /// TCP state number (1 ESTABLISHED, 8 CLOSE_WAIT, …).
@@ -48,22 +48,15 @@ pub struct KernelSocket {
 pub const ESTABLISHED: u8 = 1;
 pub const CLOSE_WAIT: u8 = 8;
 
-/// Looks up the socket with this local and remote port (IPv4 loopback) in /proc/net/tcp.
+/// The socket with this local and remote address, asked of the kernel for exactly that socket
+/// (see [`diag`]): `None` means there is none, never that a read of a changing table missed it.
 pub fn kernel_socket(local: SocketAddr, remote: SocketAddr) -> Option<KernelSocket> {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
-    for line in table.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 5 {
-            continue;
-        }
-        let port = |s: &str| u16::from_str_radix(s.rsplit(':').next()?, 16).ok();
-        if port(f[1]) == Some(local.port()) && port(f[2]) == Some(remote.port()) {
-            let state = u8::from_str_radix(f[3], 16).ok()?;
-            let rx_queue = u64::from_str_radix(f[4].split(':').nth(1)?, 16).ok()?;
-            return Some(KernelSocket { state, rx_queue });
-        }
-    }
-    None
+    diag::lookup(local, remote, None)
+        .unwrap_or_else(|e| panic!("sock_diag lookup of {local} -> {remote}: {e}"))
+        .map(|d| KernelSocket {
+            state: d.state,
+            rx_queue: d.rx_queue,
+        })
 }
 
 /// Open file descriptors of this process.
@@ -100,20 +93,169 @@ enum Cmd {
     Stall,
 }
 
+/// What a server did to a connection. A stall is not one: the client's kernel cannot see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Closed normally (FIN).
+    Fin,
+    /// Reset (SO_LINGER 0, then close).
+    Rst,
+    /// Wrote bytes nobody asked for.
+    Bytes,
+    /// Closed because the server went away (`shutdown` or drop).
+    Gone,
+}
+
+/// A fault the server applied, recorded once the close or the write had returned.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    pub fault: Fault,
+    /// When the close or the write returned.
+    pub at: tokio::time::Instant,
+    /// Bytes the server had written on the connection by then, the faulting ones included.
+    pub sent: u64,
+}
+
+/// One connection a server accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnRecord {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The server's address.
+    pub server: SocketAddr,
+    /// The client socket's cookie (see [`diag`]), looked up at accept: the server held the
+    /// connection then, so no other client socket could have those ports, and the cookie
+    /// names this one and none that reuses the ports later. `None` when the client had
+    /// already closed it.
+    pub cookie: Option<u64>,
+    /// The first fault the server applied to it.
+    pub fault: Option<Applied>,
+    /// The server still holds the connection.
+    pub open: bool,
+}
+
+/// Every connection a server accepted, by the id it gave it. Shared across restarts (see
+/// [`FaultServer::start_logged`]) an id names one connection for the whole test, where a
+/// client address does not (ephemeral ports are reused).
+#[derive(Debug, Default)]
+pub struct ConnLog {
+    next_id: AtomicU64,
+    conns: Mutex<HashMap<u64, ConnRecord>>,
+    changed: tokio::sync::Notify,
+}
+
+impl ConnLog {
+    /// The record of connection `id`.
+    pub fn get(&self, id: u64) -> Option<ConnRecord> {
+        self.conns.lock().get(&id).copied()
+    }
+
+    fn accept(&self, client: SocketAddr, server: SocketAddr) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst) + 1;
+        let cookie = diag::lookup(client, server, None)
+            .ok()
+            .flatten()
+            .map(|d| d.cookie);
+        self.conns.lock().insert(
+            id,
+            ConnRecord {
+                client,
+                server,
+                cookie,
+                fault: None,
+                open: true,
+            },
+        );
+        id
+    }
+
+    /// Records `fault` (unless an earlier one is recorded) and, with `closed`, that the server
+    /// no longer holds the connection.
+    fn record(&self, id: u64, fault: Option<Fault>, sent: u64, closed: bool) {
+        if let Some(r) = self.conns.lock().get_mut(&id) {
+            if let Some(fault) = fault
+                && r.fault.is_none()
+            {
+                r.fault = Some(Applied {
+                    fault,
+                    at: tokio::time::Instant::now(),
+                    sent,
+                });
+            }
+            if closed {
+                r.open = false;
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// The server went away after closing every connection it held: records [`Fault::Gone`]
+    /// on those it still held; returns every connection of `ids` the going away closed.
+    fn gone(&self, ids: &[u64]) -> Vec<u64> {
+        let now = tokio::time::Instant::now();
+        let mut conns = self.conns.lock();
+        let mut closed = Vec::new();
+        for id in ids {
+            let Some(r) = conns.get_mut(id) else { continue };
+            if r.open {
+                r.open = false;
+                r.fault.get_or_insert(Applied {
+                    fault: Fault::Gone,
+                    at: now,
+                    sent: 0,
+                });
+            }
+            if r.fault.is_some_and(|a| a.fault == Fault::Gone) {
+                closed.push(*id);
+            }
+        }
+        drop(conns);
+        self.changed.notify_waiters();
+        closed
+    }
+
+    /// Waits (at most `secs` seconds, then panics) until the server has applied a fault to
+    /// connection `id` or no longer holds it; the fault, if one was applied.
+    pub async fn wait_applied(&self, id: u64, secs: u64) -> Option<Applied> {
+        within(
+            secs,
+            &format!("server to apply its fault to connection {id}"),
+            async {
+                loop {
+                    let changed = self.changed.notified();
+                    tokio::pin!(changed);
+                    changed.as_mut().enable();
+                    let r = self.get(id).unwrap_or_else(|| panic!("no connection {id}"));
+                    if r.fault.is_some() || !r.open {
+                        return r.fault;
+                    }
+                    changed.await;
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// The connections a server holds: by client address, the command channel and the id.
+type Served = HashMap<SocketAddr, (mpsc::UnboundedSender<Cmd>, u64)>;
+
 /// A loopback server speaking 8-byte frames: a frame starting with 0x01 is a ping answered
-/// with a pong (0x02, same seq and timestamp); any other frame is echoed back after the
-/// server's current delay. Every connection can be faulted on command.
+/// with a pong (0x02, same seq and timestamp); one starting with 0x03 asks for the
+/// connection's id, answered with 0x04 and the id (7 bytes, big-endian); any other frame is
+/// echoed back after the server's current delay. Every connection can be faulted on command,
+/// and [`FaultServer::log`] records what was done to each.
 pub struct FaultServer {
     pub addr: SocketAddr,
-    conns: Arc<Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Cmd>>>>,
-    /// Accept sequence number of the latest connection from each client address (ephemeral
-    /// ports are reused, so the address alone does not name a connection).
-    gens: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    conns: Arc<Mutex<Served>>,
+    /// Every connection accepted, by id, with the faults applied to it.
+    pub log: Arc<ConnLog>,
     pub accepts: Arc<AtomicUsize>,
     pub pings: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
     pong: Arc<PongMode>,
     stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Vec<u64>>>,
 }
 
 /// How the server answers pings.
@@ -132,76 +274,86 @@ impl FaultServer {
 
     /// Starts on a given address (to come back on the same port after `shutdown`).
     pub async fn start_on(addr: SocketAddr) -> FaultServer {
+        FaultServer::start_logged(addr, Arc::default()).await
+    }
+
+    /// Starts on a given address, recording its connections in `log` (a server coming back
+    /// after `shutdown` goes on with the ids of the one before).
+    pub async fn start_logged(addr: SocketAddr, log: Arc<ConnLog>) -> FaultServer {
         let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().unwrap();
-        let conns: Arc<Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Cmd>>>> = Default::default();
+        let conns: Arc<Mutex<Served>> = Default::default();
         let accepts = Arc::new(AtomicUsize::new(0));
         let pings = Arc::new(AtomicUsize::new(0));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let pong = Arc::new(PongMode::default());
         let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
         let pm = pong.clone();
-        let gens: Arc<Mutex<HashMap<SocketAddr, usize>>> = Default::default();
-        let g = gens.clone();
-        let (c, a, p, d) = (
+        let (c, a, p, d, l) = (
             conns.clone(),
             accepts.clone(),
             pings.clone(),
             delay_ms.clone(),
+            log.clone(),
         );
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut tasks = tokio::task::JoinSet::new();
+            let mut accepted = Vec::new();
             loop {
                 tokio::select! {
                     _ = &mut stop_rx => break,
                     res = listener.accept() => {
                         let Ok((sock, peer)) = res else { continue };
                         sock.set_nodelay(true).unwrap();
-                        let n = a.fetch_add(1, Ordering::SeqCst) + 1;
-                        g.lock().insert(peer, n);
+                        a.fetch_add(1, Ordering::SeqCst);
+                        let id = l.accept(peer, addr);
+                        accepted.push(id);
                         let (tx, rx) = mpsc::unbounded_channel();
-                        c.lock().insert(peer, tx);
-                        tasks.spawn(serve(sock, rx, p.clone(), d.clone(), pm.clone()));
+                        c.lock().insert(peer, (tx, id));
+                        let conn = ServedConn { id, log: l.clone(), sent: 0 };
+                        tasks.spawn(serve(sock, conn, rx, p.clone(), d.clone(), pm.clone()));
                     }
                 }
             }
             // Going away: the listener and every connection close (tasks aborted → dropped).
+            drop(listener);
             c.lock().clear();
             tasks.shutdown().await;
+            l.gone(&accepted)
         });
         FaultServer {
             addr,
             conns,
-            gens,
+            log,
             accepts,
             pings,
             delay_ms,
             pong,
             stop: Some(stop_tx),
+            task: Some(task),
         }
     }
 
     fn send(&self, client: SocketAddr, cmd: Cmd) {
-        let tx = self.conns.lock().remove(&client);
-        let tx = tx.unwrap_or_else(|| panic!("server has no connection from {client}"));
+        let entry = self.conns.lock().remove(&client);
+        let (tx, id) = entry.unwrap_or_else(|| panic!("server has no connection from {client}"));
         let keep = matches!(cmd, Cmd::Write(_) | Cmd::Stall);
         tx.send(cmd).expect("server connection task alive");
         if keep {
-            self.conns.lock().insert(client, tx);
+            self.conns.lock().insert(client, (tx, id));
         }
     }
 
-    /// The accept number of the current connection from `client`.
-    pub fn generation(&self, client: SocketAddr) -> Option<usize> {
-        self.gens.lock().get(&client).copied()
+    /// The id of the connection the server holds from `client`.
+    pub fn id_of(&self, client: SocketAddr) -> Option<u64> {
+        self.conns.lock().get(&client).map(|(_, id)| *id)
     }
 
     /// Applies a fault if the server still holds a connection from `client`:
-    /// 0 FIN, 1 RST, 2 unsolicited bytes, 3 stall. False when there is none.
-    pub fn try_fault(&self, client: SocketAddr, kind: u8) -> bool {
-        let Some(tx) = self.conns.lock().remove(&client) else {
-            return false;
-        };
+    /// 0 FIN, 1 RST, 2 unsolicited bytes, 3 stall. The connection's id, or `None` when there
+    /// is none. The fault is applied by the connection's task: see [`ConnLog::wait_applied`].
+    pub fn try_fault(&self, client: SocketAddr, kind: u8) -> Option<u64> {
+        let (tx, id) = self.conns.lock().remove(&client)?;
         let cmd = match kind {
             0 => Cmd::Fin,
             1 => Cmd::Rst,
@@ -211,9 +363,9 @@ impl FaultServer {
         let keep = kind >= 2;
         let ok = tx.send(cmd).is_ok();
         if ok && keep {
-            self.conns.lock().insert(client, tx);
+            self.conns.lock().insert(client, (tx, id));
         }
-        ok
+        ok.then_some(id)
     }
 
     /// Closes the server side of `client`'s connection normally (FIN).
@@ -258,16 +410,22 @@ impl FaultServer {
         self.conns.lock().keys().copied().collect()
     }
 
-    /// Stops listening and closes every connection (the server process "goes away").
-    pub async fn shutdown(mut self) {
+    /// Stops listening and closes every connection (the server process "goes away"); returns
+    /// the ids of the connections that closed.
+    pub async fn shutdown(mut self) -> Vec<u64> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        let task = self.task.take().expect("server task");
+        let closed = within(5, "server to close its connections", task)
+            .await
+            .expect("server task panicked");
         // Wait until the port is really closed.
         wait_until(5, "server port closed", || {
             std::net::TcpStream::connect(self.addr).is_err()
         })
         .await;
+        closed
     }
 }
 
@@ -279,28 +437,60 @@ impl Drop for FaultServer {
     }
 }
 
+/// A served connection's id and what the server has written on it.
+struct ServedConn {
+    id: u64,
+    log: Arc<ConnLog>,
+    sent: u64,
+}
+
 async fn serve(
     mut sock: TcpStream,
-    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    mut conn: ServedConn,
+    cmds: mpsc::UnboundedReceiver<Cmd>,
     pings: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
     pong: Arc<PongMode>,
 ) {
+    let fault = serve_frames(&mut sock, &mut conn, cmds, pings, delay_ms, pong).await;
+    if fault == Some(Fault::Rst) {
+        socket2::SockRef::from(&sock)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    }
+    // Closed (FIN, or RST with linger 0) before the fault is recorded.
+    drop(sock);
+    conn.log.record(conn.id, fault, conn.sent, true);
+}
+
+/// Serves frames until a command closes the connection (its fault) or the client does (`None`).
+async fn serve_frames(
+    sock: &mut TcpStream,
+    conn: &mut ServedConn,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    pings: Arc<AtomicUsize>,
+    delay_ms: Arc<AtomicU64>,
+    pong: Arc<PongMode>,
+) -> Option<Fault> {
     let mut frame = [0u8; 8];
     let mut stalled = false;
     loop {
         tokio::select! {
             cmd = cmds.recv() => match cmd {
-                None | Some(Cmd::Fin) => return,
-                Some(Cmd::Rst) => {
-                    socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO)).unwrap();
-                    return;
+                None => return Some(Fault::Gone),
+                Some(Cmd::Fin) => return Some(Fault::Fin),
+                Some(Cmd::Rst) => return Some(Fault::Rst),
+                Some(Cmd::Write(b)) => {
+                    // A failed write: the client is gone (a stalled connection would not
+                    // notice otherwise: it reads nothing).
+                    if sock.write_all(&b).await.is_err() { return None; }
+                    conn.sent += b.len() as u64;
+                    conn.log.record(conn.id, Some(Fault::Bytes), conn.sent, false);
                 }
-                Some(Cmd::Write(b)) => { let _ = sock.write_all(&b).await; }
                 Some(Cmd::Stall) => stalled = true,
             },
             res = sock.read_exact(&mut frame), if !stalled => {
-                if res.is_err() { return; }
+                if res.is_err() { return None; }
                 if frame[0] == 0x01 {
                     pings.fetch_add(1, Ordering::SeqCst);
                     frame[0] = 0x02;
@@ -311,11 +501,15 @@ async fn serve(
                     }
                     let d = pong.delay_ms.load(Ordering::SeqCst);
                     if d > 0 { tokio::time::sleep(Duration::from_millis(d)).await; }
+                } else if frame[0] == 0x03 {
+                    frame = conn.id.to_be_bytes();
+                    frame[0] = 0x04;
                 } else {
                     let d = delay_ms.load(Ordering::SeqCst);
                     if d > 0 { tokio::time::sleep(Duration::from_millis(d)).await; }
                 }
-                if sock.write_all(&frame).await.is_err() { return; }
+                if sock.write_all(&frame).await.is_err() { return None; }
+                conn.sent += frame.len() as u64;
             }
         }
     }
@@ -335,6 +529,7 @@ pub async fn exchange(conn: &mut livepool::Conn, n: u64) -> std::io::Result<[u8;
     conn.read_exact(&mut buf).await?;
     Ok(buf)
 }
+pub mod diag;
 pub mod netns;
 
 /// Checks out one connection, does exchange `n` on it (asserting the echo), returns it to the
