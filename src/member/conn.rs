@@ -72,14 +72,14 @@ impl<P: Protocol> Conn<P> {
     fn inner(&self) -> &P::Conn {
         self.obj
             .as_ref()
-            .and_then(|o| o.conn.as_ref())
+            .and_then(|o| o.conn.as_deref())
             .expect("Conn used after drop")
     }
 
     fn inner_mut(&mut self) -> &mut P::Conn {
         self.obj
             .as_mut()
-            .and_then(|o| o.conn.as_mut())
+            .and_then(|o| o.conn.as_deref_mut())
             .expect("Conn used after drop")
     }
 

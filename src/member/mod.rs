@@ -42,7 +42,8 @@ pub(crate) struct Shared<P: Protocol> {
     pub(crate) id: u64,
     pub(crate) state: StateWord,
     /// The protocol's connection while the member is idle (taken by a checkout or a reaper job).
-    slot: Mutex<Option<P::Conn>>,
+    /// Boxed, so that a checkout moves a pointer, not the protocol's whole session.
+    slot: Mutex<Option<Box<P::Conn>>>,
     /// 0 while no reason is stored, else `EvictReason::index() + 1`.
     reason: AtomicU8,
     detected_ns: AtomicU64,
@@ -90,12 +91,12 @@ impl<P: Protocol> Shared<P> {
     }
 
     /// Takes the idle connection (after winning the state word).
-    pub(crate) fn take_conn(&self) -> Option<P::Conn> {
+    pub(crate) fn take_conn(&self) -> Option<Box<P::Conn>> {
         self.slot.lock().take()
     }
 
     /// Puts the connection back (before giving up the state word).
-    pub(crate) fn put_conn(&self, conn: P::Conn) {
+    pub(crate) fn put_conn(&self, conn: Box<P::Conn>) {
         *self.slot.lock() = Some(conn);
     }
 
@@ -273,7 +274,7 @@ impl<P: Protocol> fmt::Debug for Shared<P> {
 /// while checked out. Its drop is the one place an eviction is recorded.
 pub(crate) struct Member<P: Protocol> {
     pub(crate) shared: Arc<Shared<P>>,
-    pub(crate) conn: Option<P::Conn>,
+    pub(crate) conn: Option<Box<P::Conn>>,
 }
 
 impl<P: Protocol> fmt::Debug for Member<P> {

@@ -99,7 +99,7 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
                 tracing::debug!(conn.id = id, endpoint = %shared.endpoint, "connected");
                 Ok(Member {
                     shared: member,
-                    conn: Some(conn),
+                    conn: Some(Box::new(conn)),
                 })
             }
             Err(e) => {
