@@ -24,6 +24,9 @@ const IO_ERROR: u8 = 1 << 2;
 const BROKEN: u8 = 1 << 3;
 const UNREAD: u8 = 1 << 4;
 const EOF: u8 = 1 << 5;
+/// Some read or write went through the stack since the last clean check: only then can TLS
+/// hold decrypted bytes or unsent records (the checkout fast path skips looking).
+const USED: u8 = 1 << 6;
 
 /// A pooled connection's byte stream, with the pool's bookkeeping built in.
 ///
@@ -211,6 +214,7 @@ impl Io {
     /// # }
     /// ```
     pub fn try_read_now(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        self.flags |= USED;
         self.stream.read_now(buf)
     }
 
@@ -240,9 +244,13 @@ impl Io {
             Some(EvictReason::IoError)
         } else if f & EOF != 0 {
             Some(EvictReason::Eof)
-        } else if f & (READ_PENDING | WRITE_PENDING) != 0 || self.stream.has_unsent() {
+        } else if f & (READ_PENDING | WRITE_PENDING) != 0
+            || (f & USED != 0 && self.stream.has_unsent())
+        {
             Some(EvictReason::Cancelled)
-        } else if (f & UNREAD != 0 && request_response) || self.stream.has_unread() {
+        } else if (f & UNREAD != 0 && request_response)
+            || (f & USED != 0 && self.stream.has_unread())
+        {
             Some(EvictReason::UnreadResponse)
         } else {
             None
@@ -252,7 +260,7 @@ impl Io {
     /// After the reaper's own exchange (heartbeat, idle bytes) kept the member: what that
     /// exchange left pending or unanswered is not the next caller's.
     pub(crate) fn clear_pending(&mut self) {
-        self.flags &= !(READ_PENDING | WRITE_PENDING | UNREAD);
+        self.flags &= !(READ_PENDING | WRITE_PENDING | UNREAD | USED);
     }
 
     /// After a protocol read "what is there now" on an idle member: the read it gave up on
@@ -269,6 +277,7 @@ impl Io {
     }
 
     fn after_write(&mut self, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        self.flags |= USED;
         match res {
             Poll::Pending => {
                 self.flags |= WRITE_PENDING;
@@ -310,6 +319,7 @@ impl AsyncRead for Io {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.flags |= USED;
         let before = buf.filled().len();
         match this.stream.poll_read(cx, buf) {
             Poll::Pending => {
@@ -358,6 +368,7 @@ impl AsyncWrite for Io {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.flags |= USED;
         match this.stream.poll_flush(cx) {
             Poll::Pending => {
                 this.flags |= WRITE_PENDING;
@@ -373,7 +384,7 @@ impl AsyncWrite for Io {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         // A half-closed connection can never go back to the pool.
-        this.flags |= EOF;
+        this.flags |= EOF | USED;
         match this.stream.poll_shutdown(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(res) => Poll::Ready(this.record(res)),

@@ -242,7 +242,9 @@ impl<P: Protocol> Drop for Conn<P> {
                 .map(|_| EvictReason::MaxLifetime)
         });
         match (reason, obj.conn.take()) {
-            (None, Some(conn)) => {
+            (None, Some(mut conn)) => {
+                // Checked clean just now: the next holder starts from a clean slate.
+                P::io_mut(&mut conn).clear_pending();
                 obj.shared.put_conn(conn);
                 obj.shared.release(now);
                 drop(obj);
