@@ -8,140 +8,18 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use livepool::{
     BreakerConfig, BreakerState, Builder, Conn, Events, EvictReason, EvictionEvent, Pool,
     RedisHeartbeat,
 };
-use support::{skip_without, wait_until, within};
+use support::redis_server::RedisServer;
+use support::{wait_until, within};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const MS: Duration = Duration::from_millis(1);
-
-// ---------------------------------------------------------------------------------------------
-// A redis-server child process.
-// ---------------------------------------------------------------------------------------------
-
-/// A `redis-server` child on 127.0.0.1, killed (and reaped) on drop.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl RedisServer {
-    /// Starts a server on a free port and waits until it answers PING. `None` when
-    /// `redis-server` is not installed (after `skip_without` printed why).
-    async fn start() -> Option<RedisServer> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if skip_without(installed, "redis-server") {
-            return None;
-        }
-        // A free port can be taken by someone else before redis binds it: try a few.
-        let mut last = String::new();
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("bind a free loopback port")
-                .port();
-            let mut server = RedisServer { child: None, port };
-            match server.launch().await {
-                Ok(()) => return Some(server),
-                Err(e) => last = e,
-            }
-        }
-        panic!("could not start redis-server: {last}");
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    async fn launch(&mut self) -> Result<(), String> {
-        assert!(self.child.is_none(), "redis-server already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .args(["--daemonize", "no"])
-            .args(["--enable-debug-command", "yes"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("spawn redis-server: {e}"))?;
-        self.child = Some(child);
-        let res = self.wait_ready().await;
-        if res.is_err() {
-            self.stop();
-        }
-        res
-    }
-
-    /// Waits (at most 10 s) until the server answers PING with +PONG.
-    async fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                return Err(format!(
-                    "redis-server on port {} exited: {status}",
-                    self.port
-                ));
-            }
-            let ping = async {
-                let mut s = TcpStream::connect(self.addr()).await.ok()?;
-                roundtrip(&mut s, &[b"PING"]).await.ok()
-            };
-            if let Ok(Some(Reply::Simple(pong))) =
-                tokio::time::timeout(Duration::from_secs(1), ping).await
-                && pong == "PONG"
-            {
-                return Ok(());
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "redis-server on port {} did not answer PING within 10 s",
-                    self.port
-                ));
-            }
-            tokio::time::sleep(20 * MS).await;
-        }
-    }
-
-    /// Kills the server (SIGKILL: the kernel closes every connection) and reaps it.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the server again on the same port.
-    async fn restart(&mut self) {
-        if let Err(e) = self.launch().await {
-            panic!("restarting redis-server on port {}: {e}", self.port);
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // A minimal RESP2 client.

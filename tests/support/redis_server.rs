@@ -149,6 +149,8 @@ impl RedisServer {
         let mut push = |words: &[&str]| a.extend(words.iter().map(|w| w.to_string()));
         push(&["--bind", "127.0.0.1"]);
         push(&["--save", "", "--appendonly", "no", "--daemonize", "no"]);
+        // DEBUG SLEEP stalls the server for the heartbeat-timeout tests.
+        push(&["--enable-debug-command", "yes"]);
         push(&["--dir", &self.dir.display().to_string()]);
         push(&["--logfile", &self.log_path().display().to_string()]);
         let port = self.port.to_string();
