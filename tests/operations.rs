@@ -56,31 +56,10 @@ async fn drain_timeout_shuts_down_what_is_still_out() {
     assert_eq!(pool.status().size, 0);
 }
 
-/// Collects what the tracing subscriber writes, to read the leak warning back.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn leak_detection_reports_once_per_checkout() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
     // This test's runtime is single-threaded, so the reaper logs on this thread.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = support::capture_logs(tracing::Level::WARN);
     let server = FaultServer::start().await;
     let pool = builder(&server)
         .leak_threshold(Some(30 * MS))
@@ -92,7 +71,7 @@ async fn leak_detection_reports_once_per_checkout() {
     let line = line!() + 1;
     let held = pool.get().await.unwrap();
     wait_until(5, "leak reported", || pool.statistics().leaks == 1).await;
-    let log = String::from_utf8_lossy(&captured.0.lock()).into_owned();
+    let log = captured.text();
     let site = format!("tests/operations.rs:{line}");
     assert!(
         log.contains(&site),

@@ -69,26 +69,6 @@ async fn scalar<S: AsyncRead + AsyncWrite + Unpin + Send>(
     rows[0][0].clone().unwrap_or_else(|| panic!("{sql}: NULL"))
 }
 
-/// Collects what the tracing subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock()).into_owned()
-    }
-}
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn scram_setup_on_refill_queries_and_heartbeats() {
     let _serial = SERIAL.lock().await;
@@ -324,15 +304,8 @@ async fn open_transaction_is_not_clean_and_never_reaches_the_next_caller() {
 #[tokio::test]
 async fn notification_on_an_idle_member_is_kept_and_queued() {
     let _serial = SERIAL.lock().await;
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
     // Single-threaded runtime: the reaper (the idle watch) logs on this thread.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = support::capture_logs(tracing::Level::TRACE);
     let Some(cluster) = PgCluster::start().await else {
         return;
     };

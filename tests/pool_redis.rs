@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use livepool::redis::{Redis, RedisConfig, Value};
 use livepool::{BreakerState, Builder, Conn, Events, EvictReason, EvictionEvent, Pool};
-use support::redis_server::{AdminSession, RedisOptions, RedisServer, admin_run};
+use support::redis_server::{AdminSession, RedisOptions, RedisServer, admin_run, bulk, ok, text};
 use support::{kernel_socket, wait_until, within};
 
 const MS: Duration = Duration::from_millis(1);
@@ -57,25 +57,6 @@ async fn must(conn: &mut Conn<Redis>, args: &[&[u8]]) -> Value {
         Ok(Value::Error(e)) => panic!("{what} on pooled conn {id}: error reply {e}"),
         Ok(v) => v,
         Err(e) => panic!("{what} on pooled conn {id}: {e}"),
-    }
-}
-
-fn ok() -> Value {
-    Value::Simple("OK".into())
-}
-
-fn bulk(s: &str) -> Value {
-    Value::Bulk(Some(s.as_bytes().to_vec()))
-}
-
-/// Text of a string reply (simple, bulk or verbatim).
-fn text(v: &Value) -> String {
-    match v {
-        Value::Simple(s) => s.clone(),
-        Value::Bulk(Some(b)) | Value::Verbatim { text: b, .. } => {
-            String::from_utf8_lossy(b).into_owned()
-        }
-        other => panic!("expected a string reply, got {other:?}"),
     }
 }
 

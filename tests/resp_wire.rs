@@ -9,7 +9,7 @@ mod support;
 
 use futures_util::FutureExt;
 use livepool::redis::{IdleOutcome, RedisConfig, RedisError, RedisSession, Value};
-use support::redis_server::{RedisOptions, RedisServer, admin_run};
+use support::redis_server::{RedisOptions, RedisServer, admin_run, bulk, ok, text};
 use support::within;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -49,25 +49,6 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     match within(5, &what, s.cmd(args)).await {
         Ok(v) => v,
         Err(e) => panic!("{what}: {e}"),
-    }
-}
-
-fn ok() -> Value {
-    Value::Simple("OK".into())
-}
-
-fn bulk(s: &str) -> Value {
-    Value::Bulk(Some(s.as_bytes().to_vec()))
-}
-
-/// Text of a simple, bulk or verbatim string reply.
-fn text(v: &Value) -> String {
-    match v {
-        Value::Simple(s) => s.clone(),
-        Value::Bulk(Some(b)) | Value::Verbatim { text: b, .. } => {
-            String::from_utf8_lossy(b).into_owned()
-        }
-        other => panic!("expected a string reply, got {other:?}"),
     }
 }
 

@@ -353,31 +353,10 @@ async fn peer_closing_with_our_request_unread_is_a_reset() {
     assert_eq!(stats.evicted_total(), 1, "{:?}", stats.evictions());
 }
 
-/// Collects what the tracing subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn tcp_options_are_skipped_on_unix_sockets_without_a_warning() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
     // Single-threaded runtime: the reaper's refill connects on this thread too.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = support::capture_logs(tracing::Level::WARN);
     let server = UnixServer::start("opts");
     // Every TCP option set explicitly (as a TCP pool would have them).
     let pool = builder(&server)
@@ -412,7 +391,7 @@ async fn tcp_options_are_skipped_on_unix_sockets_without_a_warning() {
     drop(held);
     assert_eq!(pool.statistics().created, 3);
     assert_eq!(server.accepts(), 3);
-    let log = String::from_utf8_lossy(&captured.0.lock()).into_owned();
+    let log = captured.text();
     assert!(log.is_empty(), "warnings on a Unix socket pool:\n{log}");
 
     // Control: the capture does see the pool's warnings (a leak report, here).
@@ -424,7 +403,7 @@ async fn tcp_options_are_skipped_on_unix_sockets_without_a_warning() {
     let held = within(5, "get", pool.get()).await.expect("get");
     wait_until(5, "leak reported", || pool.statistics().leaks == 1).await;
     drop(held);
-    let log = String::from_utf8_lossy(&captured.0.lock()).into_owned();
+    let log = captured.text();
     assert!(log.contains("WARN"), "the capture saw no warning: {log}");
     assert!(!log.contains("socket option"), "{log}");
 }

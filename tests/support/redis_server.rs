@@ -340,3 +340,28 @@ pub async fn admin_run(adm: &mut AdminSession, args: &[&[u8]]) -> livepool::redi
         Err(e) => panic!("{what}: {e}"),
     }
 }
+
+/// The `+OK` reply.
+#[cfg(feature = "redis")]
+pub fn ok() -> livepool::redis::Value {
+    livepool::redis::Value::Simple("OK".into())
+}
+
+/// A bulk string reply.
+#[cfg(feature = "redis")]
+pub fn bulk(s: &str) -> livepool::redis::Value {
+    livepool::redis::Value::Bulk(Some(s.as_bytes().to_vec()))
+}
+
+/// Text of a string reply (simple, bulk or verbatim).
+#[cfg(feature = "redis")]
+pub fn text(v: &livepool::redis::Value) -> String {
+    use livepool::redis::Value;
+    match v {
+        Value::Simple(s) => s.clone(),
+        Value::Bulk(Some(b)) | Value::Verbatim { text: b, .. } => {
+            String::from_utf8_lossy(b).into_owned()
+        }
+        other => panic!("expected a string reply, got {other:?}"),
+    }
+}
