@@ -167,7 +167,7 @@ impl<P: Protocol> Conn<P> {
     /// # }
     /// ```
     pub async fn closed(&self) {
-        let sock = &self.shared().sock;
+        let sock = P::io(self.inner()).socket();
         loop {
             match sock.ready(Interest::READABLE).await {
                 Ok(r) if r.is_read_closed() || r.is_error() => return,

@@ -1,11 +1,21 @@
 //! A pooled member: its shared state ([`Shared`]), the object deadpool stores ([`Member`]),
 //! and what the user holds ([`Conn`]).
 //!
-//! The socket is shared (an `Arc`) between the protocol's connection, which does all I/O
-//! through [`Io`](crate::Io), and the member, which peeks it and awaits its readiness while
-//! idle. The protocol's connection itself has one owner at a time, decided by the state word
-//! (`state.rs`): the caller while checked out (it then lives in the [`Member`]), the reaper
-//! while it heartbeats or reads idle bytes, and the idle slot in [`Shared`] otherwise.
+//! The protocol's connection owns the socket (through [`Io`](crate::Io)); the member keeps
+//! only a weak reference to it, so that dropping the connection closes the descriptor. The
+//! connection has one owner at a time, decided by the state word (`state.rs`): the caller
+//! while checked out (it then lives in the [`Member`]), the reaper while it heartbeats or
+//! reads idle bytes, and the idle slot in [`Shared`] otherwise. The checkout peeks through
+//! the connection in the slot; the idle watch upgrades the weak reference while it waits.
+//!
+//! **Eviction in place.** A member that dies while idle (the watch saw FIN/RST, a heartbeat
+//! or an idle read failed, a timeout on the heartbeat wheel) is evicted where it lies: its
+//! connection is dropped (the socket closes), the eviction is recorded and the member count
+//! drops, all under the slot's lock, at a cost that does not depend on the idle count. Its
+//! entry stays in deadpool's queue as an empty *husk* (deadpool can only remove an entry by
+//! a pass over its whole queue): the next checkout that pops it drops it at the cost of one
+//! pop, [`Status`](crate::Status) does not count it, and it is never handed out (its state is
+//! dead).
 //!
 //! deadpool has no return hook, so [`Conn`]'s `Drop` is the return path: it decides whether
 //! the connection is clean and either puts it back or drops the member. Every member is
@@ -19,8 +29,8 @@ use std::fmt;
 use std::net::{Shutdown, SocketAddr};
 use std::panic::Location;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -30,25 +40,48 @@ use tokio::time::Instant;
 pub use conn::Conn;
 use state::{Kind, State, StateWord};
 
+use crate::jitter::unit;
 use crate::pool::shared::{MemberOps, PoolShared};
 use crate::protocol::Protocol;
 use crate::stats::{EvictReason, EvictionEvent};
 use crate::transport::Socket;
 use crate::transport::probe::{self, Health};
 
+/// The idle slot: the protocol's connection while the member is idle, and whether the member
+/// was evicted in place (its eviction is recorded; its drop must not record it again).
+struct Slot<C> {
+    /// Boxed, so that a checkout moves a pointer, not the protocol's whole session.
+    conn: Option<Box<C>>,
+    husk: bool,
+}
+
+/// What a checkout found on an idle member.
+pub(crate) enum Checkout<C> {
+    /// Checked out: the connection is the caller's.
+    Got(Box<C>),
+    /// The state moved on since the caller's snapshot: look again.
+    Moved,
+    /// Bytes are waiting: the protocol must read them first.
+    Bytes,
+    /// Dead, for this reason.
+    Dead(EvictReason),
+}
+
 /// The part of a member that the reaper shares.
 pub(crate) struct Shared<P: Protocol> {
-    pub(crate) sock: Arc<Socket>,
+    /// Weak: the connection owns the socket, so dropping it closes the descriptor.
+    sock: Weak<Socket>,
     pub(crate) id: u64,
     pub(crate) state: StateWord,
-    /// The protocol's connection while the member is idle (taken by a checkout or a reaper job).
-    /// Boxed, so that a checkout moves a pointer, not the protocol's whole session.
-    slot: Mutex<Option<Box<P::Conn>>>,
+    /// The idle connection (taken by a checkout or a reaper job) and the husk flag.
+    slot: Mutex<Slot<P::Conn>>,
     /// 0 while no reason is stored, else `EvictReason::index() + 1`.
     reason: AtomicU8,
     detected_ns: AtomicU64,
     last_alive_ns: AtomicU64,
     returned_ns: AtomicU64,
+    /// When the next heartbeat is due (only with a heartbeat).
+    beat_due_ns: AtomicU64,
     pub(crate) deadline: Option<Instant>,
     pub(crate) notify: Notify,
     /// Where and when the current checkout happened (only with leak detection on).
@@ -62,20 +95,29 @@ pub(crate) struct Shared<P: Protocol> {
 }
 
 impl<P: Protocol> Shared<P> {
-    pub(crate) fn new(sock: Arc<Socket>, id: u64, pool: Arc<PoolShared>, protocol: Arc<P>) -> Self {
+    pub(crate) fn new(
+        sock: &Arc<Socket>,
+        id: u64,
+        pool: Arc<PoolShared>,
+        protocol: Arc<P>,
+    ) -> Self {
         let now = Instant::now();
         let now_ns = pool.ns(now);
         Shared {
             local: sock.local_addr(),
             peer: sock.peer_addr(),
-            sock,
+            sock: Arc::downgrade(sock),
             id,
             state: StateWord::new(),
-            slot: Mutex::new(None),
+            slot: Mutex::new(Slot {
+                conn: None,
+                husk: false,
+            }),
             reason: AtomicU8::new(0),
             detected_ns: AtomicU64::new(0),
             last_alive_ns: AtomicU64::new(now_ns),
             returned_ns: AtomicU64::new(now_ns),
+            beat_due_ns: AtomicU64::new(now_ns + pool.config.heartbeat_interval.as_nanos() as u64),
             deadline: pool.config.lifetime_for(id).map(|l| now + l),
             notify: Notify::new(),
             checkout: Mutex::new(None),
@@ -90,14 +132,102 @@ impl<P: Protocol> Shared<P> {
         self.state.load()
     }
 
+    /// The socket, while the connection that owns it exists.
+    pub(crate) fn socket(&self) -> Option<Arc<Socket>> {
+        self.sock.upgrade()
+    }
+
     /// Takes the idle connection (after winning the state word).
     pub(crate) fn take_conn(&self) -> Option<Box<P::Conn>> {
-        self.slot.lock().take()
+        self.slot.lock().conn.take()
     }
 
     /// Puts the connection back (before giving up the state word).
     pub(crate) fn put_conn(&self, conn: Box<P::Conn>) {
-        *self.slot.lock() = Some(conn);
+        self.slot.lock().conn = Some(conn);
+    }
+
+    /// The checkout of an idle member seen as `seen`: the cheap checks, then (under the
+    /// slot's lock, through the connection in it) whether its I/O driver still runs and one
+    /// peek; if alive, the state word moves to in use and the connection is the caller's.
+    /// One lock pair in all.
+    pub(crate) fn try_checkout(&self, seen: State, now: Instant) -> Checkout<P::Conn> {
+        if let Some(reason) = self.expired(now) {
+            return Checkout::Dead(reason);
+        }
+        let mut slot = self.slot.lock();
+        let Some(conn) = slot.conn.as_deref() else {
+            // A reaper job or another checkout took it after the caller's snapshot.
+            return Checkout::Moved;
+        };
+        let sock = P::io(conn).socket();
+        if sock.driver_gone() {
+            return Checkout::Dead(EvictReason::DriverGone);
+        }
+        match probe::check(sock) {
+            Health::Alive if self.state.checkout(seen) => match slot.conn.take() {
+                Some(conn) => Checkout::Got(conn),
+                None => Checkout::Dead(EvictReason::SocketError),
+            },
+            Health::Alive => Checkout::Moved,
+            Health::Dead(EvictReason::UnexpectedData) => Checkout::Bytes,
+            Health::Dead(reason) => Checkout::Dead(reason),
+        }
+    }
+
+    /// Lifetime and idle timeout (above `min_idle`), cheapest first.
+    pub(crate) fn expired(&self, now: Instant) -> Option<EvictReason> {
+        if self.deadline.is_some_and(|d| now >= d) {
+            return Some(EvictReason::MaxLifetime);
+        }
+        let pool = &self.pool;
+        if let Some(t) = pool.config.idle_timeout
+            && now.saturating_duration_since(self.returned_at()) >= t
+            && pool.members() > pool.min_idle()
+        {
+            return Some(EvictReason::IdleTimeout);
+        }
+        None
+    }
+
+    /// Evicts an idle (exactly as `seen`) or busy member where it lies: the state word goes
+    /// dead, the connection is dropped (closing the socket once the caller drops any
+    /// reference of its own), the eviction is recorded and the member count drops. Its entry
+    /// stays in deadpool's queue as a husk (see the module docs). False if the member was
+    /// checked out or evicted meanwhile.
+    pub(crate) fn evict_in_place(&self, seen: State, reason: EvictReason) -> bool {
+        let mut slot = self.slot.lock();
+        if !self.state.kill_if(seen) {
+            return false;
+        }
+        let now = Instant::now();
+        self.condemn(reason, now);
+        let conn = slot.conn.take();
+        slot.husk = true;
+        let pool = &self.pool;
+        pool.husk_added();
+        pool.member_gone(self.id);
+        // Under the lock: a drop of the entry meanwhile (a checkout popped it) waits for this
+        // and then sees the husk flag.
+        drop(conn);
+        self.record(now);
+        drop(slot);
+        self.notify.notify_waiters();
+        true
+    }
+
+    /// Records this member's eviction (once: by its drop or by `evict_in_place`).
+    fn record(&self, now: Instant) {
+        let pool = &self.pool;
+        pool.record_eviction(EvictionEvent {
+            reason: self.reason().unwrap_or(EvictReason::PoolClosed),
+            id: self.id,
+            local_addr: self.local,
+            peer_addr: self.peer,
+            last_alive: self.last_alive(),
+            detected_at: pool.instant(self.detected_ns.load(Ordering::Acquire)),
+            evicted_at: now,
+        });
     }
 
     /// Stores why this member must go, unless a reason is stored already.
@@ -128,6 +258,15 @@ impl<P: Protocol> Shared<P> {
         let ns = self.pool.ns(now);
         self.returned_ns.store(ns, Ordering::Relaxed);
         self.last_alive_ns.store(ns, Ordering::Relaxed);
+        if self.pool.config.has_heartbeat {
+            // The first heartbeat after a return falls anywhere in the interval (a fresh draw
+            // per checkout), so that members returned together are not pinged together.
+            let cfg = &self.pool.config;
+            let u = unit(cfg.jitter_seed ^ self.state.load().bits(), self.id);
+            let first = cfg.heartbeat_interval.mul_f64(1.0 - u);
+            self.beat_due_ns
+                .store(ns + first.as_nanos() as u64, Ordering::Relaxed);
+        }
         // Only a watcher that parked because it saw the checkout needs waking; one still
         // armed on readiness costs nothing here (no lock, no wake-up).
         if self.state.release() && self.watcher_parked.load(Ordering::SeqCst) {
@@ -164,28 +303,26 @@ impl<P: Protocol> Shared<P> {
         let now = Instant::now();
         match failure {
             None => {
-                self.last_alive_ns
-                    .store(self.pool.ns(now), Ordering::Relaxed);
+                let ns = self.pool.ns(now);
+                self.last_alive_ns.store(ns, Ordering::Relaxed);
+                let next = self.pool.config.heartbeat_interval_for(self.id);
+                self.beat_due_ns
+                    .store(ns + next.as_nanos() as u64, Ordering::Relaxed);
                 self.state.end_busy();
             }
             Some(reason) => {
-                self.condemn(reason, now);
-                if self.state.kill_if(self.state()) {
-                    self.pool.request_purge();
+                // Killed meanwhile (a checkout timed out waiting): its drop records it.
+                if !self.evict_in_place(self.state(), reason) {
+                    self.condemn(reason, now);
                 }
             }
         }
         self.notify.notify_waiters();
     }
 
-    /// Idle (exactly as `seen`) → dead, for `reason`. False if it was checked out meanwhile.
-    pub(crate) fn mark_dead(&self, seen: State, reason: EvictReason) -> bool {
-        if seen.kind() != Kind::Idle || !self.state.kill_if(seen) {
-            return false;
-        }
-        self.condemn(reason, Instant::now());
-        self.notify.notify_waiters();
-        true
+    /// When this member's heartbeat is due.
+    pub(crate) fn beat_due(&self) -> Instant {
+        self.pool.instant(self.beat_due_ns.load(Ordering::Relaxed))
     }
 
     pub(crate) fn stamp_checkout(&self, now: Instant, at: &'static Location<'static>) {
@@ -200,26 +337,6 @@ impl<P: Protocol> Shared<P> {
     pub(crate) fn last_alive(&self) -> Instant {
         self.pool
             .instant(self.last_alive_ns.load(Ordering::Relaxed))
-    }
-
-    /// The checks of an idle member at checkout, cheapest first (after the state word):
-    /// lifetime, idle timeout, whether its socket's I/O driver is still running (one atomic
-    /// load in the common case), then one peek syscall (which cannot see a dead driver).
-    pub(crate) fn check_idle(&self, now: Instant) -> Health {
-        if self.deadline.is_some_and(|d| now >= d) {
-            return Health::Dead(EvictReason::MaxLifetime);
-        }
-        let cfg = &self.pool.config;
-        if let Some(t) = cfg.idle_timeout
-            && now.saturating_duration_since(self.returned_at()) >= t
-            && self.pool.members() > self.pool.min_idle()
-        {
-            return Health::Dead(EvictReason::IdleTimeout);
-        }
-        if self.sock.driver_gone() {
-            return Health::Dead(EvictReason::DriverGone);
-        }
-        probe::check(&self.sock)
     }
 }
 
@@ -247,7 +364,9 @@ impl<P: Protocol> MemberOps for Shared<P> {
 
     fn force_close(&self) {
         self.condemn(EvictReason::PoolClosed, Instant::now());
-        let _ = self.sock.shutdown(Shutdown::Both);
+        if let Some(sock) = self.socket() {
+            let _ = sock.shutdown(Shutdown::Both);
+        }
     }
 
     fn id(&self) -> u64 {
@@ -289,24 +408,28 @@ impl<P: Protocol> Drop for Member<P> {
     fn drop(&mut self) {
         let sh = &self.shared;
         let now = Instant::now();
+        let mut slot = sh.slot.lock();
         sh.state.kill();
-        sh.condemn(EvictReason::PoolClosed, now);
-        // The reaper may still hold the Arc for a moment; the peer sees the close now, and
-        // the protocol's connection (TLS state, buffers) goes with the member.
-        let _ = sh.sock.shutdown(Shutdown::Both);
-        drop(self.conn.take());
-        drop(sh.take_conn());
-        sh.notify.notify_waiters();
         let pool = &sh.pool;
+        if slot.husk {
+            // Evicted in place: recorded then; only the entry goes now.
+            slot.husk = false;
+            drop(slot);
+            pool.husk_gone();
+            return;
+        }
+        sh.condemn(EvictReason::PoolClosed, now);
+        // A reaper job may still hold the socket for a moment; the peer sees the close now,
+        // and the protocol's connection (TLS state, buffers) goes with the member.
+        if let Some(sock) = sh.socket() {
+            let _ = sock.shutdown(Shutdown::Both);
+        }
+        let idle = slot.conn.take();
+        drop(slot);
+        drop(self.conn.take());
+        drop(idle);
+        sh.notify.notify_waiters();
         pool.member_gone(sh.id);
-        pool.record_eviction(EvictionEvent {
-            reason: sh.reason().unwrap_or(EvictReason::PoolClosed),
-            id: sh.id,
-            local_addr: sh.local,
-            peer_addr: sh.peer,
-            last_alive: sh.last_alive(),
-            detected_at: pool.instant(sh.detected_ns.load(Ordering::Acquire)),
-            evicted_at: now,
-        });
+        sh.record(now);
     }
 }

@@ -42,6 +42,11 @@ impl State {
         }
     }
 
+    /// The raw word (kind and generation), as a per-checkout value.
+    pub(crate) fn bits(self) -> u64 {
+        self.0
+    }
+
     fn with(self, kind: u64) -> u64 {
         (self.0 & !KIND_MASK) | kind
     }

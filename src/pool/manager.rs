@@ -14,19 +14,18 @@ use tokio::time::Instant;
 use crate::breaker::{Admit, Blame, Outcome, blame};
 use crate::io::Io;
 use crate::member::state::Kind;
-use crate::member::{Member, Shared};
+use crate::member::{Checkout, Member, Shared};
 use crate::pool::error::Error;
 use crate::pool::shared::{MemberOps, PoolShared};
 use crate::protocol::{Protocol, SetupError};
 use crate::stats::EvictReason;
-use crate::transport::probe::Health;
 use crate::transport::{self, Stream};
 
 /// Creates and recycles pooled members for deadpool.
 pub(crate) struct Manager<P: Protocol> {
     pub(crate) shared: Arc<PoolShared>,
     pub(crate) protocol: Arc<P>,
-    /// New members go to the reaper's idle watch (none when the watch is off). Replaced when
+    /// New members go to the reaper (its idle watch and its schedule). Replaced when
     /// the reaper is restarted; held while a new member is registered and sent, so that a
     /// restart's hand-over of the live members sees each member exactly once.
     pub(crate) watch_tx: Mutex<Option<mpsc::UnboundedSender<Arc<Shared<P>>>>>,
@@ -86,7 +85,12 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
             Ok((sock, conn)) => {
                 shared.report(Outcome::Success, None);
                 let id = shared.next_id();
-                let member = Arc::new(Shared::new(sock, id, shared.clone(), self.protocol.clone()));
+                let member = Arc::new(Shared::new(
+                    &sock,
+                    id,
+                    shared.clone(),
+                    self.protocol.clone(),
+                ));
                 let ops: Arc<dyn MemberOps> = member.clone();
                 let watch = self.watch_tx.lock();
                 shared.member_created(Arc::downgrade(&ops), id);
@@ -135,24 +139,15 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
                 st = wait_for_busy(sh).await;
             }
             match st.kind() {
-                Kind::Idle => match sh.check_idle(Instant::now()) {
-                    Health::Alive => {
-                        if sh.state.checkout(st) {
-                            match sh.take_conn() {
-                                Some(conn) => {
-                                    member.conn = Some(conn);
-                                    return Ok(());
-                                }
-                                // Cannot happen (the slot is filled before the state goes
-                                // idle); refuse rather than hand out nothing.
-                                None => break EvictReason::SocketError,
-                            }
-                        }
-                        // The state moved on (a watcher condemned it): look again.
-                        continue;
+                Kind::Idle => match sh.try_checkout(st, Instant::now()) {
+                    Checkout::Got(conn) => {
+                        member.conn = Some(conn);
+                        return Ok(());
                     }
+                    // The state moved on (a watcher or heartbeat took it): look again.
+                    Checkout::Moved => continue,
                     // Bytes on an idle member: the protocol reads them and decides.
-                    Health::Dead(EvictReason::UnexpectedData) => {
+                    Checkout::Bytes => {
                         idle_reads += 1;
                         if idle_reads > crate::reaper::MAX_IDLE_READS {
                             break EvictReason::UnexpectedData;
@@ -162,8 +157,9 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
                         }
                         continue;
                     }
-                    Health::Dead(reason) => break reason,
+                    Checkout::Dead(reason) => break reason,
                 },
+                // Evicted in place (an empty entry: its drop records nothing) or condemned.
                 Kind::Dead => break sh.reason().unwrap_or(EvictReason::SocketError),
                 // In use while in the idle queue cannot happen; refuse it rather than share it.
                 _ => break EvictReason::SocketError,

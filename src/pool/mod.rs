@@ -42,13 +42,17 @@ pub(crate) struct PoolInner<P: Protocol> {
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
 }
 
-/// The pool's occupancy from deadpool's status and the breaker.
+/// The pool's occupancy from deadpool's status and the breaker, without the husks (entries
+/// of members evicted in place, which deadpool still counts).
 pub(crate) fn status_of(s: deadpool::Status, shared: &PoolShared) -> Status {
+    let husks = shared.husks();
+    let idle = s.available.saturating_sub(husks);
+    let size = s.size.saturating_sub(husks).max(s.size - s.available);
     Status {
         max_size: s.max_size,
-        size: s.size,
-        idle: s.available,
-        in_use: s.size - s.available,
+        size,
+        idle,
+        in_use: size - idle,
         waiting: s.waiting,
         breaker: shared.breaker_state(),
     }
@@ -64,8 +68,8 @@ impl<P: Protocol> PoolInner<P> {
         self.shutdown.lock().take();
     }
 
-    /// Spawns the reaper on `runtime` with a new idle-watch channel, handing the new reaper
-    /// every live member to watch (none on the first start). `shutdown` is the locked slot
+    /// Spawns the reaper on `runtime` with a new channel for new members, handing the new
+    /// reaper every live member to watch and schedule (none on the first start). `shutdown` is the locked slot
     /// of the reaper's stop signal.
     fn start_reaper(
         &self,
@@ -74,7 +78,7 @@ impl<P: Protocol> PoolInner<P> {
     ) {
         let manager = self.dp.manager();
         let (watch_tx, watch_rx) = mpsc::unbounded_channel();
-        if self.shared.config.idle_watch {
+        {
             // Locked while the live members are collected: a member created meanwhile is
             // either among them or sent to the new channel after it, never both or neither.
             let mut slot = manager.watch_tx.lock();
@@ -85,8 +89,6 @@ impl<P: Protocol> PoolInner<P> {
             }
             *slot = Some(watch_tx);
         }
-        // Without the idle watch the sender is dropped here and that branch of the reaper
-        // stays off.
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
         *shutdown = Some(shutdown_tx);
         let reaper = Reaper::new(

@@ -40,13 +40,14 @@ pub(crate) struct PoolShared {
     pub(crate) endpoint: Arc<str>,
     epoch: Instant,
     members: AtomicUsize,
+    /// Entries of deadpool's queue whose member was evicted in place (see the member docs).
+    husks: AtomicUsize,
     next_id: AtomicU64,
-    purge: AtomicBool,
     refill_now: AtomicBool,
     /// True from the reaper's spawn until its task is gone: finished, panicked, or dropped
     /// unfinished with its runtime (see [`ReaperRunning`]).
     reaper_running: AtomicBool,
-    /// Wakes the reaper: a purge is due, or the pool fell below `min_idle`.
+    /// Wakes the reaper: the pool fell below `min_idle`.
     pub(crate) wake: Notify,
     /// Wakes `drain()` whenever a member goes.
     pub(crate) gone: Notify,
@@ -72,8 +73,8 @@ impl PoolShared {
             stats: Stats::new(),
             epoch: Instant::now(),
             members: AtomicUsize::new(0),
+            husks: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
-            purge: AtomicBool::new(false),
             refill_now: AtomicBool::new(false),
             reaper_running: AtomicBool::new(false),
             wake: Notify::new(),
@@ -156,13 +157,17 @@ impl PoolShared {
         self.stats.record_eviction(ev);
     }
 
-    pub(crate) fn request_purge(&self) {
-        self.purge.store(true, Relaxed);
-        self.wake.notify_one();
+    /// Empty entries in deadpool's queue, which `status()` does not count.
+    pub(crate) fn husks(&self) -> usize {
+        self.husks.load(Relaxed)
     }
 
-    pub(crate) fn take_purge(&self) -> bool {
-        self.purge.swap(false, Relaxed)
+    pub(crate) fn husk_added(&self) {
+        self.husks.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn husk_gone(&self) {
+        self.husks.fetch_sub(1, Relaxed);
     }
 
     /// Whether the reaper's task still exists (one atomic load: `get()` asks every time).

@@ -16,13 +16,17 @@ use crate::member::Shared;
 use crate::protocol::{HeartbeatError, Protocol};
 use crate::stats::EvictReason;
 
-pub(super) async fn beat<P: Protocol>(sh: Arc<Shared<P>>, protocol: Arc<P>) {
+/// Returns the member if it is alive (to schedule its next heartbeat).
+pub(super) async fn beat<P: Protocol>(
+    sh: Arc<Shared<P>>,
+    protocol: Arc<P>,
+) -> Option<Arc<Shared<P>>> {
     let shared = &sh.pool;
     let timeout = shared.config.heartbeat_timeout;
     let Some(mut conn) = sh.take_conn() else {
         // Cannot happen: an idle member's connection is in its slot.
         sh.end_busy(Some(EvictReason::HeartbeatFailed));
-        return;
+        return None;
     };
     let res = tokio::time::timeout(timeout, protocol.heartbeat(&mut conn)).await;
     let failure = match res {
@@ -69,11 +73,20 @@ pub(super) async fn beat<P: Protocol>(sh: Arc<Shared<P>>, protocol: Arc<P>) {
             Some(EvictReason::HeartbeatTimeout)
         }
     };
-    if failure.is_none() {
-        P::io_mut(&mut conn).clear_pending();
-        sh.put_conn(conn);
+    match failure {
+        None => {
+            P::io_mut(&mut conn).clear_pending();
+            sh.put_conn(conn);
+            sh.end_busy(None);
+            Some(sh)
+        }
+        Some(reason) => {
+            // Closed before the eviction is recorded.
+            drop(conn);
+            sh.end_busy(Some(reason));
+            None
+        }
     }
-    sh.end_busy(failure);
 }
 
 /// The `io::Error` a heartbeat failed with, if it failed with one.

@@ -20,7 +20,7 @@ pub(crate) async fn read_idle_bytes<P: Protocol>(sh: Arc<Shared<P>>, fresh: bool
     let protocol = sh.protocol.clone();
     let res = tokio::time::timeout(timeout, async {
         if fresh {
-            let _ = sh.sock.readable().await;
+            let _ = P::io(&conn).socket().readable().await;
         }
         protocol.idle_bytes(&mut conn).await
     })

@@ -1,83 +1,68 @@
-//! The purge and the tick, in one deadpool `retain` pass under its lock (cheap checks only).
-
-use std::sync::Arc;
+//! One member's turn on the heartbeat wheel: max lifetime, idle timeout above `min_idle`, a
+//! dead I/O driver, or a heartbeat that is due. Each is decided for this member alone, at the
+//! time it falls due, and each eviction happens in place (see the member docs): no pass over
+//! deadpool's queue.
 
 use tokio::time::Instant;
 
-use super::Deadpool;
 use crate::member::Shared;
 use crate::member::state::Kind;
-use crate::pool::shared::PoolShared;
 use crate::protocol::Protocol;
 use crate::stats::EvictReason;
 
-/// Removes condemned members and, on a tick, applies idle timeout and max lifetime and marks
-/// the members whose heartbeat is due as busy. Returns those members, to ping outside the
-/// lock.
-pub(super) fn maintain<P: Protocol>(
-    dp: &Deadpool<P>,
-    shared: &PoolShared,
-    ticked: bool,
-) -> Vec<Arc<Shared<P>>> {
-    let cfg = &shared.config;
-    let now = Instant::now();
-    let mut closable = shared.members().saturating_sub(shared.min_idle());
-    let mut due = Vec::new();
-    let removed = dp.retain(|m, _| {
-        let sh = &m.shared;
-        let st = sh.state();
-        match st.kind() {
-            Kind::Dead => return false,
-            Kind::InUse | Kind::Busy => return true,
-            Kind::Idle => {}
-        }
-        if !ticked {
-            return true;
-        }
-        // Its runtime is gone: no heartbeat or checkout could use it.
-        if sh.sock.driver_gone() {
-            sh.condemn(EvictReason::DriverGone, now);
-            return false;
-        }
-        if sh.deadline.is_some_and(|d| now >= d) {
-            sh.condemn(EvictReason::MaxLifetime, now);
-            return false;
-        }
-        // The queue's front holds the coldest members: they go first.
-        if closable > 0
-            && cfg
-                .idle_timeout
-                .is_some_and(|t| now.saturating_duration_since(sh.returned_at()) >= t)
-        {
-            closable -= 1;
-            sh.condemn(EvictReason::IdleTimeout, now);
-            return false;
-        }
-        if cfg.has_heartbeat
-            && now.saturating_duration_since(sh.last_alive()) >= cfg.heartbeat_interval_for(sh.id)
-            && sh.begin_busy(st)
-        {
-            due.push(sh.clone());
-        }
-        true
+/// What to do with a member after its turn.
+pub(super) enum Turn {
+    /// Gone (dead or evicted now): no longer scheduled.
+    Done,
+    /// Look again at this time.
+    Again(Instant),
+    /// Its heartbeat is due and it is now busy: ping it (the beat schedules it again).
+    Beat,
+}
+
+/// Decides one member's turn at `now`. `tick` is the wheel's granularity: how soon a member
+/// that is in use (or busy elsewhere) is looked at again.
+pub(super) fn visit<P: Protocol>(sh: &Shared<P>, now: Instant) -> Turn {
+    let cfg = &sh.pool.config;
+    let st = sh.state();
+    match st.kind() {
+        Kind::Dead => return Turn::Done,
+        // Its return sets when it is due again; the next turn reads that.
+        Kind::InUse | Kind::Busy => return Turn::Again(now + cfg.reap_interval),
+        Kind::Idle => {}
+    }
+    // Its runtime is gone: no heartbeat or checkout could use it.
+    let reason = if sh.socket().is_none_or(|s| s.driver_gone()) {
+        Some(EvictReason::DriverGone)
+    } else {
+        sh.expired(now)
+    };
+    if let Some(reason) = reason {
+        return if sh.evict_in_place(st, reason) {
+            Turn::Done
+        } else {
+            Turn::Again(now + cfg.reap_interval)
+        };
+    }
+    if cfg.has_heartbeat && now >= sh.beat_due() {
+        return if sh.begin_busy(st) {
+            Turn::Beat
+        } else {
+            Turn::Again(now + cfg.reap_interval)
+        };
+    }
+    next_turn(sh, now).map_or(Turn::Done, Turn::Again)
+}
+
+/// The earliest of this member's heartbeat, lifetime end and idle timeout; `None` when the
+/// configuration has none of them. An idle timeout that has passed while the pool is at
+/// `min_idle` is looked at again one idle timeout later, not every tick.
+pub(super) fn next_turn<P: Protocol>(sh: &Shared<P>, now: Instant) -> Option<Instant> {
+    let cfg = &sh.pool.config;
+    let beat = cfg.has_heartbeat.then(|| sh.beat_due());
+    let idle = cfg.idle_timeout.map(|t| {
+        let at = sh.returned_at() + t;
+        if at > now { at } else { now + t }
     });
-    // Members are dropped (sockets closed, evictions recorded) outside deadpool's lock.
-    drop(removed);
-    #[cfg(feature = "metrics")]
-    if ticked {
-        shared
-            .metrics
-            .status(&crate::pool::status_of(dp.status(), shared));
-    }
-    if ticked && let Some(threshold) = cfg.leak_threshold {
-        for member in shared.live_members() {
-            if member.check_leak(now, threshold) {
-                shared
-                    .stats
-                    .leaks
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
-    due
+    [beat, sh.deadline, idle].into_iter().flatten().min()
 }

@@ -7,20 +7,31 @@
 //!   resets it; bytes that arrive go to the protocol (`idle.rs`).
 //! - `idle.rs` — **idle bytes**: the protocol reads them through its own stack, bounded by
 //!   `heartbeat_timeout`, and keeps or evicts the member.
-//! - `maintain.rs` — the **purge** of condemned members (one deadpool `retain` pass per batch)
-//!   and the **tick** (`reap_interval`): idle timeout above `min_idle`, max lifetime, and due
-//!   heartbeats, all decided inside that pass.
-//! - `beat.rs` — one **heartbeat** through the protocol, outside the lock, with its deadline.
+//! - `wheel.rs` + `maintain.rs` — the **schedule** (`reap_interval` ticks): every member sits
+//!   on a timing wheel at the time it next needs a look (its heartbeat, its lifetime end, its
+//!   idle timeout), and each tick visits only the members that fall due, deciding for each
+//!   alone. No pass over deadpool's queue: the work per tick follows what is due, not the
+//!   idle count.
+//! - `beat.rs` — one **heartbeat** through the protocol, with its deadline.
 //! - `refill.rs` — **refill** to `min_idle` through the breaker (and the protocol's setup).
 //!
 //! A member is the reaper's own (state `Busy`) while a heartbeat or an idle read runs; a
 //! checkout that pops it meanwhile waits for the result, bounded by `heartbeat_timeout`.
+//! Members that die while idle are evicted in place by whoever finds them (the watch, a
+//! heartbeat, the schedule), without a wake-up of the reaper.
+//!
+//! **Heartbeat spread.** After a return, a member's first heartbeat falls at a point of the
+//! interval drawn afresh for that checkout (uniform over `(0, heartbeat_interval]`); later
+//! ones every `heartbeat_interval` (shortened by up to `heartbeat_jitter`). Members created or
+//! returned together are pinged evenly over the next interval instead of in one burst, and an
+//! idle member is still pinged at least once per interval.
 
 mod beat;
 pub(crate) mod idle;
 mod maintain;
 mod refill;
 mod watch;
+mod wheel;
 
 pub(crate) use watch::MAX_IDLE_READS;
 
@@ -41,8 +52,11 @@ use crate::member::Shared;
 use crate::pool::manager::Manager;
 use crate::pool::shared::PoolShared;
 use crate::protocol::Protocol;
+use wheel::Wheel;
 
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// A heartbeat: the member back if it is alive.
+type Beat<P> = Pin<Box<dyn Future<Output = Option<Arc<Shared<P>>>> + Send>>;
 /// deadpool's `WeakPool` upgrades to the pool with its default wrapper: the reaper wraps
 /// what it checks out in [`Conn`] itself.
 pub(crate) type Deadpool<P> = deadpool::managed::Pool<Manager<P>>;
@@ -56,7 +70,10 @@ pub(crate) struct Reaper<P: Protocol> {
     shared: Arc<PoolShared>,
     protocol: Arc<P>,
     watchers: FuturesUnordered<Task>,
-    beats: FuturesUnordered<Task>,
+    beats: FuturesUnordered<Beat<P>>,
+    wheel: Wheel<Arc<Shared<P>>>,
+    /// Whether members need the schedule at all (a heartbeat, a lifetime or an idle timeout).
+    scheduled: bool,
     refill: Option<JoinHandle<bool>>,
     backoff: Duration,
     next_refill: Instant,
@@ -68,12 +85,18 @@ impl<P: Protocol> Reaper<P> {
         shared: Arc<PoolShared>,
         protocol: Arc<P>,
     ) -> Self {
+        let cfg = &shared.config;
+        let scheduled =
+            cfg.has_heartbeat || cfg.max_lifetime.is_some() || cfg.idle_timeout.is_some();
+        let wheel = Wheel::new(Instant::now(), cfg.reap_interval);
         Reaper {
             pool,
             shared,
             protocol,
             watchers: FuturesUnordered::new(),
             beats: FuturesUnordered::new(),
+            wheel,
+            scheduled,
             refill: None,
             backoff: REFILL_BACKOFF_MIN,
             next_refill: Instant::now(),
@@ -97,11 +120,13 @@ impl<P: Protocol> Reaper<P> {
                 tokio::select! {
                     biased;
                     _ = &mut shutdown => break,
-                    Some(member) = new_members.recv() => {
-                        self.watchers.push(Box::pin(watch::watch(member)));
-                    }
+                    Some(member) = new_members.recv() => self.adopt(member),
                     Some(()) = self.watchers.next(), if !self.watchers.is_empty() => {}
-                    Some(()) = self.beats.next(), if !self.beats.is_empty() => {}
+                    Some(alive) = self.beats.next(), if !self.beats.is_empty() => {
+                        if let Some(sh) = alive {
+                            self.schedule(sh, Instant::now());
+                        }
+                    }
                     _ = shared.wake.notified() => {}
                     _ = tick.tick() => ticked = true,
                 }
@@ -118,20 +143,42 @@ impl<P: Protocol> Reaper<P> {
         .await
     }
 
+    /// A new member (or, after a restart, a live one): watch it and put it on the schedule.
+    /// It is usually in use (just created), so its first turn comes at the next tick.
+    fn adopt(&mut self, member: Arc<Shared<P>>) {
+        if self.shared.config.idle_watch {
+            self.watchers.push(Box::pin(watch::watch(member.clone())));
+        }
+        if self.scheduled {
+            let next = Instant::now() + self.shared.config.reap_interval;
+            self.wheel.insert(next, member);
+        }
+    }
+
+    /// Puts a member back on the schedule at its next turn.
+    fn schedule(&mut self, sh: Arc<Shared<P>>, now: Instant) {
+        if let Some(at) = maintain::next_turn(&sh, now) {
+            self.wheel.insert(at, sh);
+        }
+    }
+
     /// One round after a wake-up; false when the pool is gone or closed.
     fn step(&mut self, ticked: bool) -> bool {
-        let shared = &self.shared;
-        let purge = shared.take_purge();
-        if !(purge || ticked || shared.members() < shared.min_idle()) {
+        let shared = self.shared.clone();
+        if !(ticked || shared.members() < shared.min_idle()) {
             return true;
         }
         let Some(dp) = self.pool.upgrade() else {
             return false;
         };
-        if purge || ticked {
-            for sh in maintain::maintain(&dp, shared, ticked) {
-                self.beats
-                    .push(Box::pin(beat::beat(sh, self.protocol.clone())));
+        if ticked {
+            self.turns(Instant::now());
+            #[cfg(feature = "metrics")]
+            shared
+                .metrics
+                .status(&crate::pool::status_of(dp.status(), &shared));
+            if let Some(threshold) = shared.config.leak_threshold {
+                leaks(&shared, threshold);
             }
         }
         if dp.is_closed() {
@@ -140,6 +187,18 @@ impl<P: Protocol> Reaper<P> {
         self.schedule_refill(&dp);
         // The strong reference is dropped here, before the next await.
         true
+    }
+
+    /// Every member whose turn has come: evict, ping, or schedule again.
+    fn turns(&mut self, now: Instant) {
+        let protocol = &self.protocol;
+        let beats = &self.beats;
+        self.wheel
+            .advance(now, |wheel, sh| match maintain::visit(&sh, now) {
+                maintain::Turn::Done => {}
+                maintain::Turn::Again(at) => wheel.insert(at, sh),
+                maintain::Turn::Beat => beats.push(Box::pin(beat::beat(sh, protocol.clone()))),
+            });
     }
 
     /// Refill to `min_idle`: one refill task at a time, backing off on failure.
@@ -163,6 +222,20 @@ impl<P: Protocol> Reaper<P> {
             && Instant::now() >= self.next_refill
         {
             self.refill = Some(tokio::spawn(refill::fill(dp.clone(), shared.clone())));
+        }
+    }
+}
+
+/// Reports members held longer than `threshold` (only with leak detection on: a scan of the
+/// live members, once per tick).
+fn leaks(shared: &PoolShared, threshold: Duration) {
+    let now = Instant::now();
+    for member in shared.live_members() {
+        if member.check_leak(now, threshold) {
+            shared
+                .stats
+                .leaks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

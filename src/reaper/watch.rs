@@ -4,6 +4,10 @@
 //! in use and parks until the return, which wakes it only if it parked. So a checkout never
 //! waits for it or switches to it, and a checkout without traffic costs it nothing. The peek
 //! runs inside `try_io`, so a WouldBlock clears tokio's readiness (no spin).
+//!
+//! While it waits on an idle member it holds the socket (upgraded from the member's weak
+//! reference); it lets go whenever it parks, so that an eviction by someone else closes the
+//! descriptor at once. A fault it sees evicts the member in place (see the member docs).
 
 use std::sync::Arc;
 
@@ -40,13 +44,15 @@ pub(super) async fn watch<P: Protocol>(sh: Arc<Shared<P>>) {
                 continue;
             }
         }
+        // The connection owns the socket; gone means the member was evicted meanwhile.
+        let Some(sock) = sh.socket() else { return };
         tokio::select! {
             biased;
             _ = &mut notified => {}
-            ready = sh.sock.readable() => {
+            ready = sock.readable() => {
                 let health = match ready {
                     Ok(()) => {
-                        let res = sh.sock.try_io(Interest::READABLE, || probe::peek(&sh.sock));
+                        let res = sock.try_io(Interest::READABLE, || probe::peek(&sock));
                         probe::classify(&res)
                     }
                     // tokio fails readiness waits only once the socket's I/O driver has
@@ -60,18 +66,19 @@ pub(super) async fn watch<P: Protocol>(sh: Arc<Shared<P>>) {
                     Health::Dead(EvictReason::UnexpectedData) => {
                         reads_in_a_row += 1;
                         if reads_in_a_row > MAX_IDLE_READS {
-                            if sh.mark_dead(st, EvictReason::UnexpectedData) {
-                                sh.pool.request_purge();
+                            if sh.evict_in_place(st, EvictReason::UnexpectedData) {
                                 return;
                             }
                         } else if sh.begin_busy(st) {
+                            drop(sock);
                             if !Box::pin(read_idle_bytes(sh.clone(), false)).await {
                                 return;
                             }
                             // The protocol read until nothing was left (its read cleared the
                             // socket's readiness): the next bytes are a new arrival, such as
                             // the next RESP3 push, not bytes it failed to drain.
-                            if sh.sock.readable().now_or_never().is_none() {
+                            let Some(sock) = sh.socket() else { return };
+                            if sock.readable().now_or_never().is_none() {
                                 reads_in_a_row = 0;
                             }
                         }
@@ -82,8 +89,10 @@ pub(super) async fn watch<P: Protocol>(sh: Arc<Shared<P>>) {
                         // out meanwhile, and it also holds for a newer generation of an idle
                         // member.
                         sh.condemn(reason, Instant::now());
-                        if sh.mark_dead(st, reason) || sh.mark_dead(sh.state(), reason) {
-                            sh.pool.request_purge();
+                        let now = sh.state();
+                        if sh.evict_in_place(st, reason)
+                            || (now.kind() == Kind::Idle && sh.evict_in_place(now, reason))
+                        {
                             return;
                         }
                     }

@@ -1,0 +1,163 @@
+//! A hashed timing wheel: the reaper's schedule of when to look at each member again.
+//!
+//! Each entry sits in the slot of its due tick (modulo the slot count); advancing the wheel
+//! visits only the slots whose ticks have passed, so its cost is the number of entries that
+//! fall due (plus those a whole turn of the wheel ahead, visited once per turn), never the
+//! number of members. This is what keeps the reaper's work per tick independent of the idle
+//! count: a pass over every member each tick costs ~1 ms per 10,000 members.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Slots of one turn; with a 1 s tick one turn is about 17 minutes.
+const SLOTS: usize = 1024;
+
+pub(crate) struct Wheel<T> {
+    slots: Vec<Vec<(u64, T)>>,
+    start: Instant,
+    tick: Duration,
+    /// The last tick advanced to: every entry due at or before it has been handed out.
+    current: u64,
+    len: usize,
+}
+
+impl<T> Wheel<T> {
+    pub(crate) fn new(start: Instant, tick: Duration) -> Self {
+        Wheel {
+            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+            start,
+            tick: tick.max(Duration::from_micros(1)),
+            current: 0,
+            len: 0,
+        }
+    }
+
+    /// Entries in the wheel.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn ticks(&self, t: Instant) -> u64 {
+        (t.saturating_duration_since(self.start).as_nanos() / self.tick.as_nanos()) as u64
+    }
+
+    /// Schedules `item` for the first tick at or after `due` (the next tick if that passed).
+    pub(crate) fn insert(&mut self, due: Instant, item: T) {
+        let due = due.saturating_duration_since(self.start).as_nanos();
+        let tick = due.div_ceil(self.tick.as_nanos()) as u64;
+        let tick = tick.max(self.current + 1);
+        self.slots[(tick % SLOTS as u64) as usize].push((tick, item));
+        self.len += 1;
+    }
+
+    /// Hands every entry due by `now` to `visit`, in tick order (entries inserted by `visit`
+    /// go to later ticks).
+    pub(crate) fn advance(&mut self, now: Instant, mut visit: impl FnMut(&mut Self, T)) {
+        let target = self.ticks(now);
+        if target <= self.current {
+            return;
+        }
+        // More than a turn behind: every slot once.
+        let first = self.current + 1;
+        let last = target.min(self.current + SLOTS as u64);
+        let mut due = Vec::new();
+        for t in first..=last {
+            let slot = &mut self.slots[(t % SLOTS as u64) as usize];
+            let mut i = 0;
+            while i < slot.len() {
+                if slot[i].0 <= target {
+                    due.push(slot.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        self.current = target;
+        self.len -= due.len();
+        due.sort_by_key(|e| e.0);
+        for (_, item) in due {
+            visit(self, item);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(w: &Wheel<u32>, ms: u64) -> Instant {
+        w.start + Duration::from_millis(ms)
+    }
+
+    fn run(w: &mut Wheel<u32>, ms: u64) -> Vec<u32> {
+        let mut out = Vec::new();
+        w.advance(at(w, ms), |_, x| out.push(x));
+        out
+    }
+
+    #[test]
+    fn entries_come_due_at_their_tick_and_not_before() {
+        let mut w = Wheel::new(Instant::now(), Duration::from_millis(10));
+        w.insert(at(&w, 25), 1);
+        w.insert(at(&w, 5), 2);
+        w.insert(at(&w, 100), 3);
+        assert_eq!(w.len(), 3);
+        assert!(run(&mut w, 9).is_empty());
+        assert_eq!(run(&mut w, 10), vec![2]);
+        assert!(run(&mut w, 29).is_empty());
+        assert_eq!(run(&mut w, 30), vec![1]);
+        assert_eq!(run(&mut w, 99), Vec::<u32>::new());
+        assert_eq!(run(&mut w, 100), vec![3]);
+        assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn a_past_due_time_goes_to_the_next_tick() {
+        let mut w = Wheel::new(Instant::now(), Duration::from_millis(10));
+        assert!(run(&mut w, 50).is_empty());
+        w.insert(at(&w, 0), 7);
+        assert!(run(&mut w, 55).is_empty());
+        assert_eq!(run(&mut w, 60), vec![7]);
+    }
+
+    #[test]
+    fn entries_more_than_a_turn_ahead_wait_for_their_turn() {
+        let mut w = Wheel::new(Instant::now(), Duration::from_millis(1));
+        let far = SLOTS as u64 * 3 + 5;
+        w.insert(at(&w, far), 1);
+        w.insert(at(&w, 5), 2);
+        let mut seen = Vec::new();
+        for ms in (0..far).step_by(7) {
+            seen.extend(run(&mut w, ms));
+        }
+        assert_eq!(seen, vec![2]);
+        assert_eq!(run(&mut w, far), vec![1]);
+    }
+
+    #[test]
+    fn a_late_advance_hands_out_everything_due_in_order() {
+        let mut w = Wheel::new(Instant::now(), Duration::from_millis(1));
+        for (i, ms) in [(1, 3000), (2, 10), (3, 2500), (4, 999_999)] {
+            w.insert(at(&w, ms), i);
+        }
+        assert_eq!(run(&mut w, 5000), vec![2, 3, 1]);
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn visit_can_reschedule() {
+        let mut w = Wheel::new(Instant::now(), Duration::from_millis(10));
+        w.insert(at(&w, 10), 1);
+        let mut n = 0;
+        w.advance(at(&w, 10), |w, x| {
+            n += 1;
+            let due = at(w, 40);
+            w.insert(due, x);
+        });
+        assert_eq!(n, 1);
+        assert!(run(&mut w, 30).is_empty());
+        assert_eq!(run(&mut w, 40), vec![1]);
+    }
+}
