@@ -91,7 +91,7 @@ impl<P: Protocol> Conn<P> {
     /// # }
     /// ```
     pub fn id(&self) -> u64 {
-        self.shared().id
+        self.shared().id()
     }
 
     /// Our address of the connection.
@@ -218,9 +218,9 @@ impl<P: Protocol> fmt::Debug for Conn<P> {
         match &self.obj {
             Some(obj) => f
                 .debug_struct("Conn")
-                .field("id", &obj.shared.id)
-                .field("local", &obj.shared.local)
-                .field("peer", &obj.shared.peer)
+                .field("id", &obj.shared.id())
+                .field("local", &obj.shared.addrs().0)
+                .field("peer", &obj.shared.addrs().1)
                 .field("broken", &self.is_broken())
                 .finish(),
             None => f.write_str("Conn(dropped)"),
@@ -237,7 +237,7 @@ impl<P: Protocol> Drop for Conn<P> {
         let now = Instant::now();
         let reason = reason.or_else(|| {
             obj.shared
-                .deadline
+                .deadline()
                 .filter(|d| now >= *d)
                 .map(|_| EvictReason::MaxLifetime)
         });
@@ -249,10 +249,18 @@ impl<P: Protocol> Drop for Conn<P> {
                 obj.shared.release(now);
                 drop(obj);
             }
-            (reason, _) => {
-                obj.shared
-                    .condemn(reason.unwrap_or(EvictReason::PoolClosed), now);
-                drop(Object::take(obj));
+            (reason, conn) => {
+                let reason = reason.unwrap_or(EvictReason::PoolClosed);
+                // Closed now, before the eviction is recorded.
+                drop(conn);
+                let pool = &obj.shared.pool;
+                if pool.members() <= pool.min_idle() && obj.shared.evict_on_return(reason) {
+                    // The refill will want an entry to revive: return it as a husk.
+                    drop(obj);
+                } else {
+                    obj.shared.condemn(reason, now);
+                    drop(Object::take(obj));
+                }
             }
         }
     }

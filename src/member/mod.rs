@@ -29,7 +29,7 @@ use std::fmt;
 use std::net::{Shutdown, SocketAddr};
 use std::panic::Location;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -47,12 +47,17 @@ use crate::stats::{EvictReason, EvictionEvent};
 use crate::transport::Socket;
 use crate::transport::probe::{self, Health};
 
-/// The idle slot: the protocol's connection while the member is idle, and whether the member
-/// was evicted in place (its eviction is recorded; its drop must not record it again).
+/// The idle slot: the protocol's connection while the member is idle, whether the member
+/// was evicted in place (its eviction is recorded; its drop must not record it again), and
+/// the parts of its identity that a revival replaces (see `Shared::revive`).
 struct Slot<C> {
     /// Boxed, so that a checkout moves a pointer, not the protocol's whole session.
     conn: Option<Box<C>>,
     husk: bool,
+    /// Weak: the connection owns the socket, so dropping it closes the descriptor.
+    sock: Weak<Socket>,
+    local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
 }
 
 /// What a checkout found on an idle member.
@@ -69,9 +74,10 @@ pub(crate) enum Checkout<C> {
 
 /// The part of a member that the reaper shares.
 pub(crate) struct Shared<P: Protocol> {
-    /// Weak: the connection owns the socket, so dropping it closes the descriptor.
-    sock: Weak<Socket>,
-    pub(crate) id: u64,
+    /// The connection's id (a revived entry gets the new connection's).
+    id: AtomicU64,
+    /// Bumped by each revival: a watcher or schedule entry of an earlier life ends.
+    life: AtomicU32,
     pub(crate) state: StateWord,
     /// The idle connection (taken by a checkout or a reaper job) and the husk flag.
     slot: Mutex<Slot<P::Conn>>,
@@ -82,14 +88,13 @@ pub(crate) struct Shared<P: Protocol> {
     returned_ns: AtomicU64,
     /// When the next heartbeat is due (only with a heartbeat).
     beat_due_ns: AtomicU64,
-    pub(crate) deadline: Option<Instant>,
+    /// End of the lifetime, in the pool's nanoseconds (0: none).
+    deadline_ns: AtomicU64,
     pub(crate) notify: Notify,
     /// Where and when the current checkout happened (only with leak detection on).
     checkout: Mutex<Option<(Instant, &'static Location<'static>)>>,
     leak_reported: AtomicBool,
     watcher_parked: AtomicBool,
-    local: Option<SocketAddr>,
-    peer: Option<SocketAddr>,
     pub(crate) pool: Arc<PoolShared>,
     pub(crate) protocol: Arc<P>,
 }
@@ -104,21 +109,22 @@ impl<P: Protocol> Shared<P> {
         let now = Instant::now();
         let now_ns = pool.ns(now);
         Shared {
-            local: sock.local_addr(),
-            peer: sock.peer_addr(),
-            sock: Arc::downgrade(sock),
-            id,
+            id: AtomicU64::new(id),
+            life: AtomicU32::new(0),
             state: StateWord::new(),
             slot: Mutex::new(Slot {
                 conn: None,
                 husk: false,
+                sock: Arc::downgrade(sock),
+                local: sock.local_addr(),
+                peer: sock.peer_addr(),
             }),
             reason: AtomicU8::new(0),
             detected_ns: AtomicU64::new(0),
             last_alive_ns: AtomicU64::new(now_ns),
             returned_ns: AtomicU64::new(now_ns),
             beat_due_ns: AtomicU64::new(now_ns + pool.config.heartbeat_interval.as_nanos() as u64),
-            deadline: pool.config.lifetime_for(id).map(|l| now + l),
+            deadline_ns: AtomicU64::new(deadline_ns(&pool, id, now)),
             notify: Notify::new(),
             checkout: Mutex::new(None),
             leak_reported: AtomicBool::new(false),
@@ -134,7 +140,31 @@ impl<P: Protocol> Shared<P> {
 
     /// The socket, while the connection that owns it exists.
     pub(crate) fn socket(&self) -> Option<Arc<Socket>> {
-        self.sock.upgrade()
+        self.slot.lock().sock.upgrade()
+    }
+
+    /// The connection's id, unique within the pool.
+    pub(crate) fn id(&self) -> u64 {
+        self.id.load(Ordering::Relaxed)
+    }
+
+    /// Which life of this entry (see `revive`).
+    pub(crate) fn life(&self) -> u32 {
+        self.life.load(Ordering::Acquire)
+    }
+
+    /// When the connection's lifetime ends.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        match self.deadline_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(self.pool.instant(ns)),
+        }
+    }
+
+    /// Our and the peer's address.
+    pub(crate) fn addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        let slot = self.slot.lock();
+        (slot.local, slot.peer)
     }
 
     /// Takes the idle connection (after winning the state word).
@@ -177,7 +207,7 @@ impl<P: Protocol> Shared<P> {
 
     /// Lifetime and idle timeout (above `min_idle`), cheapest first.
     pub(crate) fn expired(&self, now: Instant) -> Option<EvictReason> {
-        if self.deadline.is_some_and(|d| now >= d) {
+        if self.deadline().is_some_and(|d| now >= d) {
             return Some(EvictReason::MaxLifetime);
         }
         let pool = &self.pool;
@@ -195,35 +225,102 @@ impl<P: Protocol> Shared<P> {
     /// reference of its own), the eviction is recorded and the member count drops. Its entry
     /// stays in deadpool's queue as a husk (see the module docs). False if the member was
     /// checked out or evicted meanwhile.
-    pub(crate) fn evict_in_place(&self, seen: State, reason: EvictReason) -> bool {
+    pub(crate) fn evict_in_place(self: &Arc<Self>, seen: State, reason: EvictReason) -> bool {
         let mut slot = self.slot.lock();
         if !self.state.kill_if(seen) {
             return false;
         }
-        let now = Instant::now();
-        self.condemn(reason, now);
-        let conn = slot.conn.take();
-        slot.husk = true;
-        let pool = &self.pool;
-        pool.husk_added();
-        pool.member_gone(self.id);
-        // Under the lock: a drop of the entry meanwhile (a checkout popped it) waits for this
-        // and then sees the husk flag.
-        drop(conn);
-        self.record(now);
+        self.bury(&mut slot, reason);
         drop(slot);
         self.notify.notify_waiters();
         true
     }
 
-    /// Records this member's eviction (once: by its drop or by `evict_in_place`).
-    fn record(&self, now: Instant) {
+    /// Evicts a checked-out member that is being returned unclean, leaving its entry in the
+    /// queue as a husk for the refill to revive (the caller then returns the entry).
+    pub(crate) fn evict_on_return(self: &Arc<Self>, reason: EvictReason) -> bool {
+        let mut slot = self.slot.lock();
+        if !self.state.kill_in_use() {
+            return false;
+        }
+        self.bury(&mut slot, reason);
+        drop(slot);
+        self.notify.notify_waiters();
+        true
+    }
+
+    /// The eviction of a member whose state word the caller just moved to dead, under the
+    /// slot's lock: a drop of the entry meanwhile (a checkout popped it) waits for this and
+    /// then sees the husk flag.
+    fn bury(self: &Arc<Self>, slot: &mut Slot<P::Conn>, reason: EvictReason) {
+        let now = Instant::now();
+        self.condemn(reason, now);
+        // The peer sees the close now even if the idle watch, armed on the socket's
+        // readiness, holds it for the moment it takes to wake up and let go.
+        if let Some(sock) = slot.sock.upgrade() {
+            let _ = sock.shutdown(Shutdown::Both);
+        }
+        drop(slot.conn.take());
+        slot.husk = true;
+        let pool = &self.pool;
+        pool.husk_added();
+        pool.member_gone(self.id());
+        self.record(now, slot.local, slot.peer);
+        if pool.min_idle() > 0 {
+            let me: Weak<dyn std::any::Any + Send + Sync> = Arc::downgrade(self) as _;
+            pool.offer_husk(me);
+        }
+    }
+
+    /// Gives a husk a new connection (opened by the refill): the entry in deadpool's queue
+    /// becomes an idle member again, without adding to deadpool (which cannot add an idle
+    /// entry without popping every idle one first). Returns the connection if the husk was
+    /// dropped or revived meanwhile.
+    pub(crate) fn revive(
+        self: &Arc<Self>,
+        sock: &Arc<Socket>,
+        conn: Box<P::Conn>,
+        id: u64,
+    ) -> Result<(), Box<P::Conn>> {
+        let mut slot = self.slot.lock();
+        if !slot.husk || self.state().kind() != Kind::Dead {
+            return Err(conn);
+        }
+        let pool = &self.pool;
+        let now = Instant::now();
+        let ns = pool.ns(now);
+        self.life.fetch_add(1, Ordering::AcqRel);
+        self.id.store(id, Ordering::Relaxed);
+        self.deadline_ns
+            .store(deadline_ns(pool, id, now), Ordering::Relaxed);
+        self.reason.store(0, Ordering::Release);
+        self.detected_ns.store(0, Ordering::Relaxed);
+        self.last_alive_ns.store(ns, Ordering::Relaxed);
+        self.returned_ns.store(ns, Ordering::Relaxed);
+        *self.checkout.lock() = None;
+        self.leak_reported.store(false, Ordering::Relaxed);
+        slot.sock = Arc::downgrade(sock);
+        slot.local = sock.local_addr();
+        slot.peer = sock.peer_addr();
+        slot.conn = Some(conn);
+        slot.husk = false;
+        pool.husk_gone();
+        let me: Weak<dyn MemberOps> = Arc::downgrade(self) as _;
+        pool.member_created(me, id);
+        self.spread_first_beat(ns);
+        self.state.revive();
+        drop(slot);
+        Ok(())
+    }
+
+    /// Records this member's eviction (once: by its drop or by `bury`).
+    fn record(&self, now: Instant, local: Option<SocketAddr>, peer: Option<SocketAddr>) {
         let pool = &self.pool;
         pool.record_eviction(EvictionEvent {
             reason: self.reason().unwrap_or(EvictReason::PoolClosed),
-            id: self.id,
-            local_addr: self.local,
-            peer_addr: self.peer,
+            id: self.id(),
+            local_addr: local,
+            peer_addr: peer,
             last_alive: self.last_alive(),
             detected_at: pool.instant(self.detected_ns.load(Ordering::Acquire)),
             evicted_at: now,
@@ -258,19 +355,23 @@ impl<P: Protocol> Shared<P> {
         let ns = self.pool.ns(now);
         self.returned_ns.store(ns, Ordering::Relaxed);
         self.last_alive_ns.store(ns, Ordering::Relaxed);
-        if self.pool.config.has_heartbeat {
-            // The first heartbeat after a return falls anywhere in the interval (a fresh draw
-            // per checkout), so that members returned together are not pinged together.
-            let cfg = &self.pool.config;
-            let u = unit(cfg.jitter_seed ^ self.state.load().bits(), self.id);
-            let first = cfg.heartbeat_interval.mul_f64(1.0 - u);
-            self.beat_due_ns
-                .store(ns + first.as_nanos() as u64, Ordering::Relaxed);
-        }
+        self.spread_first_beat(ns);
         // Only a watcher that parked because it saw the checkout needs waking; one still
         // armed on readiness costs nothing here (no lock, no wake-up).
         if self.state.release() && self.watcher_parked.load(Ordering::SeqCst) {
             self.notify.notify_waiters();
+        }
+    }
+
+    /// The first heartbeat after a return (or a revival) falls anywhere in the interval (a
+    /// fresh draw per checkout), so that members returned together are not pinged together.
+    fn spread_first_beat(&self, ns: u64) {
+        let cfg = &self.pool.config;
+        if cfg.has_heartbeat {
+            let u = unit(cfg.jitter_seed ^ self.state.load().bits(), self.id());
+            let first = cfg.heartbeat_interval.mul_f64(1.0 - u);
+            self.beat_due_ns
+                .store(ns + first.as_nanos() as u64, Ordering::Relaxed);
         }
     }
 
@@ -299,13 +400,13 @@ impl<P: Protocol> Shared<P> {
     }
 
     /// Busy → idle (alive; new generation) or dead (with `failure`).
-    pub(crate) fn end_busy(&self, failure: Option<EvictReason>) {
+    pub(crate) fn end_busy(self: &Arc<Self>, failure: Option<EvictReason>) {
         let now = Instant::now();
         match failure {
             None => {
                 let ns = self.pool.ns(now);
                 self.last_alive_ns.store(ns, Ordering::Relaxed);
-                let next = self.pool.config.heartbeat_interval_for(self.id);
+                let next = self.pool.config.heartbeat_interval_for(self.id());
                 self.beat_due_ns
                     .store(ns + next.as_nanos() as u64, Ordering::Relaxed);
                 self.state.end_busy();
@@ -353,8 +454,8 @@ impl<P: Protocol> MemberOps for Shared<P> {
             return false;
         }
         tracing::warn!(
-            conn.id = self.id,
-            peer.addr = ?self.peer,
+            conn.id = self.id(),
+            peer.addr = ?self.addrs().1,
             held_ms = held.as_millis() as u64,
             checked_out_at = %at,
             "connection held longer than the leak threshold"
@@ -370,7 +471,7 @@ impl<P: Protocol> MemberOps for Shared<P> {
     }
 
     fn id(&self) -> u64 {
-        self.id
+        Shared::id(self)
     }
 
     fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
@@ -380,11 +481,12 @@ impl<P: Protocol> MemberOps for Shared<P> {
 
 impl<P: Protocol> fmt::Debug for Shared<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (local, peer) = self.addrs();
         f.debug_struct("Shared")
-            .field("id", &self.id)
+            .field("id", &self.id())
             .field("state", &self.state().kind())
-            .field("local", &self.local)
-            .field("peer", &self.peer)
+            .field("local", &local)
+            .field("peer", &peer)
             .finish_non_exhaustive()
     }
 }
@@ -421,15 +523,23 @@ impl<P: Protocol> Drop for Member<P> {
         sh.condemn(EvictReason::PoolClosed, now);
         // A reaper job may still hold the socket for a moment; the peer sees the close now,
         // and the protocol's connection (TLS state, buffers) goes with the member.
-        if let Some(sock) = sh.socket() {
+        if let Some(sock) = slot.sock.upgrade() {
             let _ = sock.shutdown(Shutdown::Both);
         }
         let idle = slot.conn.take();
+        let (local, peer) = (slot.local, slot.peer);
         drop(slot);
         drop(self.conn.take());
         drop(idle);
         sh.notify.notify_waiters();
-        pool.member_gone(sh.id);
-        sh.record(now);
+        pool.member_gone(sh.id());
+        sh.record(now, local, peer);
     }
+}
+
+/// A new connection's lifetime end in the pool's nanoseconds (0: none).
+fn deadline_ns(pool: &PoolShared, id: u64, now: Instant) -> u64 {
+    pool.config
+        .lifetime_for(id)
+        .map_or(0, |l| pool.ns(now + l).max(1))
 }

@@ -104,6 +104,18 @@ impl StateWord {
         matches!(seen.kind(), Kind::Idle | Kind::Busy) && self.cas(seen, seen.with(DEAD))
     }
 
+    /// In use → dead (an unclean return left in the queue as a husk).
+    pub(crate) fn kill_in_use(&self) -> bool {
+        let st = self.load();
+        st.kind() == Kind::InUse && self.cas(st, st.with(DEAD))
+    }
+
+    /// Dead → idle with a new generation: a husk revived with a new connection.
+    pub(crate) fn revive(&self) -> bool {
+        let st = self.load();
+        st.kind() == Kind::Dead && self.cas(st, st.with(IDLE) + GEN)
+    }
+
     /// Anything → dead.
     pub(crate) fn kill(&self) {
         self.0.fetch_or(DEAD, Ordering::AcqRel);

@@ -54,79 +54,28 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
 
     async fn create(&self) -> Result<Member<P>, Error> {
         let shared = &self.shared;
-        // The breaker gate: while it is open no connect is attempted at all.
-        let probe = match shared.admit(Instant::now()) {
-            Admit::Yes => None,
-            Admit::Probe => Some(DropGuard::new(|| shared.probe_abandoned())),
-            Admit::No { retry_after } => {
-                return Err(Error::circuit_open(
-                    shared.endpoint.clone(),
-                    retry_after,
-                    shared.last_error(),
-                ));
-            }
-        };
-        #[cfg(feature = "metrics")]
-        let start = Instant::now();
-        let cfg = &shared.config;
-        let res = match cfg.connect_timeout {
-            Some(t) => tokio::time::timeout(t, self.open())
-                .await
-                .unwrap_or(Err(OpenError::Timeout)),
-            None => self.open().await,
-        };
-        #[cfg(feature = "metrics")]
-        shared.metrics.connect(start.elapsed());
-        let was_probe = probe.is_some();
-        if let Some(p) = probe {
-            p.disarm();
+        let (sock, conn) = self.connect().await?;
+        let id = shared.next_id();
+        let member = Arc::new(Shared::new(
+            &sock,
+            id,
+            shared.clone(),
+            self.protocol.clone(),
+        ));
+        let ops: Arc<dyn MemberOps> = member.clone();
+        let watch = self.watch_tx.lock();
+        shared.member_created(Arc::downgrade(&ops), id);
+        if let Some(tx) = &*watch {
+            // A reaper that is gone is restarted by the next `get()`, and the new one is
+            // handed every live member: a failed send loses nothing.
+            let _ = tx.send(member.clone());
         }
-        match res {
-            Ok((sock, conn)) => {
-                shared.report(Outcome::Success, None);
-                let id = shared.next_id();
-                let member = Arc::new(Shared::new(
-                    &sock,
-                    id,
-                    shared.clone(),
-                    self.protocol.clone(),
-                ));
-                let ops: Arc<dyn MemberOps> = member.clone();
-                let watch = self.watch_tx.lock();
-                shared.member_created(Arc::downgrade(&ops), id);
-                if let Some(tx) = &*watch {
-                    // A reaper that is gone is restarted by the next `get()`, and the new one
-                    // is handed every live member: a failed send loses nothing.
-                    let _ = tx.send(member.clone());
-                }
-                drop(watch);
-                tracing::debug!(conn.id = id, endpoint = %shared.endpoint, "connected");
-                Ok(Member {
-                    shared: member,
-                    conn: Some(Box::new(conn)),
-                })
-            }
-            Err(e) => {
-                let (err, io) = self.open_error(e);
-                tracing::debug!(endpoint = %shared.endpoint, error = %err, "connect failed");
-                if err.is_local_resource() {
-                    // This process's failure, not the endpoint's: neither a failure nor a
-                    // success for the breaker. A probe that never reached the endpoint
-                    // decided nothing: hand it back so the next caller probes.
-                    shared.local_resource_error(&io);
-                    if was_probe {
-                        shared.probe_abandoned();
-                    }
-                } else {
-                    shared
-                        .stats
-                        .connect_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    shared.report(Outcome::Failure, Some(&io));
-                }
-                Err(err)
-            }
-        }
+        drop(watch);
+        tracing::debug!(conn.id = id, endpoint = %shared.endpoint, "connected");
+        Ok(Member {
+            shared: member,
+            conn: Some(Box::new(conn)),
+        })
     }
 
     async fn recycle(&self, member: &mut Member<P>, _: &Metrics) -> RecycleResult<Error> {
@@ -159,7 +108,9 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
                     }
                     Checkout::Dead(reason) => break reason,
                 },
-                // Evicted in place (an empty entry: its drop records nothing) or condemned.
+                // Evicted in place (an empty entry: its drop records nothing) or condemned,
+                // unless the refill revived it just now.
+                Kind::Dead if sh.state() != st => continue,
                 Kind::Dead => break sh.reason().unwrap_or(EvictReason::SocketError),
                 // In use while in the idle queue cannot happen; refuse it rather than share it.
                 _ => break EvictReason::SocketError,
@@ -171,6 +122,89 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
 }
 
 impl<P: Protocol> Manager<P> {
+    /// A new connection through the breaker gate: connect, TLS, the protocol's setup, all
+    /// within the connect timeout; the outcome is reported to the breaker.
+    pub(crate) async fn connect(&self) -> Result<(Arc<crate::transport::Socket>, P::Conn), Error> {
+        let shared = &self.shared;
+        // The breaker gate: while it is open no connect is attempted at all.
+        let probe = match shared.admit(Instant::now()) {
+            Admit::Yes => None,
+            Admit::Probe => Some(DropGuard::new(|| shared.probe_abandoned())),
+            Admit::No { retry_after } => {
+                return Err(Error::circuit_open(
+                    shared.endpoint.clone(),
+                    retry_after,
+                    shared.last_error(),
+                ));
+            }
+        };
+        #[cfg(feature = "metrics")]
+        let start = Instant::now();
+        let cfg = &shared.config;
+        let res = match cfg.connect_timeout {
+            Some(t) => tokio::time::timeout(t, self.open())
+                .await
+                .unwrap_or(Err(OpenError::Timeout)),
+            None => self.open().await,
+        };
+        #[cfg(feature = "metrics")]
+        shared.metrics.connect(start.elapsed());
+        let was_probe = probe.is_some();
+        if let Some(p) = probe {
+            p.disarm();
+        }
+        match res {
+            Ok(opened) => {
+                shared.report(Outcome::Success, None);
+                Ok(opened)
+            }
+            Err(e) => {
+                let (err, io) = self.open_error(e);
+                tracing::debug!(endpoint = %shared.endpoint, error = %err, "connect failed");
+                if err.is_local_resource() {
+                    // This process's failure, not the endpoint's: neither a failure nor a
+                    // success for the breaker. A probe that never reached the endpoint
+                    // decided nothing: hand it back so the next caller probes.
+                    shared.local_resource_error(&io);
+                    if was_probe {
+                        shared.probe_abandoned();
+                    }
+                } else {
+                    shared
+                        .stats
+                        .connect_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    shared.report(Outcome::Failure, Some(&io));
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Revives a husk with a connection opened by `connect` and hands it to the reaper.
+    /// Returns the connection if the husk was dropped (a checkout popped it) meanwhile.
+    pub(crate) fn revive(
+        &self,
+        husk: &Arc<Shared<P>>,
+        sock: &Arc<crate::transport::Socket>,
+        conn: Box<P::Conn>,
+    ) -> Result<(), Box<P::Conn>> {
+        let shared = &self.shared;
+        let id = shared.next_id();
+        let watch = self.watch_tx.lock();
+        husk.revive(sock, conn, id)?;
+        if let Some(tx) = &*watch {
+            let _ = tx.send(husk.clone());
+        }
+        drop(watch);
+        tracing::debug!(
+            conn.id = id,
+            endpoint = %shared.endpoint,
+            "connected, into the entry of an evicted member"
+        );
+        Ok(())
+    }
+
     /// Connect, TLS handshake, protocol setup.
     async fn open(&self) -> Result<(Arc<crate::transport::Socket>, P::Conn), OpenError> {
         let cfg = &self.shared.config;

@@ -53,6 +53,9 @@ pub(crate) struct PoolShared {
     pub(crate) gone: Notify,
     min_idle: AtomicUsize,
     max_size: AtomicUsize,
+    /// Husks a refill may revive (see the member docs): kept only while `min_idle` is set,
+    /// at most `min_idle` of them.
+    husk_list: Mutex<Vec<Weak<dyn std::any::Any + Send + Sync>>>,
     /// Every live member, for leak detection and forced drain (touched on create and drop only).
     registry: Mutex<HashMap<u64, Weak<dyn MemberOps>>>,
     breaker: Option<Mutex<Breaker>>,
@@ -81,6 +84,7 @@ impl PoolShared {
             gone: Notify::new(),
             min_idle: AtomicUsize::new(config.min_idle),
             max_size: AtomicUsize::new(config.max_size),
+            husk_list: Mutex::new(Vec::new()),
             registry: Mutex::new(HashMap::new()),
             breaker,
             breaker_transitions: AtomicU64::new(0),
@@ -160,6 +164,34 @@ impl PoolShared {
     /// Empty entries in deadpool's queue, which `status()` does not count.
     pub(crate) fn husks(&self) -> usize {
         self.husks.load(Relaxed)
+    }
+
+    /// Keeps a husk for the refill (dropping entries that are gone when the list is full).
+    pub(crate) fn offer_husk(&self, husk: Weak<dyn std::any::Any + Send + Sync>) {
+        let mut list = self.husk_list.lock();
+        let cap = self.min_idle();
+        if list.len() >= cap {
+            list.retain(|h| h.strong_count() > 0);
+        }
+        if list.len() < cap {
+            list.push(husk);
+        }
+    }
+
+    /// A husk to revive, if one is still in the queue.
+    pub(crate) fn take_husk(&self) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let mut list = self.husk_list.lock();
+        while let Some(h) = list.pop() {
+            if let Some(h) = h.upgrade() {
+                return Some(h);
+            }
+        }
+        None
+    }
+
+    /// Whether a husk may be waiting for the refill.
+    pub(crate) fn has_husks(&self) -> bool {
+        !self.husk_list.lock().is_empty()
     }
 
     pub(crate) fn husk_added(&self) {

@@ -45,17 +45,17 @@ pub(super) async fn beat<P: Protocol>(
         // The peer closed or reset this one connection during the beat: a dead member, like
         // one the idle watch finds, not evidence that the endpoint is unhealthy.
         Ok(Err(e)) if member_died(&e) => {
-            tracing::debug!(conn.id = sh.id, error = %e, "peer closed the connection during a heartbeat");
+            tracing::debug!(conn.id = sh.id(), error = %e, "peer closed the connection during a heartbeat");
             Some(EvictReason::HeartbeatFailed)
         }
         // The server answered, wrongly: evidence against this member (or the configuration),
         // not against new connections, which go through setup. Evict only.
         Ok(Err(e)) if e.is_bad_reply() => {
-            tracing::debug!(conn.id = sh.id, error = %e, "bad heartbeat reply");
+            tracing::debug!(conn.id = sh.id(), error = %e, "bad heartbeat reply");
             Some(EvictReason::HeartbeatBadReply)
         }
         Ok(Err(e)) => {
-            tracing::debug!(conn.id = sh.id, error = %e, "heartbeat failed");
+            tracing::debug!(conn.id = sh.id(), error = %e, "heartbeat failed");
             match heartbeat_io(&e) {
                 // Never fed, not even as "no verdict": in half-open the machine would take it
                 // for the probe's (see the breaker module's docs).

@@ -41,7 +41,7 @@ pub(crate) async fn read_idle_bytes<P: Protocol>(sh: Arc<Shared<P>>, fresh: bool
     };
     match verdict {
         IdleVerdict::Keep => {
-            tracing::trace!(conn.id = sh.id, "benign bytes on an idle connection");
+            tracing::trace!(conn.id = sh.id(), "benign bytes on an idle connection");
             sh.pool
                 .stats
                 .idle_reads_kept
@@ -53,7 +53,7 @@ pub(crate) async fn read_idle_bytes<P: Protocol>(sh: Arc<Shared<P>>, fresh: bool
         }
         IdleVerdict::Evict(reason) => {
             tracing::debug!(
-                conn.id = sh.id,
+                conn.id = sh.id(),
                 reason = reason.as_str(),
                 "bytes on an idle connection evict it"
             );

@@ -3,6 +3,8 @@
 //! time it falls due, and each eviction happens in place (see the member docs): no pass over
 //! deadpool's queue.
 
+use std::sync::Arc;
+
 use tokio::time::Instant;
 
 use crate::member::Shared;
@@ -22,7 +24,7 @@ pub(super) enum Turn {
 
 /// Decides one member's turn at `now`. `tick` is the wheel's granularity: how soon a member
 /// that is in use (or busy elsewhere) is looked at again.
-pub(super) fn visit<P: Protocol>(sh: &Shared<P>, now: Instant) -> Turn {
+pub(super) fn visit<P: Protocol>(sh: &Arc<Shared<P>>, now: Instant) -> Turn {
     let cfg = &sh.pool.config;
     let st = sh.state();
     match st.kind() {
@@ -64,5 +66,5 @@ pub(super) fn next_turn<P: Protocol>(sh: &Shared<P>, now: Instant) -> Option<Ins
         let at = sh.returned_at() + t;
         if at > now { at } else { now + t }
     });
-    [beat, sh.deadline, idle].into_iter().flatten().min()
+    [beat, sh.deadline(), idle].into_iter().flatten().min()
 }

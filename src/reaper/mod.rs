@@ -71,7 +71,8 @@ pub(crate) struct Reaper<P: Protocol> {
     protocol: Arc<P>,
     watchers: FuturesUnordered<Task>,
     beats: FuturesUnordered<Beat<P>>,
-    wheel: Wheel<Arc<Shared<P>>>,
+    /// Each member with the life it was scheduled in (a revived entry is scheduled anew).
+    wheel: Wheel<(Arc<Shared<P>>, u32)>,
     /// Whether members need the schedule at all (a heartbeat, a lifetime or an idle timeout).
     scheduled: bool,
     refill: Option<JoinHandle<bool>>,
@@ -151,14 +152,16 @@ impl<P: Protocol> Reaper<P> {
         }
         if self.scheduled {
             let next = Instant::now() + self.shared.config.reap_interval;
-            self.wheel.insert(next, member);
+            let life = member.life();
+            self.wheel.insert(next, (member, life));
         }
     }
 
     /// Puts a member back on the schedule at its next turn.
     fn schedule(&mut self, sh: Arc<Shared<P>>, now: Instant) {
         if let Some(at) = maintain::next_turn(&sh, now) {
-            self.wheel.insert(at, sh);
+            let life = sh.life();
+            self.wheel.insert(at, (sh, life));
         }
     }
 
@@ -193,12 +196,19 @@ impl<P: Protocol> Reaper<P> {
     fn turns(&mut self, now: Instant) {
         let protocol = &self.protocol;
         let beats = &self.beats;
-        self.wheel
-            .advance(now, |wheel, sh| match maintain::visit(&sh, now) {
+        self.wheel.advance(now, |wheel, (sh, life)| {
+            if sh.life() != life {
+                // Revived since: its new life has its own entry.
+                return;
+            }
+            match maintain::visit(&sh, now) {
                 maintain::Turn::Done => {}
-                maintain::Turn::Again(at) => wheel.insert(at, sh),
-                maintain::Turn::Beat => beats.push(Box::pin(beat::beat(sh, protocol.clone()))),
-            });
+                maintain::Turn::Again(at) => wheel.insert(at, (sh, life)),
+                maintain::Turn::Beat => {
+                    beats.push(Box::pin(beat::beat(sh, protocol.clone())));
+                }
+            }
+        });
     }
 
     /// Refill to `min_idle`: one refill task at a time, backing off on failure.

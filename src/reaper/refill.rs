@@ -1,8 +1,13 @@
 //! Refill to `min_idle`.
 //!
-//! deadpool has no way to add an idle member, so a refill checks out connections without
-//! waiting (creating new ones — connect, TLS and the protocol's setup — once the idle queue
-//! is empty) and returns them all at once.
+//! Members evicted in place leave their entry in deadpool's queue (a husk, see the member
+//! docs). The refill opens a new connection (connect, TLS, the protocol's setup, through the
+//! breaker) and puts it into such an entry: O(1) per new member, whatever the idle count.
+//!
+//! deadpool has no way to add an idle entry, so when no husk is left (members that died at
+//! checkout, which deadpool drops itself, or a pool filling up for the first time) the
+//! refill checks out connections without waiting, which creates new ones once the idle
+//! queue is empty, and returns them all at once: O(idle) per refill pass.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,17 +17,77 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
 use super::Deadpool;
-use crate::member::Conn;
+use crate::member::{Conn, Shared};
 use crate::pool::shared::PoolShared;
 use crate::protocol::Protocol;
 
-/// Opens connections until the pool holds `min_idle`, then returns them all to the idle
-/// queue. True when it reached the target.
+/// Up to this many connects in flight. A sliding window, not batches: one slow connect (a
+/// SYN retransmitted after a full listen backlog costs 1 s) must not hold up the others.
+const WINDOW: usize = 16;
+
+/// Opens connections until the pool holds `min_idle`: into husks first, then through
+/// deadpool. True when it reached the target.
 pub(super) async fn fill<P: Protocol>(dp: Deadpool<P>, shared: Arc<PoolShared>) -> bool {
-    // Up to this many checkouts (in effect, connects) in flight. A sliding window, not
-    // batches: one slow connect (a SYN retransmitted after a full listen backlog costs 1 s)
-    // must not hold up the others.
-    const WINDOW: usize = 16;
+    match revive(&dp, &shared).await {
+        Some(done) => done,
+        None => fill_through_deadpool(dp, shared).await,
+    }
+}
+
+/// Revives husks while there are some and the pool is short. `Some(reached)` when it is
+/// done (target reached, or a connect failed), `None` when the husks ran out first.
+async fn revive<P: Protocol>(dp: &Deadpool<P>, shared: &PoolShared) -> Option<bool> {
+    let manager = dp.manager();
+    let mut inflight = FuturesUnordered::new();
+    // Set when the refill stops early. The connects already started are awaited, not
+    // dropped: one of them may be the breaker's half-open probe (see `fill_through_deadpool`).
+    let mut stopped = None;
+    let mut out_of_husks = false;
+    loop {
+        while stopped.is_none()
+            && !out_of_husks
+            && inflight.len() < WINDOW
+            && shared.members() + inflight.len() < shared.min_idle()
+            && shared.has_husks()
+        {
+            inflight.push(manager.connect());
+        }
+        match inflight.next().await {
+            None => break,
+            Some(Ok((sock, conn))) => {
+                let mut conn = Box::new(conn);
+                loop {
+                    let Some(husk) = shared
+                        .take_husk()
+                        .and_then(|h| h.downcast::<Shared<P>>().ok())
+                    else {
+                        // Every husk was dropped by checkouts meanwhile: this connection has
+                        // no entry to go to. Rare; deadpool's own path takes over.
+                        tracing::debug!("refill: no entry left for a new connection");
+                        out_of_husks = true;
+                        break;
+                    };
+                    match manager.revive(&husk, &sock, conn) {
+                        Ok(()) => break,
+                        Err(back) => conn = back,
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "refill stopped");
+                stopped = Some(false);
+            }
+        }
+    }
+    if stopped.is_some() || shared.members() >= shared.min_idle() {
+        return Some(stopped.unwrap_or(true));
+    }
+    None
+}
+
+/// Checks out connections without waiting (creating new ones once the idle queue is empty)
+/// until the pool holds `min_idle`, then returns them all to the idle queue.
+async fn fill_through_deadpool<P: Protocol>(dp: Deadpool<P>, shared: Arc<PoolShared>) -> bool {
     let no_wait = Timeouts {
         wait: Some(Duration::ZERO),
         ..dp.timeouts()

@@ -29,7 +29,12 @@ pub(crate) const MAX_IDLE_READS: u32 = 16;
 /// Watches one member's socket while it is idle; ends when the member is dead.
 pub(super) async fn watch<P: Protocol>(sh: Arc<Shared<P>>) {
     let mut reads_in_a_row = 0;
+    // A revived entry gets a new watcher: this one ends with the life it was started for.
+    let life = sh.life();
     loop {
+        if sh.life() != life {
+            return;
+        }
         let notified = sh.notify.notified();
         tokio::pin!(notified);
         // Register before reading the state: a change after this read wakes us.
@@ -46,56 +51,55 @@ pub(super) async fn watch<P: Protocol>(sh: Arc<Shared<P>>) {
         }
         // The connection owns the socket; gone means the member was evicted meanwhile.
         let Some(sock) = sh.socket() else { return };
-        tokio::select! {
+        let health = tokio::select! {
             biased;
-            _ = &mut notified => {}
-            ready = sock.readable() => {
-                let health = match ready {
-                    Ok(()) => {
-                        let res = sock.try_io(Interest::READABLE, || probe::peek(&sock));
-                        probe::classify(&res)
+            _ = &mut notified => None,
+            ready = sock.readable() => Some(match ready {
+                Ok(()) => {
+                    let res = sock.try_io(Interest::READABLE, || probe::peek(&sock));
+                    probe::classify(&res)
+                }
+                // tokio fails readiness waits only once the socket's I/O driver has shut
+                // down (its runtime was dropped).
+                Err(_) => Health::Dead(EvictReason::DriverGone),
+            }),
+        };
+        // Let go of the socket before any eviction: it closes with the connection.
+        drop(sock);
+        match health {
+            None => {}
+            Some(Health::Alive) => reads_in_a_row = 0,
+            // Bytes: the protocol reads them (unless the member was checked out meanwhile:
+            // then they are the owner's response).
+            Some(Health::Dead(EvictReason::UnexpectedData)) => {
+                reads_in_a_row += 1;
+                if reads_in_a_row > MAX_IDLE_READS {
+                    if sh.evict_in_place(st, EvictReason::UnexpectedData) {
+                        return;
                     }
-                    // tokio fails readiness waits only once the socket's I/O driver has
-                    // shut down (its runtime was dropped).
-                    Err(_) => Health::Dead(EvictReason::DriverGone),
-                };
-                match health {
-                    Health::Alive => reads_in_a_row = 0,
-                    // Bytes: the protocol reads them (unless the member was checked out
-                    // meanwhile: then they are the owner's response).
-                    Health::Dead(EvictReason::UnexpectedData) => {
-                        reads_in_a_row += 1;
-                        if reads_in_a_row > MAX_IDLE_READS {
-                            if sh.evict_in_place(st, EvictReason::UnexpectedData) {
-                                return;
-                            }
-                        } else if sh.begin_busy(st) {
-                            drop(sock);
-                            if !Box::pin(read_idle_bytes(sh.clone(), false)).await {
-                                return;
-                            }
-                            // The protocol read until nothing was left (its read cleared the
-                            // socket's readiness): the next bytes are a new arrival, such as
-                            // the next RESP3 push, not bytes it failed to drain.
-                            let Some(sock) = sh.socket() else { return };
-                            if sock.readable().now_or_never().is_none() {
-                                reads_in_a_row = 0;
-                            }
-                        }
+                } else if sh.begin_busy(st) {
+                    if !Box::pin(read_idle_bytes(sh.clone(), false)).await {
+                        return;
                     }
-                    Health::Dead(reason) => {
-                        // EOF, RST and socket errors are permanent (and reading an error
-                        // clears it): record the first one even if the member was checked
-                        // out meanwhile, and it also holds for a newer generation of an idle
-                        // member.
-                        sh.condemn(reason, Instant::now());
-                        let now = sh.state();
-                        if sh.evict_in_place(st, reason)
-                            || (now.kind() == Kind::Idle && sh.evict_in_place(now, reason))
-                        {
-                            return;
-                        }
+                    // The protocol read until nothing was left (its read cleared the
+                    // socket's readiness): the next bytes are a new arrival, such as the next
+                    // RESP3 push, not bytes it failed to drain.
+                    let Some(sock) = sh.socket() else { return };
+                    if sock.readable().now_or_never().is_none() {
+                        reads_in_a_row = 0;
                     }
+                }
+            }
+            Some(Health::Dead(reason)) => {
+                // EOF, RST and socket errors are permanent (and reading an error clears it):
+                // record the first one even if the member was checked out meanwhile, and it
+                // also holds for a newer generation of an idle member.
+                sh.condemn(reason, Instant::now());
+                let now = sh.state();
+                if sh.evict_in_place(st, reason)
+                    || (now.kind() == Kind::Idle && sh.evict_in_place(now, reason))
+                {
+                    return;
                 }
             }
         }
