@@ -35,43 +35,41 @@ pub(super) async fn watch<P: Protocol>(sh: Arc<Shared<P>>) {
         if sh.life() != life {
             return;
         }
-        let notified = sh.notify.notified();
-        tokio::pin!(notified);
-        // Register before reading the state: a change after this read wakes us.
-        notified.as_mut().enable();
         let st = sh.state();
         match st.kind() {
             Kind::Dead => return,
             Kind::Idle => {}
             _ => {
                 reads_in_a_row = 0;
+                let notified = sh.notify.notified();
+                tokio::pin!(notified);
+                // Registered before the state is read again: a return after this wakes us,
+                // and one before it shows in the state (`park_watcher` returns at once).
+                notified.as_mut().enable();
                 sh.park_watcher(st, notified.as_mut()).await;
                 continue;
             }
         }
         // The connection owns the socket; gone means the member was evicted meanwhile.
         let Some(sock) = sh.socket() else { return };
-        let health = tokio::select! {
-            biased;
-            _ = &mut notified => None,
-            ready = sock.readable() => Some(match ready {
-                Ok(()) => {
-                    let res = sock.try_io(Interest::READABLE, || probe::peek(&sock));
-                    probe::classify(&res)
-                }
-                // tokio fails readiness waits only once the socket's I/O driver has shut
-                // down (its runtime was dropped).
-                Err(_) => Health::Dead(EvictReason::DriverGone),
-            }),
+        // Only the socket wakes an armed watcher: a checkout's traffic (then it parks), a
+        // fault, or the shutdown that every eviction by someone else does.
+        let health = match sock.ready(Interest::READABLE).await {
+            Ok(_) => {
+                let res = sock.try_io(Interest::READABLE, || probe::peek(&sock));
+                probe::classify(&res)
+            }
+            // tokio fails readiness waits only once the socket's I/O driver has shut down
+            // (its runtime was dropped).
+            Err(_) => Health::Dead(EvictReason::DriverGone),
         };
         // Let go of the socket before any eviction: it closes with the connection.
         drop(sock);
         match health {
-            None => {}
-            Some(Health::Alive) => reads_in_a_row = 0,
+            Health::Alive => reads_in_a_row = 0,
             // Bytes: the protocol reads them (unless the member was checked out meanwhile:
             // then they are the owner's response).
-            Some(Health::Dead(EvictReason::UnexpectedData)) => {
+            Health::Dead(EvictReason::UnexpectedData) => {
                 reads_in_a_row += 1;
                 if reads_in_a_row > MAX_IDLE_READS {
                     if sh.evict_in_place(st, EvictReason::UnexpectedData) {
@@ -90,7 +88,7 @@ pub(super) async fn watch<P: Protocol>(sh: Arc<Shared<P>>) {
                     }
                 }
             }
-            Some(Health::Dead(reason)) => {
+            Health::Dead(reason) => {
                 // EOF, RST and socket errors are permanent (and reading an error clears it):
                 // record the first one even if the member was checked out meanwhile, and it
                 // also holds for a newer generation of an idle member.

@@ -14,7 +14,9 @@ use tokio::time::Instant;
 const SLOTS: usize = 1024;
 
 pub(crate) struct Wheel<T> {
-    slots: Vec<Vec<(u64, T)>>,
+    /// Each entry with the turn of the wheel it is due in (its tick is `turn * SLOTS +` its
+    /// slot's index): 4 bytes instead of a tick's 8, in an entry per member.
+    slots: Vec<Vec<(u32, T)>>,
     start: Instant,
     tick: Duration,
     /// The last tick advanced to: every entry due at or before it has been handed out.
@@ -48,7 +50,8 @@ impl<T> Wheel<T> {
         let due = due.saturating_duration_since(self.start).as_nanos();
         let tick = due.div_ceil(self.tick.as_nanos()) as u64;
         let tick = tick.max(self.current + 1);
-        self.slots[(tick % SLOTS as u64) as usize].push((tick, item));
+        let turn = (tick / SLOTS as u64) as u32;
+        self.slots[(tick % SLOTS as u64) as usize].push((turn, item));
         self.len += 1;
     }
 
@@ -64,11 +67,13 @@ impl<T> Wheel<T> {
         let last = target.min(self.current + SLOTS as u64);
         let mut due = Vec::new();
         for t in first..=last {
-            let slot = &mut self.slots[(t % SLOTS as u64) as usize];
+            let index = t % SLOTS as u64;
+            let slot = &mut self.slots[index as usize];
             let mut i = 0;
             while i < slot.len() {
-                if slot[i].0 <= target {
-                    due.push(slot.swap_remove(i));
+                let tick = u64::from(slot[i].0) * SLOTS as u64 + index;
+                if tick <= target {
+                    due.push((tick, slot.swap_remove(i).1));
                 } else {
                     i += 1;
                 }
