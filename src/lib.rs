@@ -17,7 +17,7 @@ mod member; //    the state word, a member's shared state, Conn and its return p
 mod metrics;
 mod pool; //      leaf shared state, the deadpool manager, builder, config, errors, Pool
 mod protocol; //   the Protocol trait, the raw default, ready-made protocols
-mod reaper; //    the background task: watch, idle bytes, maintain, heartbeat, refill
+mod reaper; //    the background task: watch, idle bytes, schedule (wheel), heartbeat, refill
 mod stats; //     counters, histograms, event streams
 mod transport; // sockets (TCP, Unix), DNS at every connect, TLS, the kernel probe
 

@@ -60,6 +60,13 @@ struct Slot<C> {
     peer: Option<SocketAddr>,
 }
 
+/// Where and when a member was checked out, for leak reports.
+#[derive(Default)]
+struct LeakStamp {
+    checkout: Mutex<Option<(Instant, &'static Location<'static>)>>,
+    reported: AtomicBool,
+}
+
 /// What a checkout found on an idle member.
 pub(crate) enum Checkout<C> {
     /// Checked out: the connection is the caller's.
@@ -91,9 +98,9 @@ pub(crate) struct Shared<P: Protocol> {
     /// End of the lifetime, in the pool's nanoseconds (0: none).
     deadline_ns: AtomicU64,
     pub(crate) notify: Notify,
-    /// Where and when the current checkout happened (only with leak detection on).
-    checkout: Mutex<Option<(Instant, &'static Location<'static>)>>,
-    leak_reported: AtomicBool,
+    /// Where and when the current checkout happened: allocated only with leak detection on
+    /// (it would cost every idle member 32 bytes otherwise).
+    leak: Option<Box<LeakStamp>>,
     watcher_parked: AtomicBool,
     pub(crate) pool: Arc<PoolShared>,
     pub(crate) protocol: Arc<P>,
@@ -126,8 +133,10 @@ impl<P: Protocol> Shared<P> {
             beat_due_ns: AtomicU64::new(now_ns + pool.config.heartbeat_interval.as_nanos() as u64),
             deadline_ns: AtomicU64::new(deadline_ns(&pool, id, now)),
             notify: Notify::new(),
-            checkout: Mutex::new(None),
-            leak_reported: AtomicBool::new(false),
+            leak: pool
+                .config
+                .leak_threshold
+                .map(|_| Box::new(LeakStamp::default())),
             watcher_parked: AtomicBool::new(false),
             pool,
             protocol,
@@ -297,8 +306,10 @@ impl<P: Protocol> Shared<P> {
         self.detected_ns.store(0, Ordering::Relaxed);
         self.last_alive_ns.store(ns, Ordering::Relaxed);
         self.returned_ns.store(ns, Ordering::Relaxed);
-        *self.checkout.lock() = None;
-        self.leak_reported.store(false, Ordering::Relaxed);
+        if let Some(leak) = &self.leak {
+            *leak.checkout.lock() = None;
+            leak.reported.store(false, Ordering::Relaxed);
+        }
         slot.sock = Arc::downgrade(sock);
         slot.local = sock.local_addr();
         slot.peer = sock.peer_addr();
@@ -427,8 +438,10 @@ impl<P: Protocol> Shared<P> {
     }
 
     pub(crate) fn stamp_checkout(&self, now: Instant, at: &'static Location<'static>) {
-        *self.checkout.lock() = Some((now, at));
-        self.leak_reported.store(false, Ordering::Relaxed);
+        if let Some(leak) = &self.leak {
+            *leak.checkout.lock() = Some((now, at));
+            leak.reported.store(false, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn returned_at(&self) -> Instant {
@@ -446,11 +459,14 @@ impl<P: Protocol> MemberOps for Shared<P> {
         if self.state().kind() != Kind::InUse {
             return false;
         }
-        let Some((since, at)) = *self.checkout.lock() else {
+        let Some(leak) = &self.leak else {
+            return false;
+        };
+        let Some((since, at)) = *leak.checkout.lock() else {
             return false;
         };
         let held = now.saturating_duration_since(since);
-        if held < threshold || self.leak_reported.swap(true, Ordering::Relaxed) {
+        if held < threshold || leak.reported.swap(true, Ordering::Relaxed) {
             return false;
         }
         tracing::warn!(

@@ -340,7 +340,9 @@ impl<P: Protocol> Builder<P> {
         self
     }
 
-    /// How often the reaper checks idle members for idle timeout, lifetime and due heartbeats.
+    /// The granularity of the reaper's schedule: idle timeout, max lifetime and heartbeats
+    /// fall due on ticks this far apart. Each tick visits only the members that fall due (a
+    /// timing wheel), so a short interval costs wake-ups, not passes over the pool.
     ///
     /// ```
     /// let b = livepool::Pool::builder("127.0.0.1:1").reap_interval(std::time::Duration::from_millis(250));
@@ -376,7 +378,9 @@ impl<P: Protocol> Builder<P> {
     }
 
     /// Each member's heartbeat interval is shortened by a fraction up to this, so that
-    /// heartbeats spread out. In [0, 1).
+    /// heartbeats spread out. In [0, 1). (The first heartbeat after a return is drawn
+    /// uniformly over the whole interval in any case: members returned or created together
+    /// are not pinged together.)
     ///
     /// ```
     /// let b = livepool::Pool::builder("127.0.0.1:1").heartbeat_jitter(0.0);

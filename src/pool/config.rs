@@ -71,7 +71,7 @@ impl Config {
             lifetime_jitter: 0.05,
             // The common case: a write is a request whose response must be read.
             request_response: true,
-            // Idle/lifetime granularity; a pass over 10,000 idle members costs ~0.1 ms.
+            // Idle/lifetime/heartbeat granularity; a tick visits only the members that are due.
             reap_interval: Duration::from_secs(1),
             // Heartbeats need a protocol; the raw protocol has none by default.
             has_heartbeat: false,
@@ -82,7 +82,8 @@ impl Config {
             heartbeat_interval: Duration::from_secs(30),
             // A healthy peer answers a ping in well under a second.
             heartbeat_timeout: Duration::from_secs(5),
-            // Spreads heartbeats of members returned together.
+            // Varies later heartbeat intervals (the first after a return is spread over the
+            // whole interval anyway).
             heartbeat_jitter: 0.1,
             // Event-driven eviction of idle members closed by the peer.
             idle_watch: true,

@@ -183,7 +183,9 @@ impl<P: Protocol> Clone for Pool<P> {
     }
 }
 
-/// A snapshot of the pool's occupancy, eventually consistent.
+/// A snapshot of the pool's occupancy, eventually consistent. It counts live members only:
+/// a member evicted while idle is gone from it at once, although its empty entry may stay
+/// in the underlying queue until a checkout or the refill reuses it.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {

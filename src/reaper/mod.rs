@@ -7,7 +7,7 @@
 //!   resets it; bytes that arrive go to the protocol (`idle.rs`).
 //! - `idle.rs` — **idle bytes**: the protocol reads them through its own stack, bounded by
 //!   `heartbeat_timeout`, and keeps or evicts the member.
-//! - `wheel.rs` + `maintain.rs` — the **schedule** (`reap_interval` ticks): every member sits
+//! - `wheel.rs` + `turn.rs` — the **schedule** (`reap_interval` ticks): every member sits
 //!   on a timing wheel at the time it next needs a look (its heartbeat, its lifetime end, its
 //!   idle timeout), and each tick visits only the members that fall due, deciding for each
 //!   alone. No pass over deadpool's queue: the work per tick follows what is due, not the
@@ -28,8 +28,8 @@
 
 mod beat;
 pub(crate) mod idle;
-mod maintain;
 mod refill;
+mod turn;
 mod watch;
 mod wheel;
 
@@ -162,7 +162,7 @@ impl<P: Protocol> Reaper<P> {
 
     /// Puts a member back on the schedule at its next turn.
     fn schedule(&mut self, sh: Arc<Shared<P>>, now: Instant) {
-        if let Some(at) = maintain::next_turn(&sh, now) {
+        if let Some(at) = turn::next_turn(&sh, now) {
             let life = sh.life();
             self.wheel.insert(at, (sh, life));
         }
@@ -204,10 +204,10 @@ impl<P: Protocol> Reaper<P> {
                 // Revived since: its new life has its own entry.
                 return;
             }
-            match maintain::visit(&sh, now) {
-                maintain::Turn::Done => {}
-                maintain::Turn::Again(at) => wheel.insert(at, (sh, life)),
-                maintain::Turn::Beat => {
+            match turn::visit(&sh, now) {
+                turn::Turn::Done => {}
+                turn::Turn::Again(at) => wheel.insert(at, (sh, life)),
+                turn::Turn::Beat => {
                     beats.push(Box::pin(beat::beat(sh, protocol.clone())));
                 }
             }

@@ -78,6 +78,10 @@ impl<T> Wheel<T> {
                     i += 1;
                 }
             }
+            // A slot that held a crowd (members created together) gives the memory back.
+            if slot.capacity() > 64 && slot.len() < slot.capacity() / 4 {
+                slot.shrink_to(slot.len() * 2);
+            }
         }
         self.current = target;
         self.len -= due.len();
