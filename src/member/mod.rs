@@ -54,6 +54,8 @@ struct Slot<C> {
     /// Boxed, so that a checkout moves a pointer, not the protocol's whole session.
     conn: Option<Box<C>>,
     husk: bool,
+    /// A checkout popped this dead entry: deadpool drops it next, so it is not revived.
+    claimed: bool,
     /// Weak: the connection owns the socket, so dropping it closes the descriptor.
     sock: Weak<Socket>,
     local: Option<SocketAddr>,
@@ -85,6 +87,8 @@ pub(crate) struct Shared<P: Protocol> {
     id: AtomicU64,
     /// Bumped by each revival: a watcher or schedule entry of an earlier life ends.
     life: AtomicU32,
+    /// This life's place in the pool's registry.
+    place: AtomicU32,
     pub(crate) state: StateWord,
     /// The idle connection (taken by a checkout or a reaper job) and the husk flag.
     slot: Mutex<Slot<P::Conn>>,
@@ -118,10 +122,12 @@ impl<P: Protocol> Shared<P> {
         Shared {
             id: AtomicU64::new(id),
             life: AtomicU32::new(0),
+            place: AtomicU32::new(u32::MAX),
             state: StateWord::new(),
             slot: Mutex::new(Slot {
                 conn: None,
                 husk: false,
+                claimed: false,
                 sock: Arc::downgrade(sock),
                 local: sock.local_addr(),
                 peer: sock.peer_addr(),
@@ -150,6 +156,13 @@ impl<P: Protocol> Shared<P> {
     /// The socket, while the connection that owns it exists.
     pub(crate) fn socket(&self) -> Option<Arc<Socket>> {
         self.slot.lock().sock.upgrade()
+    }
+
+    /// Registers this new member with the pool (its first life).
+    pub(crate) fn register(self: &Arc<Self>) {
+        let me: Weak<dyn MemberOps> = Arc::downgrade(self) as _;
+        self.place
+            .store(self.pool.member_created(me), Ordering::Relaxed);
     }
 
     /// The connection's id, unique within the pool.
@@ -273,7 +286,7 @@ impl<P: Protocol> Shared<P> {
         slot.husk = true;
         let pool = &self.pool;
         pool.husk_added();
-        pool.member_gone(self.id());
+        pool.member_gone(self.place.load(Ordering::Relaxed));
         self.record(now, slot.local, slot.peer);
         if pool.min_idle() > 0 {
             let me: Weak<dyn std::any::Any + Send + Sync> = Arc::downgrade(self) as _;
@@ -292,7 +305,7 @@ impl<P: Protocol> Shared<P> {
         id: u64,
     ) -> Result<(), Box<P::Conn>> {
         let mut slot = self.slot.lock();
-        if !slot.husk || self.state().kind() != Kind::Dead {
+        if !slot.husk || slot.claimed || self.state().kind() != Kind::Dead {
             return Err(conn);
         }
         let pool = &self.pool;
@@ -317,11 +330,23 @@ impl<P: Protocol> Shared<P> {
         slot.husk = false;
         pool.husk_gone();
         let me: Weak<dyn MemberOps> = Arc::downgrade(self) as _;
-        pool.member_created(me, id);
+        self.place.store(pool.member_created(me), Ordering::Relaxed);
         self.spread_first_beat(ns);
         self.state.revive();
         drop(slot);
         Ok(())
+    }
+
+    /// A checkout is about to hand this entry back to deadpool to be dropped: the refill
+    /// must not revive it from now on (a connection revived into it would be closed at
+    /// once). False if the refill revived it since the checkout saw life `life`.
+    pub(crate) fn claim(&self, life: u32) -> bool {
+        let mut slot = self.slot.lock();
+        if self.life() != life {
+            return false;
+        }
+        slot.claimed = true;
+        true
     }
 
     /// Records this member's eviction (once: by its drop or by `bury`).
@@ -548,7 +573,7 @@ impl<P: Protocol> Drop for Member<P> {
         drop(self.conn.take());
         drop(idle);
         sh.notify.notify_waiters();
-        pool.member_gone(sh.id());
+        pool.member_gone(sh.place.load(Ordering::Relaxed));
         sh.record(now, local, peer);
     }
 }

@@ -16,7 +16,7 @@ use crate::io::Io;
 use crate::member::state::Kind;
 use crate::member::{Checkout, Member, Shared};
 use crate::pool::error::Error;
-use crate::pool::shared::{MemberOps, PoolShared};
+use crate::pool::shared::PoolShared;
 use crate::protocol::{Protocol, SetupError};
 use crate::stats::EvictReason;
 use crate::transport::{self, Stream};
@@ -62,9 +62,8 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
             shared.clone(),
             self.protocol.clone(),
         ));
-        let ops: Arc<dyn MemberOps> = member.clone();
         let watch = self.watch_tx.lock();
-        shared.member_created(Arc::downgrade(&ops), id);
+        member.register();
         if let Some(tx) = &*watch {
             // A reaper that is gone is restarted by the next `get()`, and the new one is
             // handed every live member: a failed send loses nothing.
@@ -82,12 +81,13 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
         let sh = &member.shared;
         // Bytes that keep coming back after benign reads: the protocol is not draining them.
         let mut idle_reads = 0;
+        let mut life = sh.life();
         let reason = loop {
             let mut st = sh.state();
             if st.kind() == Kind::Busy {
                 st = wait_for_busy(sh).await;
             }
-            match st.kind() {
+            let reason = match st.kind() {
                 Kind::Idle => match sh.try_checkout(st, Instant::now()) {
                     Checkout::Got(conn) => {
                         member.conn = Some(conn);
@@ -98,23 +98,28 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
                     // Bytes on an idle member: the protocol reads them and decides.
                     Checkout::Bytes => {
                         idle_reads += 1;
-                        if idle_reads > crate::reaper::MAX_IDLE_READS {
-                            break EvictReason::UnexpectedData;
+                        if idle_reads <= crate::reaper::MAX_IDLE_READS {
+                            if sh.begin_busy(st) {
+                                Box::pin(crate::reaper::idle::read_idle_bytes(sh.clone(), true))
+                                    .await;
+                            }
+                            continue;
                         }
-                        if sh.begin_busy(st) {
-                            Box::pin(crate::reaper::idle::read_idle_bytes(sh.clone(), true)).await;
-                        }
-                        continue;
+                        EvictReason::UnexpectedData
                     }
-                    Checkout::Dead(reason) => break reason,
+                    Checkout::Dead(reason) => reason,
                 },
-                // Evicted in place (an empty entry: its drop records nothing) or condemned,
-                // unless the refill revived it just now.
-                Kind::Dead if sh.state() != st => continue,
-                Kind::Dead => break sh.reason().unwrap_or(EvictReason::SocketError),
+                // Evicted in place (an empty entry: its drop records nothing) or condemned.
+                Kind::Dead => sh.reason().unwrap_or(EvictReason::SocketError),
                 // In use while in the idle queue cannot happen; refuse it rather than share it.
-                _ => break EvictReason::SocketError,
+                _ => EvictReason::SocketError,
+            };
+            // deadpool drops the entry on an error: claim it first, so that the refill does
+            // not revive it meanwhile; if the refill revived it already, look again.
+            if sh.claim(life) {
+                break reason;
             }
+            life = sh.life();
         };
         sh.condemn(reason, Instant::now());
         Err(RecycleError::message(reason.as_str()))

@@ -6,7 +6,6 @@
 //! protocol. Members reach it through an `Arc`; it reaches members only through the
 //! object-safe [`MemberOps`] in its registry.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, Ordering::Relaxed};
@@ -56,8 +55,9 @@ pub(crate) struct PoolShared {
     /// Husks a refill may revive (see the member docs): kept only while `min_idle` is set,
     /// at most `min_idle` of them.
     husk_list: Mutex<Vec<Weak<dyn std::any::Any + Send + Sync>>>,
-    /// Every live member, for leak detection and forced drain (touched on create and drop only).
-    registry: Mutex<HashMap<u64, Weak<dyn MemberOps>>>,
+    /// Every live member, for leak detection, forced drain and a restarted reaper (touched
+    /// on create and eviction only).
+    registry: Mutex<Registry>,
     breaker: Option<Mutex<Breaker>>,
     pub(crate) breaker_transitions: AtomicU64,
     last_error: Mutex<Option<(io::ErrorKind, Option<i32>, String)>>,
@@ -85,7 +85,7 @@ impl PoolShared {
             min_idle: AtomicUsize::new(config.min_idle),
             max_size: AtomicUsize::new(config.max_size),
             husk_list: Mutex::new(Vec::new()),
-            registry: Mutex::new(HashMap::new()),
+            registry: Mutex::new(Registry::default()),
             breaker,
             breaker_transitions: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -133,21 +133,26 @@ impl PoolShared {
     pub(crate) fn live_members(&self) -> Vec<Arc<dyn MemberOps>> {
         self.registry
             .lock()
-            .values()
+            .slots
+            .iter()
+            .flatten()
             .filter_map(Weak::upgrade)
             .collect()
     }
 
-    pub(crate) fn member_created(&self, member: Weak<dyn MemberOps>, id: u64) {
-        self.registry.lock().insert(id, member);
+    /// Registers a new member; returns its place in the registry, for `member_gone`.
+    pub(crate) fn member_created(&self, member: Weak<dyn MemberOps>) -> u32 {
+        let place = self.registry.lock().insert(member);
         self.members.fetch_add(1, Relaxed);
         self.stats.created.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
         self.metrics.created();
+        place
     }
 
-    pub(crate) fn member_gone(&self, id: u64) {
-        self.registry.lock().remove(&id);
+    /// A member's life ended (`place` from `member_created`, once per life).
+    pub(crate) fn member_gone(&self, place: u32) {
+        self.registry.lock().remove(place);
         let left = self.members.fetch_sub(1, Relaxed) - 1;
         if left < self.min_idle() {
             self.wake.notify_one();
@@ -323,5 +328,35 @@ impl Drop for ReaperRunning {
 impl fmt::Debug for ReaperRunning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ReaperRunning")
+    }
+}
+
+/// Live members by place: a slab (16 bytes a member) rather than a map by id.
+#[derive(Default)]
+struct Registry {
+    slots: Vec<Option<Weak<dyn MemberOps>>>,
+    free: Vec<u32>,
+}
+
+impl Registry {
+    fn insert(&mut self, member: Weak<dyn MemberOps>) -> u32 {
+        match self.free.pop() {
+            Some(place) => {
+                self.slots[place as usize] = Some(member);
+                place
+            }
+            None => {
+                self.slots.push(Some(member));
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    fn remove(&mut self, place: u32) {
+        if let Some(slot) = self.slots.get_mut(place as usize)
+            && slot.take().is_some()
+        {
+            self.free.push(place);
+        }
     }
 }
