@@ -18,7 +18,7 @@ pub(super) enum Turn {
     Done,
     /// Look again at this time.
     Again(Instant),
-    /// Its heartbeat is due and it is now busy: ping it (the beat schedules it again).
+    /// Its heartbeat is due: ping it (the beat schedules it again).
     Beat,
 }
 
@@ -47,11 +47,7 @@ pub(super) fn visit<P: Protocol>(sh: &Arc<Shared<P>>, now: Instant) -> Turn {
         };
     }
     if cfg.has_heartbeat && now >= sh.beat_due() {
-        return if sh.begin_busy(st) {
-            Turn::Beat
-        } else {
-            Turn::Again(now + cfg.reap_interval)
-        };
+        return Turn::Beat;
     }
     next_turn(sh, now).map_or(Turn::Done, Turn::Again)
 }
