@@ -587,7 +587,6 @@ impl Breaker {
     /// `Some` while open (the remaining open period, zero once it has passed
     /// but no admit has moved the breaker to half-open yet) and while half-open
     /// with the probe in flight; `None` when an admit now would be granted.
-    #[cfg(test)]
     pub(crate) fn retry_after(&self, now: Instant) -> Option<Duration> {
         match self.inner {
             Inner::Closed { .. }

@@ -9,6 +9,7 @@
 )]
 
 // Layers, bottom up; each imports only the ones above it in this list.
+mod balancer; //  one handle over several endpoints' pools: selection, failover
 mod breaker; //   the pure circuit-breaker machine
 mod io; //        tracked I/O: the clean-return bookkeeping, above TLS
 mod jitter; //    the one seeded PRNG behind every jitter
@@ -21,6 +22,7 @@ mod reaper; //    the background task: watch, idle bytes, schedule (wheel), hear
 mod stats; //     counters, histograms, event streams
 mod transport; // sockets (TCP, Unix), DNS at every connect, TLS, the kernel probe
 
+pub use balancer::{Balancer, EndpointStatus};
 pub use breaker::{BreakerConfig, BreakerState, Transition};
 pub use io::Io;
 pub use member::Conn;

@@ -94,6 +94,18 @@ impl<P: Protocol> Conn<P> {
         self.shared().id()
     }
 
+    /// The endpoint this connection belongs to, as configured (`"host:port"`, an address, or
+    /// `"unix:/path"`): with a [`Balancer`](crate::Balancer), which server it went to.
+    ///
+    /// ```no_run
+    /// # async fn demo(b: livepool::Balancer) { let conn = b.get().await.unwrap();
+    /// println!("served by {}", conn.endpoint());
+    /// # }
+    /// ```
+    pub fn endpoint(&self) -> &str {
+        &self.shared().pool.endpoint
+    }
+
     /// Our address of the connection.
     ///
     /// # Errors

@@ -44,8 +44,14 @@ enum Kind {
     Closed,
     Connect,
     Setup,
-    CircuitOpen { retry_after: Duration },
-    LocalResource { cause: &'static str },
+    CircuitOpen {
+        retry_after: Duration,
+    },
+    LocalResource {
+        cause: &'static str,
+    },
+    /// A [`Balancer`](crate::Balancer) tried every endpoint: each one's error.
+    AllEndpoints(Vec<Error>),
 }
 
 /// The error of [`Pool::get`](crate::Pool::get).
@@ -117,6 +123,16 @@ impl Error {
             kind: Kind::LocalResource { cause },
             endpoint: Some(endpoint),
             source: Some(Box::new(e)),
+        }
+    }
+
+    /// Every endpoint of a balancer failed; `failures` holds each one's error (empty: the
+    /// balancer has no endpoint).
+    pub(crate) fn all_endpoints(failures: Vec<Error>) -> Self {
+        Error {
+            kind: Kind::AllEndpoints(failures),
+            endpoint: None,
+            source: None,
         }
     }
 
@@ -230,6 +246,49 @@ impl Error {
         matches!(self.kind, Kind::CircuitOpen { .. })
     }
 
+    /// True when a [`Balancer`](crate::Balancer) tried every endpoint and each failed (or it
+    /// has none); [`Error::endpoint_errors`] holds each one's error.
+    ///
+    /// ```no_run
+    /// # async fn f(b: livepool::Balancer) {
+    /// if let Err(e) = b.get().await {
+    ///     if e.is_all_endpoints() {
+    ///         for e in e.endpoint_errors() { eprintln!("{:?}: {e}", e.endpoint()); }
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn is_all_endpoints(&self) -> bool {
+        matches!(self.kind, Kind::AllEndpoints(_))
+    }
+
+    /// Each endpoint's error when every endpoint failed (see [`Error::is_all_endpoints`]);
+    /// empty otherwise.
+    ///
+    /// ```no_run
+    /// # async fn f(b: livepool::Balancer) {
+    /// if let Err(e) = b.get().await { println!("{} endpoints failed", e.endpoint_errors().len()); }
+    /// # }
+    /// ```
+    pub fn endpoint_errors(&self) -> &[Error] {
+        match &self.kind {
+            Kind::AllEndpoints(v) => v,
+            _ => &[],
+        }
+    }
+
+    /// The endpoint this error is about, as configured (`"host:port"`, an address, or
+    /// `"unix:/path"`), if it is about one.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: livepool::Pool) {
+    /// if let Err(e) = pool.get().await { println!("{:?}", e.endpoint()); }
+    /// # }
+    /// ```
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+
     /// How long until the breaker lets a connect through again, when it is open.
     ///
     /// ```no_run
@@ -286,6 +345,17 @@ impl fmt::Display for Error {
                 f,
                 "local resource exhausted ({cause}): not the endpoint's fault; connect failed"
             )?,
+            Kind::AllEndpoints(failures) if failures.is_empty() => {
+                return f.write_str("the balancer has no endpoint");
+            }
+            Kind::AllEndpoints(failures) => {
+                write!(f, "all {} endpoints failed", failures.len())?;
+                for (i, e) in failures.iter().enumerate() {
+                    f.write_str(if i == 0 { ": " } else { "; " })?;
+                    write!(f, "{e}")?;
+                }
+                return Ok(());
+            }
         }
         if let Some(endpoint) = &self.endpoint {
             write!(f, " ({endpoint})")?;

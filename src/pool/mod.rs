@@ -503,6 +503,32 @@ impl<P: Protocol> Pool<P> {
         Ok(())
     }
 
+    /// The endpoint as configured: `"host:port"`, an address, or `"unix:/path"`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool = livepool::Pool::builder("127.0.0.1:6379").build().unwrap();
+    /// assert_eq!(pool.endpoint(), "127.0.0.1:6379");
+    /// # }
+    /// ```
+    pub fn endpoint(&self) -> &str {
+        &self.inner.shared.endpoint
+    }
+
+    /// True while the breaker would refuse a connect now.
+    pub(crate) fn breaker_refuses(&self) -> bool {
+        self.inner.shared.breaker_refuses()
+    }
+
+    pub(crate) fn wait_timeout(&self) -> Option<Duration> {
+        self.inner.shared.config.wait_timeout
+    }
+
+    /// The error of a `get()` that a caller's deadline cut short (counted as a timeout).
+    pub(crate) fn timeout_error(&self) -> Error {
+        map_error(&self.inner.shared, PoolError::Timeout(TimeoutType::Wait))
+    }
+
     /// True after [`Pool::close`].
     ///
     /// ```

@@ -289,6 +289,16 @@ impl PoolShared {
             })
     }
 
+    /// True while the breaker would refuse a connect now (open, or half-open with its probe
+    /// out); false once an open period has passed, so that the next connect is the probe.
+    pub(crate) fn breaker_refuses(&self) -> bool {
+        self.breaker.as_ref().is_some_and(|b| {
+            b.lock()
+                .retry_after(Instant::now())
+                .is_some_and(|d| !d.is_zero())
+        })
+    }
+
     pub(crate) fn breaker_state(&self) -> BreakerState {
         self.breaker
             .as_ref()

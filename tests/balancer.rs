@@ -1,0 +1,202 @@
+//! `Balancer` on real sockets: endpoints on 127.0.0.2, .3 and .4, one of them refusing;
+//! failover, the breaker taking the bad one out of the choice, its recovery, the error when
+//! every endpoint is down, and `add`/`remove` with draining.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use livepool::{Balancer, BreakerConfig, BreakerState};
+use support::*;
+
+const MS: Duration = Duration::from_millis(1);
+
+/// A loopback address on `ip` with nothing listening (connects are refused at once).
+fn refusing(ip: &str) -> SocketAddr {
+    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    l.local_addr().unwrap()
+}
+
+fn balancer(endpoints: &[SocketAddr]) -> Balancer {
+    Balancer::new(endpoints.iter().copied(), |b| {
+        b.max_size(8)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .breaker(Some(
+                BreakerConfig::new()
+                    .failure_threshold(2)
+                    .open_for(200 * MS)
+                    .max_open_for(200 * MS)
+                    .jitter(0.0),
+            ))
+    })
+    .unwrap()
+}
+
+/// Checks out `n` connections one after the other (each with an exchange), counting them by
+/// endpoint. Panics on a failed `get()`.
+async fn spread(b: &Balancer, n: u64) -> HashMap<String, u64> {
+    let mut by = HashMap::new();
+    for i in 0..n {
+        let mut c = within(5, "balancer get", b.get())
+            .await
+            .unwrap_or_else(|e| panic!("get {i} failed: {e}"));
+        assert_eq!(exchange(&mut c, i).await.unwrap(), token(i));
+        *by.entry(c.endpoint().to_string()).or_insert(0) += 1;
+    }
+    by
+}
+
+/// `rounds` times: checks out `at_once` connections together (each with an exchange), then
+/// returns them; counts them by endpoint. Panics on a failed `get()`.
+async fn spread_held(b: &Balancer, rounds: u64, at_once: u64) -> HashMap<String, u64> {
+    let mut by = HashMap::new();
+    for r in 0..rounds {
+        let mut held = Vec::new();
+        for j in 0..at_once {
+            let n = r * at_once + j;
+            let mut c = within(5, "balancer get", b.get())
+                .await
+                .unwrap_or_else(|e| panic!("get {n} failed: {e}"));
+            assert_eq!(exchange(&mut c, n).await.unwrap(), token(n));
+            *by.entry(c.endpoint().to_string()).or_insert(0) += 1;
+            held.push(c);
+        }
+    }
+    by
+}
+
+#[tokio::test]
+async fn a_refusing_endpoint_costs_no_failed_get_and_comes_back() {
+    let a = FaultServer::start_on("127.0.0.2:0".parse().unwrap()).await;
+    let b = FaultServer::start_on("127.0.0.3:0".parse().unwrap()).await;
+    let down = refusing("127.0.0.4");
+    let bal = balancer(&[a.addr, b.addr, down]);
+    // Every get succeeds: a refused connect on the bad endpoint fails over at once. Six held
+    // at once, so that the endpoints without idle connections are chosen too.
+    let by = spread_held(&bal, 40, 6).await;
+    assert_eq!(by.values().sum::<u64>(), 240);
+    assert!(!by.contains_key(&down.to_string()), "{by:?}");
+    assert_eq!(by.len(), 2, "both healthy endpoints served: {by:?}");
+    let st = bal.pool(&down.to_string()).unwrap().statistics();
+    assert!(st.connect_errors >= 2, "{st:?}");
+    assert!(st.breaker_transitions >= 1, "its breaker opened: {st:?}");
+
+    // It comes back: after the breaker's open period, the half-open probe reaches it.
+    let back = FaultServer::start_on(down).await;
+    let mut served = false;
+    for i in 0..400 {
+        // Hold several at once, so that load spreads to the third endpoint too.
+        let mut held = Vec::new();
+        for j in 0..6 {
+            let mut c = within(5, "get", bal.get()).await.unwrap();
+            assert_eq!(
+                exchange(&mut c, i * 10 + j).await.unwrap(),
+                token(i * 10 + j)
+            );
+            served |= c.endpoint() == down.to_string();
+            held.push(c);
+        }
+        if served {
+            break;
+        }
+        tokio::time::sleep(5 * MS).await;
+    }
+    assert!(
+        served,
+        "the recovered endpoint never served: {:?}",
+        bal.endpoints()
+    );
+    let down_status = bal.pool(&down.to_string()).unwrap().status();
+    assert_eq!(down_status.breaker, BreakerState::Closed);
+    drop(back);
+}
+
+#[tokio::test]
+async fn when_every_endpoint_is_down_the_error_names_each() {
+    let eps = [
+        refusing("127.0.0.2"),
+        refusing("127.0.0.3"),
+        refusing("127.0.0.4"),
+    ];
+    let bal = balancer(&eps);
+    let e = within(5, "get", bal.get()).await.unwrap_err();
+    assert!(e.is_all_endpoints(), "{e}");
+    assert_eq!(e.endpoint_errors().len(), 3, "{e}");
+    for ep in &eps {
+        assert!(e.to_string().contains(&ep.to_string()), "{e}");
+    }
+    for inner in e.endpoint_errors() {
+        assert!(inner.is_connect(), "{inner}");
+    }
+    // Once the breakers are open, the same answer comes without a connect.
+    let _ = bal.get().await;
+    let before: u64 = bal
+        .endpoints()
+        .iter()
+        .map(|e| e.statistics.connect_errors)
+        .sum();
+    let e = bal.get().await.unwrap_err();
+    assert!(
+        e.endpoint_errors().iter().all(|e| e.is_circuit_open()),
+        "{e}"
+    );
+    let after: u64 = bal
+        .endpoints()
+        .iter()
+        .map(|e| e.statistics.connect_errors)
+        .sum();
+    assert_eq!(before, after);
+}
+
+#[tokio::test]
+async fn load_goes_where_connections_are_idle_and_spreads_when_they_are_not() {
+    let a = FaultServer::start_on("127.0.0.2:0".parse().unwrap()).await;
+    let b = FaultServer::start_on("127.0.0.3:0".parse().unwrap()).await;
+    let bal = balancer(&[a.addr, b.addr]);
+    // One idle connection on a only.
+    let c = bal.pool(&a.addr.to_string()).unwrap().get().await.unwrap();
+    drop(c);
+    // One at a time: the idle one on a is preferred every time (no connect to b).
+    let by = spread(&bal, 50).await;
+    assert_eq!(by.get(&a.addr.to_string()), Some(&50), "{by:?}");
+    assert_eq!(
+        bal.pool(&b.addr.to_string()).unwrap().statistics().created,
+        0
+    );
+    // Eight held at once: both endpoints get some.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(bal.get().await.unwrap());
+    }
+    let on_b = held
+        .iter()
+        .filter(|c| c.endpoint() == b.addr.to_string())
+        .count();
+    assert!((1..=7).contains(&on_b), "{on_b} of 8 on b");
+}
+
+#[tokio::test]
+async fn removing_an_endpoint_drains_it_and_adding_one_serves() {
+    let a = FaultServer::start_on("127.0.0.2:0".parse().unwrap()).await;
+    let b = FaultServer::start_on("127.0.0.3:0".parse().unwrap()).await;
+    let bal = balancer(&[a.addr]);
+    let a_pool = bal.pool(&a.addr.to_string()).unwrap();
+    let mut out = bal.get().await.unwrap();
+    let idle = bal.get().await.unwrap();
+    drop(idle);
+    assert_eq!(a_pool.status().size, 2);
+    bal.add(b.addr).unwrap();
+    bal.add(b.addr).unwrap();
+    assert_eq!(bal.endpoints().len(), 2);
+    assert!(bal.remove(&a.addr.to_string()));
+    // The idle member is closed at once, the checked-out one keeps working until returned.
+    assert_eq!(a_pool.status().idle, 0);
+    assert_eq!(exchange(&mut out, 1).await.unwrap(), token(1));
+    drop(out);
+    wait_until(5, "a drained", || a_pool.status().size == 0).await;
+    // Everything now goes to b.
+    let by = spread(&bal, 10).await;
+    assert_eq!(by.get(&b.addr.to_string()), Some(&10), "{by:?}");
+}
