@@ -11,6 +11,14 @@
 //! result: the maximum load drops from log n / log log n to log log n) without every caller
 //! piling onto the same endpoint between two snapshots.
 //!
+//! Keyed selection (`get_for`, for sharded caches): rendezvous hashing. Each endpoint scores
+//! `hash(endpoint, key)` and the key goes to the highest score among the endpoints whose
+//! breaker lets a connect through; when that one is down, to the next. So a key moves only
+//! when its own endpoint is down (or removed), and comes back when it recovers; the keys of
+//! the others stay where they are. The hash is std's SipHash with fixed keys: stable within
+//! one build, not across Rust releases (keys move after an upgrade, as after a restart of a
+//! cache ring).
+//!
 //! Failover: a `get()` that meets a refused or timed-out connect, a failed setup or an open
 //! breaker on its endpoint moves on to the next choice, within the wait timeout of the
 //! pools; when every endpoint failed, the error lists each one with its error
@@ -18,6 +26,7 @@
 //! resource ran out, the pool was closed) are returned as they are: another endpoint would
 //! not help.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -149,28 +158,59 @@ impl<P: Protocol> Balancer<P> {
     /// ```
     pub async fn get(&self) -> Result<Conn<P>, Error> {
         let pools = self.inner.endpoints.read().clone();
+        let mut tried = vec![false; pools.len()];
+        let order = std::iter::from_fn(|| {
+            let i = self.pick(&pools, &tried)?;
+            tried[i] = true;
+            Some(i)
+        });
+        self.try_in_order(&pools, order).await
+    }
+
+    /// Checks out a connection from the endpoint that owns `key` (rendezvous hashing, see the
+    /// type's docs), or from the next one in the key's order while that one is down.
+    ///
+    /// # Errors
+    /// As [`Balancer::get`].
+    ///
+    /// ```no_run
+    /// # async fn f(b: livepool::Balancer) {
+    /// let conn = b.get_for("user:42").await.unwrap();
+    /// println!("user:42 lives on {}", conn.endpoint());
+    /// # }
+    /// ```
+    pub async fn get_for<K: Hash + ?Sized>(&self, key: &K) -> Result<Conn<P>, Error> {
+        let pools = self.inner.endpoints.read().clone();
+        let mut order: Vec<(u64, usize)> = pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (rendezvous(p.endpoint(), key), i))
+            .collect();
+        order.sort_unstable_by(|a, b| b.cmp(a));
+        // Those that would let a connect through first, each group in the key's order.
+        let (up, down): (Vec<usize>, Vec<usize>) = order
+            .into_iter()
+            .map(|(_, i)| i)
+            .partition(|&i| !pools[i].breaker_refuses());
+        self.try_in_order(&pools, up.into_iter().chain(down)).await
+    }
+
+    /// Tries `order` one after the other, failing over as `get` does.
+    async fn try_in_order(
+        &self,
+        pools: &[Pool<P>],
+        order: impl Iterator<Item = usize>,
+    ) -> Result<Conn<P>, Error> {
         let deadline = pools
             .first()
             .and_then(|p| p.wait_timeout())
             .map(|t| Instant::now() + t);
-        let mut tried = vec![false; pools.len()];
         let mut failures = Vec::new();
-        while let Some(i) = self.pick(&pools, &tried) {
-            tried[i] = true;
-            let pool = &pools[i];
-            let res = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, pool.get()).await {
-                    Ok(res) => res,
-                    // The wait timeout ran out during this endpoint's connect: what it did is
-                    // the answer, not the time.
-                    Err(_) => Err(pool.timeout_error()),
-                },
-                None => pool.get().await,
-            };
-            match res {
+        for i in order {
+            match checkout(&pools[i], deadline).await {
                 Ok(conn) => return Ok(conn),
                 Err(e) if fails_over(&e) => {
-                    tracing::debug!(endpoint = pool.endpoint(), error = %e, "failing over");
+                    tracing::debug!(endpoint = pools[i].endpoint(), error = %e, "failing over");
                     failures.push(e);
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
@@ -301,6 +341,31 @@ impl<P: Protocol> Balancer<P> {
         pool.close();
         true
     }
+}
+
+/// One endpoint's `get()`, cut short at the caller's deadline.
+async fn checkout<P: Protocol>(
+    pool: &Pool<P>,
+    deadline: Option<Instant>,
+) -> Result<Conn<P>, Error> {
+    match deadline {
+        Some(d) => match tokio::time::timeout_at(d, pool.get()).await {
+            Ok(res) => res,
+            // The wait timeout ran out during this endpoint's connect: what it did is the
+            // answer, not the time.
+            Err(_) => Err(pool.timeout_error()),
+        },
+        None => pool.get().await,
+    }
+}
+
+/// The rendezvous score of `key` on `endpoint`.
+fn rendezvous<K: Hash + ?Sized>(endpoint: &str, key: &K) -> u64 {
+    // `new()` is keyed the same in every instance (unlike a `HashMap`'s `RandomState`).
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    endpoint.hash(&mut h);
+    key.hash(&mut h);
+    h.finish()
 }
 
 /// Whether another endpoint could do better than this error.

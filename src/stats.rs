@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -147,6 +148,9 @@ impl fmt::Display for EvictReason {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct EvictionEvent {
+    /// The endpoint of the connection's pool, as configured (with a
+    /// [`Balancer`](crate::Balancer), which server it was on).
+    pub endpoint: Arc<str>,
     /// Why it was evicted.
     pub reason: EvictReason,
     /// The connection's id (see [`Conn::id`](crate::Conn::id)).
@@ -296,6 +300,8 @@ impl Events {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct BreakerEvent {
+    /// The endpoint whose breaker it is, as configured.
+    pub endpoint: Arc<str>,
     /// From which state to which, and for how long it stays open.
     pub transition: crate::Transition,
     /// When it happened.
@@ -576,6 +582,7 @@ mod tests {
     fn eviction(id: u64) -> EvictionEvent {
         let now = Instant::now();
         EvictionEvent {
+            endpoint: "127.0.0.1:1".into(),
             reason: EvictReason::PeerClosed,
             id,
             local_addr: None,
@@ -588,6 +595,7 @@ mod tests {
 
     fn opened() -> BreakerEvent {
         BreakerEvent {
+            endpoint: "127.0.0.1:1".into(),
             transition: Transition {
                 from: BreakerState::Closed,
                 to: BreakerState::Open,

@@ -1,6 +1,7 @@
 //! `Balancer` on real sockets: endpoints on 127.0.0.2, .3 and .4, one of them refusing;
 //! failover, the breaker taking the bad one out of the choice, its recovery, the error when
-//! every endpoint is down, and `add`/`remove` with draining.
+//! every endpoint is down, `add`/`remove` with draining, and keyed selection moving only the
+//! keys of the endpoint that is down.
 
 mod support;
 
@@ -199,4 +200,74 @@ async fn removing_an_endpoint_drains_it_and_adding_one_serves() {
     // Everything now goes to b.
     let by = spread(&bal, 10).await;
     assert_eq!(by.get(&b.addr.to_string()), Some(&10), "{by:?}");
+}
+
+/// Where each of `keys` is served now.
+async fn owners(b: &Balancer, keys: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    for k in 0..keys {
+        let mut c = within(5, "get_for", b.get_for(&k))
+            .await
+            .unwrap_or_else(|e| panic!("get_for {k}: {e}"));
+        assert_eq!(exchange(&mut c, k).await.unwrap(), token(k));
+        out.push(c.endpoint().to_string());
+    }
+    out
+}
+
+#[tokio::test]
+async fn keyed_selection_moves_only_the_keys_of_the_endpoint_that_is_down() {
+    let a = FaultServer::start_on("127.0.0.2:0".parse().unwrap()).await;
+    let b = FaultServer::start_on("127.0.0.3:0".parse().unwrap()).await;
+    let c = FaultServer::start_on("127.0.0.4:0".parse().unwrap()).await;
+    let (a_addr, c_addr) = (a.addr, c.addr);
+    let bal = balancer(&[a.addr, b.addr, c.addr]);
+    let before = owners(&bal, 300).await;
+    for ep in [a_addr, b.addr, c_addr] {
+        let n = before.iter().filter(|o| **o == ep.to_string()).count();
+        assert!(n > 50, "{ep} owns {n} of 300 keys");
+    }
+    // Stable: asking again gives the same owners.
+    assert_eq!(owners(&bal, 300).await, before);
+
+    // b goes away: its connections close and its listener is gone.
+    let b_addr = b.addr;
+    b.shutdown().await;
+    let during = owners(&bal, 300).await;
+    for (k, (was, now)) in before.iter().zip(&during).enumerate() {
+        if *was == b_addr.to_string() {
+            assert_ne!(
+                *now,
+                b_addr.to_string(),
+                "key {k} still on the endpoint that is down"
+            );
+        } else {
+            assert_eq!(was, now, "key {k} moved although its endpoint is up");
+        }
+    }
+    let moved: Vec<&String> = during
+        .iter()
+        .zip(&before)
+        .filter(|(_, was)| **was == b_addr.to_string())
+        .map(|(now, _)| now)
+        .collect();
+    assert!(
+        moved.iter().any(|o| **o == a_addr.to_string())
+            && moved.iter().any(|o| **o == c_addr.to_string()),
+        "b's keys spread over both others"
+    );
+
+    // b comes back: once its breaker lets a probe through, its keys return.
+    let _b = FaultServer::start_on(b_addr).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(50 * MS).await;
+        if owners(&bal, 300).await == before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b's keys never came back"
+        );
+    }
 }

@@ -353,6 +353,7 @@ impl<P: Protocol> Shared<P> {
     fn record(&self, now: Instant, local: Option<SocketAddr>, peer: Option<SocketAddr>) {
         let pool = &self.pool;
         pool.record_eviction(EvictionEvent {
+            endpoint: pool.endpoint.clone(),
             reason: self.reason().unwrap_or(EvictReason::PoolClosed),
             id: self.id(),
             local_addr: local,

@@ -264,6 +264,7 @@ impl PoolShared {
         }
         let last = self.last_error.lock().as_ref().map(|e| e.2.clone());
         self.stats.record_transition(BreakerEvent {
+            endpoint: self.endpoint.clone(),
             transition: tr,
             at: Instant::now(),
             last_error: last.clone(),
