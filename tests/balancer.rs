@@ -35,20 +35,6 @@ fn balancer(endpoints: &[SocketAddr]) -> Balancer {
     .unwrap()
 }
 
-/// Checks out `n` connections one after the other (each with an exchange), counting them by
-/// endpoint. Panics on a failed `get()`.
-async fn spread(b: &Balancer, n: u64) -> HashMap<String, u64> {
-    let mut by = HashMap::new();
-    for i in 0..n {
-        let mut c = within(5, "balancer get", b.get())
-            .await
-            .unwrap_or_else(|e| panic!("get {i} failed: {e}"));
-        assert_eq!(exchange(&mut c, i).await.unwrap(), token(i));
-        *by.entry(c.endpoint().to_string()).or_insert(0) += 1;
-    }
-    by
-}
-
 /// `rounds` times: checks out `at_once` connections together (each with an exchange), then
 /// returns them; counts them by endpoint. Panics on a failed `get()`.
 async fn spread_held(b: &Balancer, rounds: u64, at_once: u64) -> HashMap<String, u64> {
@@ -160,7 +146,7 @@ async fn load_goes_where_connections_are_idle_and_spreads_when_they_are_not() {
     let c = bal.pool(&a.addr.to_string()).unwrap().get().await.unwrap();
     drop(c);
     // One at a time: the idle one on a is preferred every time (no connect to b).
-    let by = spread(&bal, 50).await;
+    let by = spread_held(&bal, 50, 1).await;
     assert_eq!(by.get(&a.addr.to_string()), Some(&50), "{by:?}");
     assert_eq!(
         bal.pool(&b.addr.to_string()).unwrap().statistics().created,
@@ -198,7 +184,7 @@ async fn removing_an_endpoint_drains_it_and_adding_one_serves() {
     drop(out);
     wait_until(5, "a drained", || a_pool.status().size == 0).await;
     // Everything now goes to b.
-    let by = spread(&bal, 10).await;
+    let by = spread_held(&bal, 10, 1).await;
     assert_eq!(by.get(&b.addr.to_string()), Some(&10), "{by:?}");
 }
 
