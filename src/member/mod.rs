@@ -248,33 +248,27 @@ impl<P: Protocol> Shared<P> {
     /// stays in deadpool's queue as a husk (see the module docs). False if the member was
     /// checked out or evicted meanwhile.
     pub(crate) fn evict_in_place(self: &Arc<Self>, seen: State, reason: EvictReason) -> bool {
-        let mut slot = self.slot.lock();
-        if !self.state.kill_if(seen) {
-            return false;
-        }
-        self.bury(&mut slot, reason);
-        drop(slot);
-        self.notify.notify_waiters();
-        true
+        self.evict_if(|state| state.kill_if(seen), reason)
     }
 
     /// Evicts a checked-out member that is being returned unclean, leaving its entry in the
     /// queue as a husk for the refill to revive (the caller then returns the entry).
     pub(crate) fn evict_on_return(self: &Arc<Self>, reason: EvictReason) -> bool {
-        let mut slot = self.slot.lock();
-        if !self.state.kill_in_use() {
-            return false;
-        }
-        self.bury(&mut slot, reason);
-        drop(slot);
-        self.notify.notify_waiters();
-        true
+        self.evict_if(StateWord::kill_in_use, reason)
     }
 
-    /// The eviction of a member whose state word the caller just moved to dead, under the
-    /// slot's lock: a drop of the entry meanwhile (a checkout popped it) waits for this and
-    /// then sees the husk flag.
-    fn bury(self: &Arc<Self>, slot: &mut Slot<P::Conn>, reason: EvictReason) {
+    /// The eviction of both: `kill` moves the state word to dead (false: it had moved on),
+    /// then, under the slot's lock, the rest: a drop of the entry meanwhile (a checkout
+    /// popped it) waits for this and then sees the husk flag.
+    fn evict_if(
+        self: &Arc<Self>,
+        kill: impl FnOnce(&StateWord) -> bool,
+        reason: EvictReason,
+    ) -> bool {
+        let mut slot = self.slot.lock();
+        if !kill(&self.state) {
+            return false;
+        }
         let now = Instant::now();
         self.condemn(reason, now);
         // The peer sees the close now even if the idle watch, armed on the socket's
@@ -292,6 +286,9 @@ impl<P: Protocol> Shared<P> {
             let me: Weak<dyn std::any::Any + Send + Sync> = Arc::downgrade(self) as _;
             pool.offer_husk(me);
         }
+        drop(slot);
+        self.notify.notify_waiters();
+        true
     }
 
     /// Gives a husk a new connection (opened by the refill): the entry in deadpool's queue
@@ -349,7 +346,7 @@ impl<P: Protocol> Shared<P> {
         true
     }
 
-    /// Records this member's eviction (once: by its drop or by `bury`).
+    /// Records this member's eviction (once: by its drop or by `evict_if`).
     fn record(&self, now: Instant, local: Option<SocketAddr>, peer: Option<SocketAddr>) {
         let pool = &self.pool;
         pool.record_eviction(EvictionEvent {
