@@ -37,6 +37,23 @@ impl SplitMix64 {
     }
 }
 
+/// A random number from this thread's own generator (seeded at random once per thread): no
+/// lock, no shared cache line; for choices that need no reproducible seed (load balancing).
+pub(crate) fn thread_random() -> u64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            std::collections::hash_map::RandomState::new().build_hasher().finish(),
+        );
+    }
+    STATE.with(|s| {
+        let x = s.get().wrapping_add(GOLDEN);
+        s.set(x);
+        mix(x)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

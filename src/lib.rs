@@ -22,7 +22,10 @@ mod reaper; //    the background task: watch, idle bytes, schedule (wheel), hear
 mod stats; //     counters, histograms, event streams
 mod transport; // sockets (TCP, Unix), DNS at every connect, TLS, the kernel probe
 
-pub use balancer::{Balancer, EndpointStatus};
+pub use balancer::{
+    Balancer, BalancerBuilder, BalancerEvent, BalancerEventKind, BalancerEvents, Ejection,
+    EndpointStatus,
+};
 pub use breaker::{BreakerConfig, BreakerState, Transition};
 pub use io::Io;
 pub use member::Conn;

@@ -226,23 +226,23 @@ impl std::error::Error for EventsError {}
 /// The one implementation behind [`Events`] and [`BreakerEvents`]: a broadcast receiver with
 /// its errors mapped to [`EventsError`].
 #[derive(Debug)]
-struct Subscription<T> {
+pub(crate) struct Subscription<T> {
     rx: broadcast::Receiver<T>,
 }
 
 impl<T: Clone> Subscription<T> {
-    fn new(tx: &broadcast::Sender<T>) -> Self {
+    pub(crate) fn new(tx: &broadcast::Sender<T>) -> Self {
         Subscription { rx: tx.subscribe() }
     }
 
-    async fn recv(&mut self) -> Result<T, EventsError> {
+    pub(crate) async fn recv(&mut self) -> Result<T, EventsError> {
         self.rx.recv().await.map_err(|e| match e {
             broadcast::error::RecvError::Closed => EventsError::Closed,
             broadcast::error::RecvError::Lagged(n) => EventsError::Lagged(n),
         })
     }
 
-    fn try_recv(&mut self) -> Result<Option<T>, EventsError> {
+    pub(crate) fn try_recv(&mut self) -> Result<Option<T>, EventsError> {
         match self.rx.try_recv() {
             Ok(ev) => Ok(Some(ev)),
             Err(broadcast::error::TryRecvError::Empty) => Ok(None),

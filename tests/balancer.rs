@@ -1,15 +1,17 @@
 //! `Balancer` on real sockets: endpoints on 127.0.0.2, .3 and .4, one of them refusing;
 //! failover, the breaker taking the bad one out of the choice, its recovery, the error when
 //! every endpoint is down, `add`/`remove` with draining, and keyed selection moving only the
-//! keys of the endpoint that is down.
+//! keys of the endpoint that is down (taken out by its breaker, or by ejection). Outlier
+//! ejection is off in the other tests here (they are the breaker's); tests/balancer_health.rs
+//! has ejection, the blackholed endpoint and DNS.
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use livepool::{Balancer, BreakerConfig, BreakerState};
+use livepool::{Balancer, BalancerEventKind, BreakerConfig, BreakerState, Ejection};
 use support::*;
 
 const MS: Duration = Duration::from_millis(1);
@@ -21,7 +23,7 @@ fn refusing(ip: &str) -> SocketAddr {
 }
 
 fn balancer(endpoints: &[SocketAddr]) -> Balancer {
-    Balancer::new(endpoints.iter().copied(), |b| {
+    Balancer::builder(|b| {
         b.max_size(8)
             .wait_timeout(Some(Duration::from_secs(5)))
             .breaker(Some(
@@ -32,6 +34,9 @@ fn balancer(endpoints: &[SocketAddr]) -> Balancer {
                     .jitter(0.0),
             ))
     })
+    .endpoints(endpoints.iter().copied())
+    .ejection(None)
+    .build()
     .unwrap()
 }
 
@@ -256,4 +261,67 @@ async fn keyed_selection_moves_only_the_keys_of_the_endpoint_that_is_down() {
             "b's keys never came back"
         );
     }
+}
+
+#[tokio::test]
+async fn keyed_selection_moves_only_the_keys_of_the_ejected_endpoint() {
+    let a = FaultServer::start_on("127.0.0.2:0".parse().unwrap()).await;
+    let b = FaultServer::start_on("127.0.0.3:0".parse().unwrap()).await;
+    let c = FaultServer::start_on("127.0.0.4:0".parse().unwrap()).await;
+    let b_name = b.addr.to_string();
+    // No breaker: only ejection moves keys here.
+    let bal = Balancer::builder(|b| b.max_size(4).breaker(None))
+        .endpoints([a.addr, b.addr, c.addr])
+        .ejection(Some(
+            Ejection::new()
+                .consecutive_failures(2)
+                .base(Duration::from_secs(60))
+                .max_ejected_share(0.5),
+        ))
+        .build()
+        .unwrap();
+    let mut events = bal.events();
+    let before = owners(&bal, 300).await;
+    let b_keys = before.iter().filter(|o| **o == b_name).count();
+    assert!(b_keys > 50, "b owns {b_keys} of 300 keys");
+    // b goes: its keys fail over (connect refused) until two failures in a row eject it.
+    let b_addr = b.addr;
+    b.shutdown().await;
+    let during = owners(&bal, 300).await;
+    within(5, "b ejected", async {
+        loop {
+            let ev = events.recv().await.unwrap();
+            if *ev.endpoint == b_name && matches!(ev.kind, BalancerEventKind::Ejected { .. }) {
+                break;
+            }
+        }
+    })
+    .await;
+    let after = owners(&bal, 300).await;
+    for (k, ((was, mid), now)) in before.iter().zip(&during).zip(&after).enumerate() {
+        if *was == b_name {
+            assert_ne!(*now, b_name, "key {k} still on the ejected endpoint");
+            assert_ne!(*mid, b_name, "key {k} was served by a closed listener");
+        } else {
+            assert_eq!(
+                was, now,
+                "key {k} moved although its endpoint is in service"
+            );
+            assert_eq!(
+                was, mid,
+                "key {k} moved although its endpoint is in service"
+            );
+        }
+    }
+    // While b is ejected, its keys stay where they went (each key's next in line).
+    assert_eq!(owners(&bal, 300).await, after);
+    // The ejected endpoint's keys are spread over both others.
+    let moved: HashSet<&String> = after
+        .iter()
+        .zip(&before)
+        .filter(|(_, was)| **was == b_name)
+        .map(|(now, _)| now)
+        .collect();
+    assert_eq!(moved.len(), 2, "{moved:?}");
+    drop(FaultServer::start_on(b_addr).await);
 }

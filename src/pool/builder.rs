@@ -442,6 +442,27 @@ impl<P: Protocol> Builder<P> {
         self
     }
 
+    /// The endpoint's name as the pool will report it (the parse error text if it has none).
+    pub(crate) fn endpoint_name(&self) -> String {
+        match &self.endpoint {
+            Ok(e) => e.to_string(),
+            Err(e) => e.clone(),
+        }
+    }
+
+    pub(crate) fn wait_timeout_setting(&self) -> Option<Duration> {
+        self.config.wait_timeout
+    }
+
+    /// Tells `observer` every outcome the breaker hears (a balancer's outlier detection).
+    pub(crate) fn observer(
+        mut self,
+        observer: std::sync::Arc<dyn crate::pool::config::HealthObserver>,
+    ) -> Self {
+        self.config.observer = Some(observer);
+        self
+    }
+
     /// Validates the configuration and builds the pool. Must be called within a tokio runtime:
     /// the pool's reaper task is spawned on it.
     ///

@@ -1,6 +1,7 @@
 //! The validated pool configuration and its defaults.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::breaker::BreakerConfig;
@@ -40,6 +41,15 @@ pub(crate) struct Config {
     pub(crate) breaker: Option<BreakerConfig>,
     pub(crate) leak_threshold: Option<Duration>,
     pub(crate) jitter_seed: u64,
+    /// Hears every outcome the breaker hears (a balancer's outlier detection).
+    pub(crate) observer: Option<Arc<dyn HealthObserver>>,
+}
+
+/// Told of every connect, setup and heartbeat outcome of one pool's endpoint, as the
+/// breaker is (the same filtering: a dead member or a local resource failure is not an
+/// endpoint failure).
+pub(crate) trait HealthObserver: Send + Sync {
+    fn outcome(&self, success: bool, err: Option<&std::io::Error>);
 }
 
 impl Config {
@@ -92,6 +102,7 @@ impl Config {
             // Off: what counts as "held too long" depends on the application.
             leak_threshold: None,
             jitter_seed: 0x5eed_1ee7_0bad_cafe,
+            observer: None,
         }
     }
 

@@ -59,6 +59,9 @@ pub(crate) struct PoolShared {
     /// on create and eviction only).
     registry: Mutex<Registry>,
     breaker: Option<Mutex<Breaker>>,
+    /// True while the breaker is closed (or there is none): selection reads it without the
+    /// breaker's lock.
+    breaker_closed: AtomicBool,
     pub(crate) breaker_transitions: AtomicU64,
     last_error: Mutex<Option<(io::ErrorKind, Option<i32>, String)>>,
     #[cfg(feature = "metrics")]
@@ -87,6 +90,7 @@ impl PoolShared {
             husk_list: Mutex::new(Vec::new()),
             registry: Mutex::new(Registry::default()),
             breaker,
+            breaker_closed: AtomicBool::new(true),
             breaker_transitions: AtomicU64::new(0),
             last_error: Mutex::new(None),
             #[cfg(feature = "metrics")]
@@ -220,7 +224,12 @@ impl PoolShared {
         let Some(b) = &self.breaker else {
             return Admit::Yes;
         };
-        let (admit, tr) = b.lock().admit(now);
+        let (admit, tr) = {
+            let mut b = b.lock();
+            let r = b.admit(now);
+            self.publish_state(&r.1);
+            r
+        };
         if let Some(tr) = tr {
             self.transitioned(tr);
         }
@@ -248,10 +257,27 @@ impl PoolShared {
         if let Some(e) = err {
             *self.last_error.lock() = Some((e.kind(), e.raw_os_error(), e.to_string()));
         }
+        if let Some(o) = &self.config.observer {
+            o.outcome(outcome == Outcome::Success, err);
+        }
         let Some(b) = &self.breaker else { return };
-        let tr = b.lock().on_event(outcome, Instant::now());
+        let tr = {
+            let mut b = b.lock();
+            let tr = b.on_event(outcome, Instant::now());
+            self.publish_state(&tr);
+            tr
+        };
         if let Some(tr) = tr {
             self.transitioned(tr);
+        }
+    }
+
+    /// Called under the breaker's lock with its latest transition, so that the flag follows
+    /// the state in order.
+    fn publish_state(&self, tr: &Option<Transition>) {
+        if let Some(tr) = tr {
+            self.breaker_closed
+                .store(tr.to == BreakerState::Closed, Relaxed);
         }
     }
 
@@ -293,6 +319,9 @@ impl PoolShared {
     /// True while the breaker would refuse a connect now (open, or half-open with its probe
     /// out); false once an open period has passed, so that the next connect is the probe.
     pub(crate) fn breaker_refuses(&self) -> bool {
+        if self.breaker_closed.load(Relaxed) {
+            return false;
+        }
         self.breaker.as_ref().is_some_and(|b| {
             b.lock()
                 .retry_after(Instant::now())
