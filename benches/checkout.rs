@@ -1,14 +1,19 @@
 //! Checkout + return of an idle connection: livepool with its default checks, side by side
-//! with deadpool (no-op manager) and bb8 (with and without a ping round trip on checkout).
+//! with deadpool (no-op manager), bb8 (with and without a ping round trip on checkout) and
+//! livepool's `Balancer` over one and three endpoints.
 //!
 //! Every pool talks to the same real loopback server (its own thread and runtime), which
-//! answers 8-byte ping frames with 8-byte pongs and otherwise keeps connections open.
+//! answers 8-byte ping frames with 8-byte pongs and otherwise keeps connections open. The
+//! server listens on three addresses (127.0.0.1, 127.0.0.2 and 127.0.0.3, each on a port of
+//! its own; all of 127.0.0.0/8 is loopback), so that the balancer rows have three endpoints;
+//! every other row uses the first.
 //!
 //! Scenarios (one `BenchmarkId` per configuration and scenario, all in the group `checkout`):
 //! - `uncontended`: one task on a current-thread runtime, `get` + drop in a loop of `iters`;
 //!   the whole loop is timed.
-//! - `contended`: a 2-worker multi-thread runtime, 64 tasks sharing a pool of 16 connections,
-//!   `iters` checkouts split among them; timed from the first spawn until all are done.
+//! - `contended`: a 2-worker multi-thread runtime, 64 tasks sharing a pool of 16 connections
+//!   (`balancer-3`: 16 on each endpoint, see below), `iters` checkouts split among them;
+//!   timed from the first spawn until all are done.
 //!
 //! Extra configurations (experiments that locate livepool's cost, not targets):
 //! - `livepool-no-idle-watch`: `idle_watch(false)` (no watcher wake-up on return);
@@ -26,6 +31,27 @@
 //!   rustls (its own listener on the server thread);
 //! - `livepool-redis` (feature `redis`): the Redis protocol (no AUTH, db 0: its setup sends
 //!   nothing, so the frame server serves it); checkout and return add its clean check.
+//!
+//! Balancer rows (target: selection adds at most 1.2x over a single pool, i.e.
+//! `balancer-3 / livepool` <= 1.2 both uncontended and contended; `balancer-1` separates the
+//! balancer's fixed cost from the two-choice draw):
+//! - `balancer-1`: `Balancer::new([addr], |b| b.max_size(POOL_SIZE))`, one endpoint with the
+//!   `livepool` row's settings: every `get()` snapshots the endpoint list and checks the
+//!   breaker, but has no choice to make;
+//! - `balancer-3`: the same over the server's three addresses, each endpoint's pool with
+//!   `max_size(POOL_SIZE)` as well: every `get()` draws two endpoints and compares their
+//!   loads (`Pool::status()` of each).
+//!
+//! Pool size of `balancer-3`: `POOL_SIZE` per endpoint, so up to 3x the single pool's
+//! connections. Each endpoint's pool is then configured exactly as the `livepool` row's
+//! (same semaphore, same idle queue), and the difference between the rows is the selection
+//! alone. The total does not change what is timed: a checkout is returned without an await
+//! in between, so at most one connection per worker thread is in use at once and no
+//! checkout ever waits or connects, whatever the size. Splitting `POOL_SIZE` among the three
+//! (5 + 5 + 6) would only make the endpoints unequal. Warm-up opens the same number on each
+//! endpoint as on the single pool (1 uncontended, `POOL_SIZE` contended), directly through
+//! `Balancer::pool`, and asserts that every endpoint has them idle (and that `get()` reaches
+//! every endpoint) before timing.
 //!
 //! Run: `cargo bench --bench checkout --features tls,redis`. Results and findings:
 //! BENCHMARKS.md.
@@ -60,6 +86,9 @@ const BATCH_DEADLINE: Duration = Duration::from_secs(60);
 /// pool under test's runtime. Stops when dropped.
 struct Server {
     addr: SocketAddr,
+    /// The same server on two more addresses (127.0.0.2 and 127.0.0.3), for the balancer's
+    /// other endpoints.
+    replicas: [SocketAddr; 2],
     /// The same server behind TLS (feature `tls`).
     #[cfg(feature = "tls")]
     tls: TlsSide,
@@ -134,6 +163,13 @@ impl Server {
                 addr_tx
                     .send(listener.local_addr().expect("addr"))
                     .expect("send addr");
+                for ip in ["127.0.0.2", "127.0.0.3"] {
+                    let replica = TcpListener::bind((ip, 0)).await.expect("bind replica");
+                    addr_tx
+                        .send(replica.local_addr().expect("addr"))
+                        .expect("send addr");
+                    tokio::spawn(accept_loop(replica));
+                }
                 tokio::pin!(stop_rx);
                 loop {
                     tokio::select! {
@@ -158,8 +194,14 @@ impl Server {
         let addr = addr_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("server did not start within 10 s");
+        let replicas = [(); 2].map(|()| {
+            addr_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("replica listener did not start within 10 s")
+        });
         Server {
             addr,
+            replicas,
             #[cfg(feature = "tls")]
             tls,
             stop: Some(stop_tx),
@@ -176,6 +218,14 @@ impl Drop for Server {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Serves every connection `listener` accepts until the server's runtime is dropped.
+async fn accept_loop(listener: TcpListener) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve(stream));
     }
 }
 
@@ -344,6 +394,7 @@ enum AnyPool {
     LiveRedis(livepool::Pool<livepool::redis::Redis>),
     Dead(DpPool),
     Bb8(bb8::Pool<Bb8Manager>),
+    Balancer(livepool::Balancer),
 }
 
 impl AnyPool {
@@ -356,6 +407,7 @@ impl AnyPool {
             AnyPool::LiveRedis(p) => drop(black_box(p.get().await.expect("livepool get"))),
             AnyPool::Dead(p) => drop(black_box(p.get().await.expect("deadpool get"))),
             AnyPool::Bb8(p) => drop(black_box(p.get().await.expect("bb8 get"))),
+            AnyPool::Balancer(b) => drop(black_box(b.get().await.expect("balancer get"))),
         }
     }
 
@@ -399,6 +451,37 @@ impl AnyPool {
                 drop(held);
                 assert_eq!(p.state().idle_connections as usize, n, "bb8 not warm");
             }
+            AnyPool::Balancer(b) => {
+                // Each endpoint's pool directly, `n` connections each: `get()` would spread
+                // them by its own choice, not evenly.
+                let names: Vec<String> = b.endpoints().into_iter().map(|e| e.endpoint).collect();
+                let mut held = Vec::new();
+                for name in &names {
+                    let p = b.pool(name).expect("endpoint's pool");
+                    for _ in 0..n {
+                        held.push(p.get().await.expect("warm balancer endpoint"));
+                    }
+                }
+                drop(held);
+                // Selection reaches every endpoint (the draw is seeded: same every run).
+                let mut served = std::collections::BTreeSet::new();
+                for _ in 0..30 * names.len() {
+                    served.insert(b.get().await.expect("balancer get").endpoint().to_string());
+                }
+                assert_eq!(
+                    served.len(),
+                    names.len(),
+                    "balancer skips endpoints: {served:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                for e in b.endpoints() {
+                    assert_eq!(
+                        e.status.idle, n,
+                        "balancer endpoint {} not warm",
+                        e.endpoint
+                    );
+                }
+            }
         }
     }
 }
@@ -413,6 +496,10 @@ enum Config {
     Deadpool(Dp),
     Bb8 {
         ping: bool,
+    },
+    /// A `Balancer` over the first `endpoints` of the server's addresses.
+    Balancer {
+        endpoints: usize,
     },
 }
 
@@ -437,11 +524,15 @@ const CONFIGS: &[(&str, Config)] = &[
         "deadpool-noop-wait-timeout",
         Config::Deadpool(Dp::NoopWaitTimeout),
     ),
+    // Selection overhead: the balancer against the `livepool` row.
+    ("balancer-1", Config::Balancer { endpoints: 1 }),
+    ("balancer-3", Config::Balancer { endpoints: 3 }),
 ];
 
 /// Builds the pool inside `rt` (livepool's reaper and bb8's reaper run on it) and warms it.
 fn make_pool(rt: &Runtime, server: &Server, cfg: Config, warm: usize) -> AnyPool {
     let addr = server.addr;
+    let all = [addr, server.replicas[0], server.replicas[1]];
     #[cfg(feature = "tls")]
     let (tls_addr, tls_client) = (server.tls.addr, server.tls.client.clone());
     rt.block_on(async move {
@@ -467,6 +558,14 @@ fn make_pool(rt: &Runtime, server: &Server, cfg: Config, warm: usize) -> AnyPool
             ),
             Config::Deadpool(which) => AnyPool::Dead(deadpool_pool(addr, which)),
             Config::Bb8 { ping } => AnyPool::Bb8(bb8_pool(addr, ping).await),
+            Config::Balancer { endpoints } => {
+                let b = livepool::Balancer::new(all[..endpoints].iter().copied(), |b| {
+                    b.max_size(POOL_SIZE)
+                })
+                .expect("balancer");
+                assert_eq!(b.endpoints().len(), endpoints, "balancer endpoints");
+                AnyPool::Balancer(b)
+            }
         };
         pool.warm(warm).await;
         pool
