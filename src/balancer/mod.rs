@@ -48,8 +48,11 @@ mod health;
 
 pub use health::{BalancerEvent, BalancerEventKind, BalancerEvents, Ejection};
 
+use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::panic::Location;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -379,34 +382,38 @@ impl<P: Protocol> Balancer<P> {
     /// }
     /// # }
     /// ```
-    pub async fn get(&self) -> Result<Conn<P>, Error> {
-        let entries = self.snapshot().await?;
-        let deadline = deadline(&entries);
-        // The common case: both choices in service, the better one serves.
-        let first = match pick_two(&entries) {
-            Some(i) => match checkout(&entries[i].pool, deadline).await {
-                Ok(conn) => return Ok(conn),
-                Err(e) if fails_over(&e) => Some((i, e)),
-                Err(e) => return Err(e),
-            },
-            None => None,
-        };
-        let mut tried = vec![false; entries.len()];
-        let mut failures = Vec::new();
-        if let Some((i, e)) = first {
-            tried[i] = true;
-            note_failover(&entries[i], &e);
-            failures.push(e);
-            if past(deadline) {
-                return Err(Error::all_endpoints(failures));
+    #[track_caller]
+    pub fn get(&self) -> impl Future<Output = Result<Conn<P>, Error>> + Send + '_ {
+        let at = Location::caller();
+        async move {
+            let entries = self.snapshot().await?;
+            let mut deadline = Deadline::new(&entries);
+            // The common case: both choices in service, the better one serves.
+            let first = match pick_two(&entries) {
+                Some(i) => match checkout(&entries[i].pool, at, &mut deadline).await {
+                    Ok(conn) => return Ok(conn),
+                    Err(e) if fails_over(&e) => Some((i, e)),
+                    Err(e) => return Err(e),
+                },
+                None => None,
+            };
+            let mut tried = vec![false; entries.len()];
+            let mut failures = Vec::new();
+            if let Some((i, e)) = first {
+                tried[i] = true;
+                note_failover(&entries[i], &e);
+                failures.push(e);
+                if deadline.passed() {
+                    return Err(Error::all_endpoints(failures));
+                }
             }
+            let order = std::iter::from_fn(|| {
+                let i = pick(&entries, &tried)?;
+                tried[i] = true;
+                Some(i)
+            });
+            try_in_order(&entries, order, at, deadline, failures).await
         }
-        let order = std::iter::from_fn(|| {
-            let i = pick(&entries, &tried)?;
-            tried[i] = true;
-            Some(i)
-        });
-        try_in_order(&entries, order, deadline, failures).await
     }
 
     /// Checks out a connection from the endpoint that owns `key` (rendezvous hashing, see the
@@ -422,7 +429,20 @@ impl<P: Protocol> Balancer<P> {
     /// println!("user:42 lives on {}", conn.endpoint());
     /// # }
     /// ```
-    pub async fn get_for<K: Hash + ?Sized>(&self, key: &K) -> Result<Conn<P>, Error> {
+    #[track_caller]
+    pub fn get_for<'a, K: Hash + ?Sized + Sync>(
+        &'a self,
+        key: &'a K,
+    ) -> impl Future<Output = Result<Conn<P>, Error>> + Send + 'a {
+        let at = Location::caller();
+        async move { self.get_for_at(key, at).await }
+    }
+
+    async fn get_for_at<K: Hash + ?Sized>(
+        &self,
+        key: &K,
+        at: &'static Location<'static>,
+    ) -> Result<Conn<P>, Error> {
         let entries = self.snapshot().await?;
         let mut order: Vec<(u64, usize)> = entries
             .iter()
@@ -436,8 +456,15 @@ impl<P: Protocol> Balancer<P> {
             .into_iter()
             .map(|(_, i)| i)
             .partition(|&i| entries[i].available());
-        let deadline = deadline(&entries);
-        try_in_order(&entries, up.into_iter().chain(down), deadline, Vec::new()).await
+        let deadline = Deadline::new(&entries);
+        try_in_order(
+            &entries,
+            up.into_iter().chain(down),
+            at,
+            deadline,
+            Vec::new(),
+        )
+        .await
     }
 
     /// The endpoint list; with DNS, after the first answer (or the wait timeout). An empty
@@ -634,16 +661,31 @@ impl<P: Protocol> Entry<P> {
     }
 }
 
-/// The deadline of one `get()`: the pools' wait timeout from now.
-fn deadline<P: Protocol>(entries: &[Entry<P>]) -> Option<Instant> {
-    entries
-        .first()
-        .and_then(|e| e.pool.wait_timeout())
-        .map(|t| Instant::now() + t)
+/// The deadline of one `get()`: the pools' wait timeout from the first time it has to wait
+/// (a checkout that is ready at once reads no clock and arms no timer).
+struct Deadline {
+    wait: Option<Duration>,
+    at: Option<Option<Instant>>,
 }
 
-fn past(deadline: Option<Instant>) -> bool {
-    deadline.is_some_and(|d| Instant::now() >= d)
+impl Deadline {
+    fn new<P: Protocol>(entries: &[Entry<P>]) -> Self {
+        Deadline {
+            wait: entries.first().and_then(|e| e.pool.wait_timeout()),
+            at: None,
+        }
+    }
+
+    fn get(&mut self) -> Option<Instant> {
+        let wait = self.wait;
+        *self
+            .at
+            .get_or_insert_with(|| wait.map(|t| Instant::now() + t))
+    }
+
+    fn passed(&mut self) -> bool {
+        self.get().is_some_and(|d| Instant::now() >= d)
+    }
 }
 
 fn note_failover<P: Protocol>(entry: &Entry<P>, e: &Error) {
@@ -655,16 +697,17 @@ fn note_failover<P: Protocol>(entry: &Entry<P>, e: &Error) {
 async fn try_in_order<P: Protocol>(
     entries: &[Entry<P>],
     order: impl Iterator<Item = usize>,
-    deadline: Option<Instant>,
+    at: &'static Location<'static>,
+    mut deadline: Deadline,
     mut failures: Vec<Error>,
 ) -> Result<Conn<P>, Error> {
     for i in order {
-        match checkout(&entries[i].pool, deadline).await {
+        match checkout(&entries[i].pool, at, &mut deadline).await {
             Ok(conn) => return Ok(conn),
             Err(e) if fails_over(&e) => {
                 note_failover(&entries[i], &e);
                 failures.push(e);
-                if past(deadline) {
+                if deadline.passed() {
                     break;
                 }
             }
@@ -733,19 +776,25 @@ fn pick<P: Protocol>(entries: &[Entry<P>], tried: &[bool]) -> Option<usize> {
     }
 }
 
-/// One endpoint's `get()`, cut short at the caller's deadline.
+/// One endpoint's `get()`, cut short at the caller's deadline. Polled once first: an idle
+/// member is handed out then, without a timer.
 async fn checkout<P: Protocol>(
     pool: &Pool<P>,
-    deadline: Option<Instant>,
+    at: &'static Location<'static>,
+    deadline: &mut Deadline,
 ) -> Result<Conn<P>, Error> {
-    match deadline {
-        Some(d) => match tokio::time::timeout_at(d, pool.get()).await {
+    let mut fut = std::pin::pin!(pool.get_from(at));
+    if let Poll::Ready(res) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        return res;
+    }
+    match deadline.get() {
+        Some(d) => match tokio::time::timeout_at(d, fut).await {
             Ok(res) => res,
             // The wait timeout ran out during this endpoint's connect: what it did is the
             // answer, not the time.
             Err(_) => Err(pool.timeout_error()),
         },
-        None => pool.get().await,
+        None => fut.await,
     }
 }
 
@@ -766,8 +815,7 @@ fn fails_over(e: &Error) -> bool {
 /// The load order of an endpoint: one with an idle member first, then fewer in use plus
 /// waiting.
 fn load<P: Protocol>(pool: &Pool<P>) -> (bool, usize) {
-    let s = pool.status();
-    (s.idle == 0, s.in_use + s.waiting)
+    pool.load()
 }
 
 impl<P: Protocol> std::fmt::Debug for Balancer<P> {

@@ -45,9 +45,7 @@ pub(crate) struct PoolInner<P: Protocol> {
 /// The pool's occupancy from deadpool's status and the breaker, without the husks (entries
 /// of members evicted in place, which deadpool still counts).
 pub(crate) fn status_of(s: deadpool::Status, shared: &PoolShared) -> Status {
-    let husks = shared.husks();
-    let idle = s.available.saturating_sub(husks);
-    let size = s.size.saturating_sub(husks).max(s.size - s.available);
+    let (size, idle) = occupancy(&s, shared);
     Status {
         max_size: s.max_size,
         size,
@@ -56,6 +54,14 @@ pub(crate) fn status_of(s: deadpool::Status, shared: &PoolShared) -> Status {
         waiting: s.waiting,
         breaker: shared.breaker_state(),
     }
+}
+
+/// Members (live, husks excluded) and idle members from deadpool's status.
+fn occupancy(s: &deadpool::Status, shared: &PoolShared) -> (usize, usize) {
+    let husks = shared.husks();
+    let idle = s.available.saturating_sub(husks);
+    let size = s.size.saturating_sub(husks).max(s.size - s.available);
+    (size, idle)
 }
 
 impl<P: Protocol> PoolInner<P> {
@@ -292,54 +298,56 @@ impl<P: Protocol> Pool<P> {
     #[track_caller]
     pub fn get(&self) -> impl Future<Output = Result<Conn<P>, Error>> + Send + '_ {
         // Captured before the first await: where the caller asked, for leak reports.
-        let at = Location::caller();
-        async move {
-            let shared = &self.inner.shared;
-            // One atomic load: the reaper died with its runtime (see the type's docs).
-            if !shared.reaper_running() {
-                self.inner.restart_reaper();
-            }
-            #[cfg(feature = "metrics")]
-            let start = Instant::now();
-            #[cfg(feature = "metrics")]
-            let mut direct = true;
-            // A free slot first, without a timer: deadpool wraps every waiting acquire in
-            // `tokio::time::timeout` (a clock read and a timer registration) even when a
-            // connection is free. Only a full pool pays for the bounded wait.
-            let res = match self.inner.dp.timeout_get(&self.inner.no_wait).await {
-                Err(PoolError::Timeout(TimeoutType::Wait)) if !self.inner.no_wait_is_config => {
-                    #[cfg(feature = "metrics")]
-                    {
-                        direct = false;
-                    }
-                    self.inner.dp.get().await
-                }
-                res => res,
-            };
-            let res = match res {
-                Ok(conn) => {
-                    shared.stats.checkouts.fetch_add(1, Relaxed);
-                    if shared.config.leak_threshold.is_some() {
-                        conn.stamp_checkout(at);
-                    }
-                    Ok(conn)
-                }
-                Err(e) => Err(map_error(shared, e)),
-            };
-            #[cfg(feature = "metrics")]
-            {
-                use crate::metrics::GetOutcome;
-                let outcome = match &res {
-                    Ok(_) if direct => GetOutcome::Direct,
-                    Ok(_) => GetOutcome::Waited,
-                    Err(e) if e.timeout_phase() == Some(TimeoutPhase::Wait) => GetOutcome::TimedOut,
-                    Err(e) if e.is_circuit_open() => GetOutcome::FailedFast,
-                    Err(_) => GetOutcome::Failed,
-                };
-                shared.metrics.get(outcome, start.elapsed());
-            }
-            res
+        self.get_from(Location::caller())
+    }
+
+    /// `get()` for a caller at `at` (the balancer passes its own caller's location on).
+    pub(crate) async fn get_from(&self, at: &'static Location<'static>) -> Result<Conn<P>, Error> {
+        let shared = &self.inner.shared;
+        // One atomic load: the reaper died with its runtime (see the type's docs).
+        if !shared.reaper_running() {
+            self.inner.restart_reaper();
         }
+        #[cfg(feature = "metrics")]
+        let start = Instant::now();
+        #[cfg(feature = "metrics")]
+        let mut direct = true;
+        // A free slot first, without a timer: deadpool wraps every waiting acquire in
+        // `tokio::time::timeout` (a clock read and a timer registration) even when a
+        // connection is free. Only a full pool pays for the bounded wait.
+        let res = match self.inner.dp.timeout_get(&self.inner.no_wait).await {
+            Err(PoolError::Timeout(TimeoutType::Wait)) if !self.inner.no_wait_is_config => {
+                #[cfg(feature = "metrics")]
+                {
+                    direct = false;
+                }
+                self.inner.dp.get().await
+            }
+            res => res,
+        };
+        let res = match res {
+            Ok(conn) => {
+                shared.stats.checkouts.fetch_add(1, Relaxed);
+                if shared.config.leak_threshold.is_some() {
+                    conn.stamp_checkout(at);
+                }
+                Ok(conn)
+            }
+            Err(e) => Err(map_error(shared, e)),
+        };
+        #[cfg(feature = "metrics")]
+        {
+            use crate::metrics::GetOutcome;
+            let outcome = match &res {
+                Ok(_) if direct => GetOutcome::Direct,
+                Ok(_) => GetOutcome::Waited,
+                Err(e) if e.timeout_phase() == Some(TimeoutPhase::Wait) => GetOutcome::TimedOut,
+                Err(e) if e.is_circuit_open() => GetOutcome::FailedFast,
+                Err(_) => GetOutcome::Failed,
+            };
+            shared.metrics.get(outcome, start.elapsed());
+        }
+        res
     }
 
     /// The pool's occupancy now.
@@ -513,6 +521,14 @@ impl<P: Protocol> Pool<P> {
     /// ```
     pub fn endpoint(&self) -> &str {
         &self.inner.shared.endpoint
+    }
+
+    /// The balancer's load order: no idle member (a checkout would connect or wait), then
+    /// members in use plus callers waiting. Skips the breaker's lock that `status()` takes.
+    pub(crate) fn load(&self) -> (bool, usize) {
+        let s = self.inner.dp.status();
+        let (size, idle) = occupancy(&s, &self.inner.shared);
+        (idle == 0, size - idle + s.waiting)
     }
 
     /// True while the breaker would refuse a connect now.
