@@ -297,7 +297,14 @@ async fn keyed_selection_moves_only_the_keys_of_the_ejected_endpoint() {
         }
     })
     .await;
+    // Ejected: b is not even tried any more (no breaker here: without ejection every one of
+    // its keys would try a connect first).
+    let errors = bal.pool(&b_name).unwrap().statistics().connect_errors;
     let after = owners(&bal, 300).await;
+    assert_eq!(
+        bal.pool(&b_name).unwrap().statistics().connect_errors,
+        errors
+    );
     for (k, ((was, mid), now)) in before.iter().zip(&during).zip(&after).enumerate() {
         if *was == b_name {
             assert_ne!(*now, b_name, "key {k} still on the ejected endpoint");
