@@ -306,7 +306,14 @@ impl Ejector {
     /// The health record of a new endpoint (counted from now on).
     pub(crate) fn join(self: &Arc<Self>, endpoint: Arc<str>) -> Arc<Health> {
         self.counts.lock().endpoints += 1;
+        #[cfg(feature = "metrics")]
+        let metrics = (
+            metrics::counter!("livepool_endpoint_ejections_total", "endpoint" => endpoint.to_string()),
+            metrics::gauge!("livepool_endpoint_ejected", "endpoint" => endpoint.to_string()),
+        );
         Arc::new_cyclic(|me| Health {
+            #[cfg(feature = "metrics")]
+            metrics,
             endpoint,
             ejected: AtomicBool::new(false),
             st: Mutex::new(State {
@@ -327,6 +334,8 @@ pub(crate) struct Health {
     st: Mutex<State>,
     ejector: Arc<Ejector>,
     me: Weak<Health>,
+    #[cfg(feature = "metrics")]
+    metrics: (metrics::Counter, metrics::Gauge),
 }
 
 #[derive(Default)]
@@ -380,6 +389,8 @@ impl Health {
             c.ejected -= 1;
         }
         self.ejected.store(false, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics.1.set(0.0);
     }
 
     fn failure(&self, err: Option<&io::Error>) {
@@ -418,6 +429,11 @@ impl Health {
         st.until = Some(until);
         st.probation = false;
         self.ejected.store(true, Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            self.metrics.0.increment(1);
+            self.metrics.1.set(1.0);
+        }
         let kind = BalancerEventKind::Ejected {
             duration,
             times: st.times,
@@ -448,6 +464,8 @@ impl Health {
         st.since = Some(Instant::now());
         self.ejector.counts.lock().ejected -= 1;
         self.ejected.store(false, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics.1.set(0.0);
         drop(st);
         self.ejector
             .emit(&self.endpoint, BalancerEventKind::Returned);
