@@ -332,3 +332,39 @@ async fn keyed_selection_moves_only_the_keys_of_the_ejected_endpoint() {
     assert_eq!(moved.len(), 2, "{moved:?}");
     drop(FaultServer::start_on(b_addr).await);
 }
+
+#[tokio::test]
+async fn a_get_waiting_on_an_endpoint_that_is_removed_fails_over() {
+    let a = FaultServer::start_on("127.0.0.2:0".parse().unwrap()).await;
+    let b = FaultServer::start_on("127.0.0.3:0".parse().unwrap()).await;
+    let bal = balancer(&[a.addr, b.addr]);
+    let (pa, pb) = (
+        bal.pool(&a.addr.to_string()).unwrap(),
+        bal.pool(&b.addr.to_string()).unwrap(),
+    );
+    // Both endpoints full (8 each): the next get waits on one of them.
+    let mut held_a = Vec::new();
+    let mut held_b = Vec::new();
+    for _ in 0..8 {
+        held_a.push(pa.get().await.unwrap());
+        held_b.push(pb.get().await.unwrap());
+    }
+    let waiter = tokio::spawn({
+        let bal = bal.clone();
+        async move { bal.get().await.map(|c| c.endpoint().to_string()) }
+    });
+    wait_until(5, "the get waits", || {
+        pa.status().waiting + pb.status().waiting == 1
+    })
+    .await;
+    let (gone, other, held_other) = if pa.status().waiting == 1 {
+        (a.addr, b.addr, &mut held_b)
+    } else {
+        (b.addr, a.addr, &mut held_a)
+    };
+    // Its endpoint is removed: the get moves on to the other one, which frees a connection.
+    assert!(bal.remove(&gone.to_string()));
+    held_other.pop();
+    let served = within(5, "waiter", waiter).await.unwrap();
+    assert_eq!(served.unwrap(), other.to_string());
+}

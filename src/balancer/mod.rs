@@ -22,9 +22,9 @@
 //! Failover: a `get()` that meets a refused or timed-out connect, a failed setup or an open
 //! breaker on its endpoint moves on to the next choice, within the wait timeout of the
 //! pools; when every endpoint failed, the error lists each one with its error
-//! ([`Error::endpoint_errors`]). Other errors (the pool is full and stayed full, a local
-//! resource ran out, the pool was closed) are returned as they are: another endpoint would
-//! not help.
+//! ([`Error::endpoint_errors`]). An endpoint removed meanwhile (its pool closed) is failed
+//! over too. Other errors (the pool is full and stayed full, a local resource ran out) are
+//! returned as they are: another endpoint would not help.
 
 //!
 //! Health: each endpoint keeps its pool's breaker, and outlier ejection ([`Ejection`], in
@@ -807,9 +807,10 @@ fn rendezvous<K: Hash + ?Sized>(endpoint: &str, key: &K) -> u64 {
     h.finish()
 }
 
-/// Whether another endpoint could do better than this error.
+/// Whether another endpoint could do better than this error. A closed pool is an endpoint
+/// removed while this `get()` held the old list.
 fn fails_over(e: &Error) -> bool {
-    e.is_connect() || e.is_setup() || e.is_circuit_open()
+    e.is_connect() || e.is_setup() || e.is_circuit_open() || e.is_closed()
 }
 
 /// The load order of an endpoint: one with an idle member first, then fewer in use plus
