@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release --example chaos -- [--duration SECS] [--rate REQS_PER_SEC] [--tasks N]
 //!     [--fault-every MS] [--faults fin,rst,garbage,stall,late,restart] [--seed N]
+//!     [--endpoints N]
 //! ```
 //!
 //! An embedded loopback server speaks a tiny protocol. A request is 16 bytes,
@@ -34,6 +35,21 @@
 //!   garbage on more than 5 ms earlier, and a peek right after checkout still shows it (the
 //!   peek tells it apart from a new connection that reuses the port);
 //! - **leak**: a well-formed response carrying another request's token.
+//!
+//! `--endpoints N` (1 to 8, default 1: the single pool above) runs N servers on 127.0.0.2,
+//! 127.0.0.3, … and the workload through a [`Balancer`] over them: each endpoint's pool has
+//! the settings above, plus outlier ejection after 3 consecutive failures for 1 s, 2 s, …
+//! (at most 4 s), at most half of the endpoints at once. Each fault hits a connection of a
+//! random server, and `restart` becomes an **endpoint outage**: one random server closes its
+//! listener and every connection and refuses connects for 3 s (at most one every 8 s, none
+//! in the first 2 s or the last 8 s), so that its breaker opens, the balancer ejects it and
+//! sends its traffic to the others, and after the outage it returns and recovers. The
+//! progress line adds each endpoint's requests in the last second and whether it is ejected,
+//! its breaker open or its server down; the report adds a table per endpoint (requests,
+//! connections, evictions, breaker transitions, ejections) and the balancer's events
+//! (ejections with their length and last error, returns, recoveries) and breaker transitions
+//! next to the outages.
+//! The run also fails if an outage happened but no ejection was ever seen.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -43,12 +59,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use livepool::{
-    BreakerConfig, Conn, Events, EventsError, EvictReason, FrameHeartbeat, Pool, Statistics,
+    Balancer, BalancerEvent, BalancerEventKind, BalancerEvents, BreakerConfig, BreakerEvent,
+    BreakerEvents, BreakerState, Builder, Conn, Ejection, EndpointStatus, Events, EventsError,
+    EvictReason, FrameHeartbeat, Pool, Statistics,
 };
 use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until};
 
 const REQUEST: u8 = b'R';
@@ -59,10 +77,16 @@ const DOWNTIME: Duration = Duration::from_secs(1);
 const STALL_FOR: Duration = Duration::from_secs(3);
 const RESTART_GAP: Duration = Duration::from_secs(4);
 const STALE_GRACE: Duration = Duration::from_millis(5);
+/// With several endpoints, a `restart` is an outage of one server this long...
+const OUTAGE: Duration = Duration::from_secs(3);
+/// ...at most one per this (outage, ejections, return and recovery all fit in it).
+const OUTAGE_GAP: Duration = Duration::from_secs(8);
+const MAX_ENDPOINTS: usize = 8;
 
 const USAGE: &str = "usage: chaos [--duration SECS] [--rate REQS_PER_SEC] [--tasks N] \
-[--fault-every MS] [--faults fin,rst,garbage,stall,late,restart] [--seed N]
-  defaults: --duration 20 --rate 2000 --tasks 32 --fault-every 200 --faults all";
+[--fault-every MS] [--faults fin,rst,garbage,stall,late,restart] [--seed N] [--endpoints N]
+  defaults: --duration 20 --rate 2000 --tasks 32 --fault-every 200 --faults all --endpoints 1
+  --endpoints N (1..=8): N servers on 127.0.0.2.. behind a Balancer; restart = a 3 s outage";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
@@ -100,6 +124,7 @@ struct Opts {
     fault_every: Duration,
     faults: Vec<Fault>,
     seed: u64,
+    endpoints: usize,
 }
 
 fn parse_args() -> Result<Option<Opts>, String> {
@@ -113,6 +138,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
         fault_every: Duration::from_millis(200),
         faults: Fault::ALL.to_vec(),
         seed,
+        endpoints: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -131,6 +157,15 @@ fn parse_args() -> Result<Option<Opts>, String> {
             "--tasks" => o.tasks = num("--tasks")?,
             "--fault-every" => o.fault_every = Duration::from_millis(num("--fault-every")?),
             "--seed" => o.seed = num("--seed")?,
+            "--endpoints" => {
+                o.endpoints = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_ENDPOINTS).contains(n))
+                    .ok_or(format!(
+                        "--endpoints: expected 1 to {MAX_ENDPOINTS}, got {value:?}"
+                    ))?;
+            }
             "--faults" if value == "all" => o.faults = Fault::ALL.to_vec(),
             "--faults" if value == "none" => o.faults.clear(),
             "--faults" => {
@@ -169,15 +204,48 @@ struct ServerConn {
     faulted: bool,
 }
 
-/// Shared by the server, the fault scheduler and the workload.
-struct Chaos {
-    opts: Opts,
-    end: Instant,
+/// One embedded server (one endpoint): its connections, faults and requests.
+struct Server {
+    addr: SocketAddr,
+    /// The endpoint's name in the pool and the balancer (`addr` as text).
+    name: String,
     conns: Mutex<HashMap<u64, ServerConn>>,
     /// Client address (as the server sees it) → the last fault applied to it, and when.
     faulted: Mutex<HashMap<SocketAddr, (Fault, Instant)>>,
-    injected: [AtomicU64; 6],
     down: AtomicBool,
+    /// Requests whose connection came from this endpoint.
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Server {
+    fn new(addr: SocketAddr) -> Self {
+        Server {
+            addr,
+            name: addr.to_string(),
+            conns: Mutex::default(),
+            faulted: Mutex::default(),
+            down: AtomicBool::new(false),
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+}
+
+/// An endpoint outage (`restart` with several endpoints): which server, down when, back when.
+struct Outage {
+    server: usize,
+    down: Instant,
+    back: Option<Instant>,
+}
+
+/// Shared by the servers, the fault scheduler and the workload.
+struct Chaos {
+    opts: Opts,
+    end: Instant,
+    servers: Vec<Server>,
+    injected: [AtomicU64; 6],
+    outages: Mutex<Vec<Outage>>,
     next_token: AtomicU64,
     ok: AtomicU64,
     failed: AtomicU64,
@@ -187,13 +255,32 @@ struct Chaos {
 }
 
 impl Chaos {
-    fn record(&self, peer: SocketAddr, fault: Fault) {
-        self.faulted
+    fn record(&self, srv: usize, peer: SocketAddr, fault: Fault) {
+        self.servers[srv]
+            .faulted
             .lock()
             .unwrap()
             .insert(peer, (fault, Instant::now()));
         if fault != Fault::Restart {
             self.injected[fault as usize].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The server behind a connection's endpoint.
+    fn server_of(&self, conn: &Conn) -> usize {
+        let name = conn.endpoint();
+        self.servers
+            .iter()
+            .position(|s| s.name == name)
+            .unwrap_or(0)
+    }
+
+    /// How long a `restart` keeps its server down.
+    fn downtime(&self) -> Duration {
+        if self.servers.len() > 1 {
+            OUTAGE
+        } else {
+            DOWNTIME
         }
     }
 }
@@ -216,9 +303,15 @@ async fn listen(addr: SocketAddr, end: Instant) -> Option<TcpListener> {
     None
 }
 
-/// The accept loop; a message on `restarts` takes the server down for `DOWNTIME`.
-async fn server(chaos: Arc<Chaos>, mut listener: TcpListener, mut restarts: mpsc::Receiver<()>) {
-    let addr = listener.local_addr().expect("bound");
+/// Server `srv`'s accept loop; a message on `restarts` takes it down for `Chaos::downtime`.
+async fn server(
+    chaos: Arc<Chaos>,
+    srv: usize,
+    mut listener: TcpListener,
+    mut restarts: mpsc::Receiver<()>,
+) {
+    let me = &chaos.servers[srv];
+    let addr = me.addr;
     let mut next_id = 0;
     loop {
         tokio::select! {
@@ -226,20 +319,25 @@ async fn server(chaos: Arc<Chaos>, mut listener: TcpListener, mut restarts: mpsc
                 let _ = stream.set_nodelay(true);
                 let (tx, rx) = mpsc::unbounded_channel();
                 next_id += 1;
-                chaos.conns.lock().unwrap().insert(next_id, ServerConn { tx, faulted: false });
+                me.conns.lock().unwrap().insert(next_id, ServerConn { tx, faulted: false });
                 // A new connection from a reused port starts with a clean record.
-                chaos.faulted.lock().unwrap().remove(&peer);
-                tokio::spawn(serve(chaos.clone(), next_id, stream, peer, rx));
+                me.faulted.lock().unwrap().remove(&peer);
+                tokio::spawn(serve(chaos.clone(), srv, next_id, stream, peer, rx));
             }
             Some(()) = restarts.recv() => {
                 drop(listener);
-                for c in chaos.conns.lock().unwrap().values() {
+                for c in me.conns.lock().unwrap().values() {
                     let _ = c.tx.send(Fault::Restart);
                 }
-                sleep(DOWNTIME.min(chaos.end.saturating_duration_since(Instant::now()))).await;
+                let downtime = chaos.downtime();
+                sleep(downtime.min(chaos.end.saturating_duration_since(Instant::now()))).await;
                 let Some(l) = listen(addr, chaos.end).await else { return };
                 listener = l;
-                chaos.down.store(false, Relaxed);
+                me.down.store(false, Relaxed);
+                let mut outages = chaos.outages.lock().unwrap();
+                if let Some(o) = outages.iter_mut().rev().find(|o| o.server == srv) {
+                    o.back = Some(Instant::now());
+                }
             }
             _ = sleep_until(chaos.end) => return,
         }
@@ -249,6 +347,7 @@ async fn server(chaos: Arc<Chaos>, mut listener: TcpListener, mut restarts: mpsc
 /// One server-side connection: answers requests and pings, and applies the faults sent to it.
 async fn serve(
     chaos: Arc<Chaos>,
+    srv: usize,
     id: u64,
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -271,7 +370,7 @@ async fn serve(
                     .await
             } else {
                 if std::mem::take(&mut late) {
-                    chaos.record(peer, Fault::Late);
+                    chaos.record(srv, peer, Fault::Late);
                     sleep(LATE_BY).await;
                 }
                 stream.write_all(&buf).await
@@ -285,24 +384,24 @@ async fn serve(
         tokio::select! {
             fault = faults.recv() => match fault {
                 None | Some(Fault::Fin | Fault::Restart) => {
-                    if let Some(f) = fault { chaos.record(peer, f) }
+                    if let Some(f) = fault { chaos.record(srv, peer, f) }
                     break;
                 }
                 Some(Fault::Rst) => {
-                    chaos.record(peer, Fault::Rst);
+                    chaos.record(srv, peer, Fault::Rst);
                     let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                     break;
                 }
                 Some(Fault::Garbage) => {
-                    chaos.record(peer, Fault::Garbage);
+                    chaos.record(srv, peer, Fault::Garbage);
                     if stream.write_all(&[0xEE; 3]).await.is_err() { break }
                 }
                 Some(Fault::Stall) => {
-                    chaos.record(peer, Fault::Stall);
+                    chaos.record(srv, peer, Fault::Stall);
                     // Hold the socket open, unread and unanswered, for a while or until a restart.
                     let until = Instant::now() + STALL_FOR;
                     while let Ok(Some(f)) = tokio::time::timeout_at(until, faults.recv()).await {
-                        if f == Fault::Restart { chaos.record(peer, f); break }
+                        if f == Fault::Restart { chaos.record(srv, peer, f); break }
                     }
                     break;
                 }
@@ -314,15 +413,24 @@ async fn serve(
             },
         }
     }
-    chaos.conns.lock().unwrap().remove(&id);
+    chaos.servers[srv].conns.lock().unwrap().remove(&id);
 }
 
-/// Every `every`, applies a random enabled fault to a random unfaulted server-side connection.
-async fn inject_faults(chaos: Arc<Chaos>, restart: mpsc::Sender<()>) {
+/// Every `every`, applies a random enabled fault to a random unfaulted server-side connection
+/// (of a random server); a `restart` goes to a random server through `restarts`.
+async fn inject_faults(chaos: Arc<Chaos>, restarts: Vec<mpsc::Sender<()>>) {
     let (faults, every) = (&chaos.opts.faults, chaos.opts.fault_every);
     if faults.is_empty() {
         return;
     }
+    let several = chaos.servers.len() > 1;
+    // A restart takes an endpoint away for a while: at most one per gap, and none near the
+    // end, so that the run ends with every endpoint recovered.
+    let (gap, quiet_end) = if several {
+        (OUTAGE_GAP, OUTAGE_GAP)
+    } else {
+        (RESTART_GAP, 2 * DOWNTIME)
+    };
     let mut rng = Rng(chaos.opts.seed);
     let mut next_restart = Instant::now() + RESTART_GAP / 2;
     let mut tick = tokio::time::interval_at(Instant::now() + every, every);
@@ -333,9 +441,7 @@ async fn inject_faults(chaos: Arc<Chaos>, restart: mpsc::Sender<()>) {
             _ = sleep_until(chaos.end) => return,
         }
         let mut fault = faults[rng.below(faults.len())];
-        // A restart takes the endpoint away for a while: at most one per RESTART_GAP, and none
-        // near the end, so that the run ends with the pool recovered.
-        let near_end = chaos.end.saturating_duration_since(Instant::now()) < 2 * DOWNTIME;
+        let near_end = chaos.end.saturating_duration_since(Instant::now()) < quiet_end;
         if fault == Fault::Restart && (Instant::now() < next_restart || near_end) {
             let others: Vec<_> = faults.iter().filter(|&&f| f != Fault::Restart).collect();
             if others.is_empty() {
@@ -344,31 +450,75 @@ async fn inject_faults(chaos: Arc<Chaos>, restart: mpsc::Sender<()>) {
             fault = *others[rng.below(others.len())];
         }
         if fault == Fault::Restart {
-            next_restart = Instant::now() + RESTART_GAP;
-            if !chaos.down.swap(true, Relaxed) && restart.try_send(()).is_ok() {
+            next_restart = Instant::now() + gap;
+            let srv = if several {
+                rng.below(chaos.servers.len())
+            } else {
+                0
+            };
+            if !chaos.servers[srv].down.swap(true, Relaxed) && restarts[srv].try_send(()).is_ok() {
                 chaos.injected[Fault::Restart as usize].fetch_add(1, Relaxed);
+                chaos.outages.lock().unwrap().push(Outage {
+                    server: srv,
+                    down: Instant::now(),
+                    back: None,
+                });
             }
             continue;
         }
-        let mut conns = chaos.conns.lock().unwrap();
+        // A random server among those with a connection to fault.
+        let mut with_targets: Vec<_> = chaos
+            .servers
+            .iter()
+            .map(|s| s.conns.lock().unwrap())
+            .filter(|c| c.values().any(|c| !c.faulted))
+            .collect();
+        let conns = match with_targets.len() {
+            0 => continue,
+            1 => &mut with_targets[0],
+            n => &mut with_targets[rng.below(n)],
+        };
         let mut targets: Vec<_> = conns.values_mut().filter(|c| !c.faulted).collect();
-        if !targets.is_empty() {
-            let i = rng.below(targets.len());
-            targets[i].faulted = true;
-            let _ = targets[i].tx.send(fault);
+        let i = rng.below(targets.len());
+        targets[i].faulted = true;
+        let _ = targets[i].tx.send(fault);
+    }
+}
+
+/// What the workload checks out from: the pool (one endpoint) or the balancer (several).
+#[derive(Clone)]
+enum Client {
+    Pool(Pool),
+    Balancer(Balancer),
+}
+
+impl Client {
+    async fn get(&self) -> Result<Conn, livepool::Error> {
+        match self {
+            Client::Pool(p) => p.get().await,
+            Client::Balancer(b) => b.get().await,
         }
     }
 }
 
-/// Checks out a connection, flags it if the server had faulted it before, and runs one exchange.
-async fn request(pool: &Pool, chaos: &Chaos, token: u64) -> Result<(), &'static str> {
-    let mut conn = pool.get().await.map_err(|e| match () {
+/// Checks out a connection, flags it if the server had faulted it before, and runs one
+/// exchange; `served` says by which server, once there is a connection.
+async fn request(
+    client: &Client,
+    chaos: &Chaos,
+    token: u64,
+    served: &mut Option<usize>,
+) -> Result<(), &'static str> {
+    let mut conn = client.get().await.map_err(|e| match () {
+        _ if e.is_all_endpoints() => "get: every endpoint failed",
         _ if e.is_circuit_open() => "get: circuit open",
         _ if e.is_connect() => "get: connect error",
         _ if e.is_timeout() => "get: timeout",
         _ => "get: other",
     })?;
-    check_stale(&conn, chaos);
+    let srv = chaos.server_of(&conn);
+    *served = Some(srv);
+    check_stale(&conn, chaos, srv);
     let mut frame = [0u8; REQ_LEN];
     frame[0] = REQUEST;
     frame[8..].copy_from_slice(&token.to_be_bytes());
@@ -396,10 +546,16 @@ async fn request(pool: &Pool, chaos: &Chaos, token: u64) -> Result<(), &'static 
 /// A stale handout: the server faulted this connection more than `STALE_GRACE` ago and the
 /// kernel still says so now. (The peek rules out a new connection from a reused port that the
 /// server has not accepted yet.)
-fn check_stale(conn: &Conn, chaos: &Chaos) {
+fn check_stale(conn: &Conn, chaos: &Chaos, srv: usize) {
     let now = Instant::now();
     let Ok(local) = conn.local_addr() else { return };
-    let Some((fault, at)) = chaos.faulted.lock().unwrap().get(&local).copied() else {
+    let faulted = chaos.servers[srv]
+        .faulted
+        .lock()
+        .unwrap()
+        .get(&local)
+        .copied();
+    let Some((fault, at)) = faulted else {
         return;
     };
     if !fault.kernel_visible() || now.saturating_duration_since(at) <= STALE_GRACE {
@@ -416,7 +572,7 @@ fn check_stale(conn: &Conn, chaos: &Chaos) {
     }
 }
 
-async fn worker(pool: Pool, chaos: Arc<Chaos>, i: u64) {
+async fn worker(client: Client, chaos: Arc<Chaos>, i: u64) {
     let (rate, tasks) = (chaos.opts.rate as f64, chaos.opts.tasks as f64);
     let period = Duration::from_secs_f64(tasks / rate); // spread evenly: `rate` in all
     let offset = period.mul_f64(i as f64 / tasks);
@@ -428,8 +584,13 @@ async fn worker(pool: Pool, chaos: Arc<Chaos>, i: u64) {
             _ = sleep_until(chaos.end) => return,
         }
         let token = chaos.next_token.fetch_add(1, Relaxed);
-        let res = tokio::time::timeout(DEADLINE, request(&pool, &chaos, token)).await;
-        match res.unwrap_or(Err("deadline")) {
+        let mut served = None;
+        let res = tokio::time::timeout(DEADLINE, request(&client, &chaos, token, &mut served));
+        let outcome = res.await.unwrap_or(Err("deadline"));
+        if let Some(s) = served.map(|s| &chaos.servers[s]) {
+            if outcome.is_ok() { &s.ok } else { &s.failed }.fetch_add(1, Relaxed);
+        }
+        match outcome {
             Ok(()) => chaos.ok.fetch_add(1, Relaxed),
             Err(kind) => {
                 *chaos.failures.lock().unwrap().entry(kind).or_default() += 1;
@@ -448,19 +609,25 @@ struct Eviction {
     fault: Option<(Fault, Duration)>,
 }
 
-/// Collects eviction events until `stop`; returns them and the number missed.
-async fn collect(mut events: Events, chaos: Arc<Chaos>, stop: Arc<Notify>) -> (Vec<Eviction>, u64) {
+/// Collects server `srv`'s eviction events until `stop`; returns them and the number missed.
+async fn collect(
+    mut events: Events,
+    chaos: Arc<Chaos>,
+    srv: usize,
+    mut stop: watch::Receiver<bool>,
+) -> (Vec<Eviction>, u64) {
     let (mut out, mut lagged) = (Vec::new(), 0);
+    let faulted = &chaos.servers[srv].faulted;
     loop {
         let ev = tokio::select! {
             ev = events.recv() => ev,
-            _ = stop.notified() => break,
+            _ = stop.changed() => break,
         };
         match ev {
             Ok(ev) => {
                 let fault = ev
                     .local_addr
-                    .and_then(|a| chaos.faulted.lock().unwrap().get(&a).copied());
+                    .and_then(|a| faulted.lock().unwrap().get(&a).copied());
                 let caused = fault
                     .filter(|&(_, at)| at <= ev.evicted_at)
                     .map(|(f, at)| (f, ev.evicted_at - at));
@@ -501,7 +668,64 @@ fn joined<K: std::fmt::Display>(items: impl IntoIterator<Item = (K, u64)>) -> St
     v.join(", ")
 }
 
-fn report(chaos: &Chaos, stats: &Statistics, evictions: &[Eviction], lagged: u64, secs: f64) {
+/// Every endpoint's pool settings (the single pool's too).
+fn configure(b: Builder) -> Builder {
+    b.max_size(16)
+        .min_idle(4)
+        .heartbeat(FrameHeartbeat::new())
+        .heartbeat_interval(Duration::from_millis(500))
+        .heartbeat_timeout(Duration::from_millis(200))
+        .reap_interval(Duration::from_millis(100))
+        .connect_timeout(Some(Duration::from_secs(1)))
+        // A restart lasts 1 s: probe again soon rather than after the default 30 s.
+        .breaker(Some(
+            BreakerConfig::new()
+                .open_for(Duration::from_millis(200))
+                .max_open_for(Duration::from_millis(500)),
+        ))
+}
+
+/// Outlier ejection with several endpoints: quick enough that ejections, returns and
+/// recoveries all happen within a 3 s outage and the seconds after it.
+fn ejection() -> Ejection {
+    Ejection::new()
+        .consecutive_failures(3)
+        .base(Duration::from_secs(1))
+        .max(Duration::from_secs(4))
+        .max_ejected_share(0.5)
+}
+
+/// The endpoints' statistics added up (evictions by reason in `EvictReason::ALL` order).
+struct Totals {
+    created: u64,
+    connect_errors: u64,
+    checkouts: u64,
+    breaker_transitions: u64,
+    /// Each endpoint's breaker state.
+    breaker: String,
+    evictions: Vec<(EvictReason, u64)>,
+}
+
+impl Totals {
+    fn of(stats: &[Statistics]) -> Self {
+        let sum = |f: fn(&Statistics) -> u64| stats.iter().map(f).sum();
+        let states: Vec<_> = stats.iter().map(|s| s.breaker_state.as_str()).collect();
+        Totals {
+            created: sum(|s| s.created),
+            connect_errors: sum(|s| s.connect_errors),
+            checkouts: sum(|s| s.checkouts),
+            breaker_transitions: sum(|s| s.breaker_transitions),
+            breaker: states.join(", "),
+            evictions: EvictReason::ALL
+                .into_iter()
+                .map(|r| (r, stats.iter().map(|s| s.evicted(r)).sum()))
+                .filter(|&(_, n)| n > 0)
+                .collect(),
+        }
+    }
+}
+
+fn report(chaos: &Chaos, stats: &Totals, evictions: &[Eviction], lagged: u64, secs: f64) {
     let (ok, failed) = (chaos.ok.load(Relaxed), chaos.failed.load(Relaxed));
     let injected = Fault::ALL.map(|f| (f.name(), chaos.injected[f as usize].load(Relaxed)));
     println!("\n=== livepool chaos: {secs:.1} s ===");
@@ -521,8 +745,7 @@ fn report(chaos: &Chaos, stats: &Statistics, evictions: &[Eviction], lagged: u64
     );
     println!(
         "breaker             {} transitions, now {}",
-        stats.breaker_transitions,
-        stats.breaker_state.as_str()
+        stats.breaker_transitions, stats.breaker
     );
 
     let header = format!("{:>6} {:>9} {:>9} {:>9}", "count", "p50", "p99", "max");
@@ -530,7 +753,7 @@ fn report(chaos: &Chaos, stats: &Statistics, evictions: &[Eviction], lagged: u64
         "\n{:<22}{header}   (detection → removal)",
         "evictions by reason"
     );
-    for (reason, n) in stats.evictions() {
+    for &(reason, n) in &stats.evictions {
         let lat = evictions
             .iter()
             .filter(|e| e.reason == reason)
@@ -565,6 +788,229 @@ fn report(chaos: &Chaos, stats: &Statistics, evictions: &[Eviction], lagged: u64
     }
 }
 
+/// An event stream: the balancer's, or a pool's breaker transitions.
+trait Stream {
+    type Item;
+    fn next(&mut self) -> impl Future<Output = Result<Self::Item, EventsError>> + Send;
+}
+
+impl Stream for BalancerEvents {
+    type Item = BalancerEvent;
+    fn next(&mut self) -> impl Future<Output = Result<BalancerEvent, EventsError>> + Send {
+        self.recv()
+    }
+}
+
+impl Stream for BreakerEvents {
+    type Item = BreakerEvent;
+    fn next(&mut self) -> impl Future<Output = Result<BreakerEvent, EventsError>> + Send {
+        self.recv()
+    }
+}
+
+/// Collects a stream's events until `stop`; returns them and the number missed.
+async fn gather<S: Stream>(mut events: S, mut stop: watch::Receiver<bool>) -> (Vec<S::Item>, u64) {
+    let (mut out, mut lagged) = (Vec::new(), 0);
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                Ok(ev) => out.push(ev),
+                Err(EventsError::Lagged(n)) => lagged += n,
+                Err(_) => break,
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    (out, lagged)
+}
+
+/// One endpoint in the progress line: its requests in the last second, its pool's size, and
+/// whether it is ejected, its breaker open, its server down.
+fn endpoint_cell(e: &EndpointStatus, srv: &Server, per_s: u64) -> String {
+    let mut flags = Vec::new();
+    if let Some(left) = e.ejected_for {
+        flags.push(format!("EJECTED {}", fmt_d(left)));
+    }
+    if e.status.breaker != BreakerState::Closed {
+        flags.push(format!("breaker {}", e.status.breaker.as_str()));
+    }
+    if srv.down.load(Relaxed) {
+        flags.push("server down".to_string());
+    }
+    format!(
+        "{} {per_s:>4}/s {:>2} conns{}{}",
+        srv.addr.ip(),
+        e.status.size,
+        if flags.is_empty() { "" } else { " " },
+        flags.join(", ")
+    )
+}
+
+/// "1st", "2nd", …
+fn nth(n: u32) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// The per-endpoint table, the outages and the balancer's events; returns how many outages.
+fn report_endpoints(
+    chaos: &Chaos,
+    endpoints: &[EndpointStatus],
+    events: &[BalancerEvent],
+    breaker: &[BreakerEvent],
+    lagged: u64,
+    start: Instant,
+) -> usize {
+    let count = |name: &str, f: fn(&BalancerEventKind) -> bool| {
+        events
+            .iter()
+            .filter(|e| &*e.endpoint == name && f(&e.kind))
+            .count()
+    };
+    println!(
+        "\n{:<22}{:>8} {:>7} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9}   now",
+        "endpoint",
+        "ok",
+        "failed",
+        "created",
+        "evictions",
+        "breaker",
+        "ejected",
+        "returned",
+        "recovered"
+    );
+    for (e, srv) in endpoints.iter().zip(&chaos.servers) {
+        let st = &e.statistics;
+        let now = match e.ejected_for {
+            Some(left) => format!("ejected for {}", fmt_d(left)),
+            None => format!("in service, breaker {}", e.status.breaker.as_str()),
+        };
+        println!(
+            "  {:<20}{:>8} {:>7} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9}   {now}",
+            e.endpoint,
+            srv.ok.load(Relaxed),
+            srv.failed.load(Relaxed),
+            st.created,
+            st.evicted_total(),
+            st.breaker_transitions,
+            count(&e.endpoint, |k| matches!(
+                k,
+                BalancerEventKind::Ejected { .. }
+            )),
+            count(&e.endpoint, |k| *k == BalancerEventKind::Returned),
+            count(&e.endpoint, |k| *k == BalancerEventKind::Recovered),
+        );
+    }
+    println!(
+        "  (ok and failed: requests whose connection came from the endpoint; breaker: transitions)"
+    );
+
+    // The outages and the balancer's events, in time order.
+    let since = |at: Instant| at.saturating_duration_since(start).as_secs_f64();
+    let outages = chaos.outages.lock().unwrap();
+    let mut lines: Vec<(f64, String)> = Vec::new();
+    for o in outages.iter() {
+        let name = &chaos.servers[o.server].name;
+        lines.push((
+            since(o.down),
+            format!("{:<10}{name}  listener and connections closed", "OUTAGE"),
+        ));
+        if let Some(back) = o.back {
+            lines.push((
+                since(back),
+                format!(
+                    "{:<10}{name}  listening again after {}",
+                    "back",
+                    fmt_d(back - o.down)
+                ),
+            ));
+        }
+    }
+    for ev in events {
+        let what = match &ev.kind {
+            BalancerEventKind::Ejected {
+                duration,
+                times,
+                failures,
+                last_error,
+            } => format!(
+                "for {} ({} in a row) after {failures} failures: {}",
+                fmt_d(*duration),
+                nth(*times),
+                last_error.as_deref().unwrap_or("-")
+            ),
+            _ => String::new(),
+        };
+        let kind = match ev.kind {
+            BalancerEventKind::Ejected { .. } => "ejected",
+            BalancerEventKind::Returned => "returned",
+            BalancerEventKind::Recovered => "recovered",
+            BalancerEventKind::Added => "added",
+            BalancerEventKind::Removed => "removed",
+            _ => "other",
+        };
+        lines.push((since(ev.at), format!("{kind:<10}{}  {what}", ev.endpoint)));
+    }
+    for ev in breaker {
+        let t = ev.transition;
+        let open_for = t.open_for.map(|d| format!(" for {}", fmt_d(d)));
+        lines.push((
+            since(ev.at),
+            format!(
+                "{:<10}{}  {} → {}{}",
+                "breaker",
+                ev.endpoint,
+                t.from.as_str(),
+                t.to.as_str(),
+                open_for.unwrap_or_default()
+            ),
+        ));
+    }
+    lines.sort_by(|a, b| a.0.total_cmp(&b.0));
+    println!("\nbalancer events (and outages), since start");
+    if lines.is_empty() {
+        println!("  none");
+    }
+    for (t, line) in &lines {
+        println!("  {t:>7.3}s  {}", line.trim_end());
+    }
+    if lagged > 0 {
+        println!("  (the event stream lagged: {lagged} events missed)");
+    }
+    // Each outage should eject its endpoint before it is back (or soon after).
+    let ejected_in = |o: &Outage| {
+        let name = chaos.servers[o.server].name.as_str();
+        let until = o.back.map_or(chaos.end, |b| b + Duration::from_secs(1));
+        events.iter().find(|e| {
+            &*e.endpoint == name
+                && e.at >= o.down
+                && e.at <= until
+                && matches!(e.kind, BalancerEventKind::Ejected { .. })
+        })
+    };
+    for o in outages.iter() {
+        let name = &chaos.servers[o.server].name;
+        match ejected_in(o) {
+            Some(e) => println!(
+                "outage of {name} at {:.2}s: ejected {} after it began",
+                since(o.down),
+                fmt_d(e.at - o.down)
+            ),
+            None => println!(
+                "outage of {name} at {:.2}s: NOT ejected (another endpoint out, or ejection broken?)",
+                since(o.down)
+            ),
+        }
+    }
+    outages.len()
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -583,13 +1029,28 @@ async fn main() -> ExitCode {
         }
     };
     let start = Instant::now();
+    let end = start + opts.duration;
+    let several = opts.endpoints > 1;
+    let (mut servers, mut listeners, mut restart_txs, mut restart_rxs) =
+        (vec![], vec![], vec![], vec![]);
+    for i in 0..opts.endpoints {
+        // One endpoint: 127.0.0.1 as ever; several: 127.0.0.2, 127.0.0.3, …
+        let ip = if several { 2 + i as u8 } else { 1 };
+        let listener = listen(SocketAddr::from(([127, 0, 0, ip], 0)), end)
+            .await
+            .expect("cannot listen on loopback");
+        servers.push(Server::new(listener.local_addr().expect("bound")));
+        listeners.push(listener);
+        let (tx, rx) = mpsc::channel(1);
+        restart_txs.push(tx);
+        restart_rxs.push(rx);
+    }
     let chaos = Arc::new(Chaos {
         opts: opts.clone(),
-        end: start + opts.duration,
-        conns: Mutex::default(),
-        faulted: Mutex::default(),
+        end,
+        servers,
         injected: Default::default(),
-        down: AtomicBool::new(false),
+        outages: Mutex::default(),
         next_token: AtomicU64::new(1),
         ok: AtomicU64::new(0),
         failed: AtomicU64::new(0),
@@ -597,85 +1058,178 @@ async fn main() -> ExitCode {
         stale: Mutex::default(),
         leaks: AtomicU64::new(0),
     });
-    let listener = listen("127.0.0.1:0".parse().expect("literal"), chaos.end)
-        .await
-        .expect("cannot listen on loopback");
-    let addr = listener.local_addr().expect("bound");
-    let (restart_tx, restart_rx) = mpsc::channel(1);
-    tokio::spawn(server(chaos.clone(), listener, restart_rx));
+    for (i, (l, rx)) in listeners.into_iter().zip(restart_rxs).enumerate() {
+        tokio::spawn(server(chaos.clone(), i, l, rx));
+    }
+    let names: Vec<&str> = chaos.servers.iter().map(|s| s.name.as_str()).collect();
 
-    let pool = Pool::builder(addr)
-        .max_size(16)
-        .min_idle(4)
-        .heartbeat(FrameHeartbeat::new())
-        .heartbeat_interval(Duration::from_millis(500))
-        .heartbeat_timeout(Duration::from_millis(200))
-        .reap_interval(Duration::from_millis(100))
-        .connect_timeout(Some(Duration::from_secs(1)))
-        // A restart lasts 1 s: probe again soon rather than after the default 30 s.
-        .breaker(Some(
-            BreakerConfig::new()
-                .open_for(Duration::from_millis(200))
-                .max_open_for(Duration::from_millis(500)),
-        ))
-        .build()
-        .expect("valid configuration");
-    let names: Vec<_> = opts.faults.iter().map(|f| f.name()).collect();
+    let (client, pools) = if several {
+        let balancer = Balancer::builder(configure)
+            .endpoints(chaos.servers.iter().map(|s| s.addr))
+            .ejection(Some(ejection()))
+            .build()
+            .expect("valid configuration");
+        let pools: Vec<Pool> = names
+            .iter()
+            .map(|n| balancer.pool(n).expect("an endpoint per server"))
+            .collect();
+        (Client::Balancer(balancer), pools)
+    } else {
+        let pool = configure(Pool::builder(chaos.servers[0].addr))
+            .build()
+            .expect("valid configuration");
+        (Client::Pool(pool.clone()), vec![pool])
+    };
+    let target = if several {
+        format!("a balancer over {}", names.join(", "))
+    } else {
+        format!("server {}", names[0])
+    };
+    let fault_names: Vec<_> = opts.faults.iter().map(|f| f.name()).collect();
     println!(
-        "livepool chaos: server {addr}, {:?}, {} tasks, {} req/s, a fault every {:?} from [{}], seed {}",
+        "livepool chaos: {target}, {:?}, {} tasks, {} req/s, a fault every {:?} from [{}], seed {}",
         opts.duration,
         opts.tasks,
         opts.rate,
         opts.fault_every,
-        names.join(","),
+        fault_names.join(","),
         opts.seed
     );
+    if several {
+        println!(
+            "  ejection: {:?}; restart = a {OUTAGE:?} outage of one server",
+            ejection()
+        );
+    }
 
-    let stop = Arc::new(Notify::new());
-    let collector = tokio::spawn(collect(pool.events(), chaos.clone(), stop.clone()));
-    tokio::spawn(inject_faults(chaos.clone(), restart_tx));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let collectors: Vec<_> = pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| tokio::spawn(collect(p.events(), chaos.clone(), i, stop_rx.clone())))
+        .collect();
+    let balancer_events = match &client {
+        Client::Balancer(b) => Some(tokio::spawn(gather(b.events(), stop_rx.clone()))),
+        Client::Pool(_) => None,
+    };
+    let breaker_events: Vec<_> = pools
+        .iter()
+        .filter(|_| several)
+        .map(|p| tokio::spawn(gather(p.breaker_events(), stop_rx.clone())))
+        .collect();
+    tokio::spawn(inject_faults(chaos.clone(), restart_txs));
     let mut workers = tokio::task::JoinSet::new();
     for i in 0..opts.tasks {
-        workers.spawn(worker(pool.clone(), chaos.clone(), i));
+        workers.spawn(worker(client.clone(), chaos.clone(), i));
     }
 
     let mut progress =
         tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+    let mut last_ok = vec![0; pools.len()];
     while Instant::now() < chaos.end {
         tokio::select! {
             _ = progress.tick() => {}
             _ = sleep_until(chaos.end) => break,
         }
-        let (st, stats) = (pool.status(), pool.statistics());
         let faults: u64 = chaos.injected.iter().map(|a| a.load(Relaxed)).sum();
-        println!(
-            "{:>5.1}s  ok {:>7}  failed {:>5}  faults {:>4}  evictions {:>4}  pool {:>2} ({:>2} idle)  breaker {:<9}  stale {} leaks {}",
+        let head = format!(
+            "{:>5.1}s  ok {:>7}  failed {:>5}  faults {:>4}",
             start.elapsed().as_secs_f64(),
             chaos.ok.load(Relaxed),
             chaos.failed.load(Relaxed),
             faults,
-            stats.evicted_total(),
-            st.size,
-            st.idle,
-            st.breaker.as_str(),
+        );
+        let oracles = format!(
+            "stale {} leaks {}",
             chaos.stale.lock().unwrap().len(),
             chaos.leaks.load(Relaxed)
         );
+        match &client {
+            Client::Pool(pool) => {
+                let (st, stats) = (pool.status(), pool.statistics());
+                println!(
+                    "{head}  evictions {:>4}  pool {:>2} ({:>2} idle)  breaker {:<9}  {oracles}",
+                    stats.evicted_total(),
+                    st.size,
+                    st.idle,
+                    st.breaker.as_str(),
+                );
+            }
+            Client::Balancer(b) => {
+                let eps = b.endpoints();
+                let evictions: u64 = eps.iter().map(|e| e.statistics.evicted_total()).sum();
+                let each: Vec<_> = eps
+                    .iter()
+                    .zip(&chaos.servers)
+                    .zip(&mut last_ok)
+                    .map(|((e, srv), last)| {
+                        let ok = srv.ok.load(Relaxed);
+                        let per_s = ok - std::mem::replace(last, ok);
+                        endpoint_cell(e, srv, per_s)
+                    })
+                    .collect();
+                println!(
+                    "{head}  evictions {evictions:>4}  {oracles}  | {}",
+                    each.join(" | ")
+                );
+            }
+        }
     }
     while workers.join_next().await.is_some() {}
-    let stats = pool.statistics();
-    stop.notify_one();
-    let (evictions, lagged) = collector.await.expect("collector");
-    pool.close();
+    let (stats, endpoints) = match &client {
+        Client::Pool(pool) => (vec![pool.statistics()], vec![]),
+        Client::Balancer(b) => {
+            let eps = b.endpoints();
+            (eps.iter().map(|e| e.statistics.clone()).collect(), eps)
+        }
+    };
+    let _ = stop_tx.send(true);
+    let (mut evictions, mut lagged) = (Vec::new(), 0);
+    for c in collectors {
+        let (ev, n) = c.await.expect("collector");
+        evictions.extend(ev);
+        lagged += n;
+    }
+    let (events, mut events_lagged) = match balancer_events {
+        Some(c) => c.await.expect("balancer event collector"),
+        None => (Vec::new(), 0),
+    };
+    let mut breaker = Vec::new();
+    for c in breaker_events {
+        let (ev, n) = c.await.expect("breaker event collector");
+        breaker.extend(ev);
+        events_lagged += n;
+    }
+    pools.iter().for_each(Pool::close);
 
     let secs = start.elapsed().as_secs_f64();
-    report(&chaos, &stats, &evictions, lagged, secs);
+    report(&chaos, &Totals::of(&stats), &evictions, lagged, secs);
     let (stale, leaks) = (chaos.stale.lock().unwrap().len(), chaos.leaks.load(Relaxed));
-    if stale == 0 && leaks == 0 {
-        println!("\nPASS: no stale handouts, no leaks");
+    let mut fail = Vec::new();
+    if stale > 0 || leaks > 0 {
+        fail.push(format!("{stale} stale handouts, {leaks} leaks"));
+    }
+    let ejections = events
+        .iter()
+        .filter(|e| matches!(e.kind, BalancerEventKind::Ejected { .. }))
+        .count();
+    if several {
+        let outages = report_endpoints(&chaos, &endpoints, &events, &breaker, events_lagged, start);
+        if outages > 0 && ejections == 0 {
+            fail.push(format!(
+                "{outages} endpoint outages but no ejection: outlier ejection is broken"
+            ));
+        }
+    }
+    if fail.is_empty() {
+        let ejected = match ejections {
+            0 => String::new(),
+            n => format!(", {n} ejections"),
+        };
+        println!("\nPASS: no stale handouts, no leaks{ejected}");
         ExitCode::SUCCESS
     } else {
-        println!("\nFAIL: {stale} stale handouts, {leaks} leaks");
+        println!("\nFAIL: {}", fail.join("; "));
         ExitCode::FAILURE
     }
 }
