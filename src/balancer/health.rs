@@ -1,10 +1,19 @@
 //! Outlier ejection: each endpoint's run of consecutive failures, its ejections, and the
 //! balancer-wide limit on how many endpoints may be out at once.
 //!
-//! The failures and successes are the ones the endpoint's breaker hears (its pool reports
-//! them through [`HealthObserver`]): connects and setups (the refill's too) and heartbeats. A
-//! member found dead, a wrong heartbeat reply and a local resource failure are not endpoint
-//! failures, for the breaker's reasons.
+//! What counts, through the pool's [`HealthObserver`]:
+//! - the outcomes the endpoint's breaker hears: connects and setups (the refill's too) and
+//!   heartbeats, with the breaker's filtering (a member found dead, a wrong heartbeat reply,
+//!   a local resource failure are not endpoint failures);
+//! - requests: a checked-out connection that comes back with an I/O error or end of stream,
+//!   or with a request abandoned mid-flight (the caller's deadline dropped it: cancelled, or
+//!   written and never read) is a failure; a clean return is a success. Under load this is
+//!   the only signal from a blackholed endpoint: its members are never idle long enough to
+//!   be pinged, and a caller's deadline shorter than the connect timeout cancels the
+//!   connects before they can fail. A connection the holder marked broken, or that the
+//!   protocol found unclean, says nothing about the endpoint;
+//! - the breaker opening ejects at once, whatever the count (its own threshold was reached;
+//!   after that no connect is tried, so the count would never grow).
 //!
 //! Why both a breaker and ejection: the breaker stops *connects* to an endpoint it has seen
 //! fail (a few failures, a short open period, its own probe); ejection takes the endpoint out
@@ -13,9 +22,10 @@
 //! balancer. An endpoint whose breaker refuses is skipped by selection too, ejected or not.
 //!
 //! States: in service → (`consecutive_failures` in a row, if the share allows) ejected for
-//! `base × times ejected` (capped at `max`) → back in service *on probation*: its first
-//! failure ejects it again at once (for longer), its first success clears it. Each `base`
-//! spent in service without an ejection takes one off the times ejected.
+//! `base × times ejected` (capped at `max`) → back in service *on probation* (its pool is
+//! asked to refill at once, so that its min_idle connects probe it now): its first failure
+//! ejects it again at once (for longer), its first success clears it. Each `base` spent in
+//! service without an ejection takes one off the times ejected.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -28,13 +38,14 @@ use tokio::time::Instant;
 
 use crate::pool::config::HealthObserver;
 use crate::pool::error::BuildError;
-use crate::stats::{EventsError, Subscription};
+use crate::stats::{EventsError, EvictReason, Subscription};
 
 /// Outlier ejection settings of a [`Balancer`](crate::Balancer) (after Envoy's outlier
-/// detection): an endpoint with `consecutive_failures` connect, setup or heartbeat failures in
-/// a row is taken out of selection for `base × times ejected`, at most `max`; never more than
-/// `max_ejected_share` of the endpoints at once (but one may always be ejected), and never
-/// the last one in service.
+/// detection): an endpoint with `consecutive_failures` failures in a row (connects, setups,
+/// heartbeats, requests that failed or were abandoned on its connections), or whose breaker
+/// opens, is taken out of selection for `base × times ejected`, at most `max`; never more
+/// than `max_ejected_share` of the endpoints at once (but one may always be ejected), and
+/// never the last one in service.
 ///
 /// ```
 /// use std::time::Duration;
@@ -312,10 +323,12 @@ impl Ejector {
             metrics::gauge!("livepool_endpoint_ejected", "endpoint" => endpoint.to_string()),
         );
         Arc::new_cyclic(|me| Health {
+            kick: std::sync::OnceLock::new(),
             #[cfg(feature = "metrics")]
             metrics,
             endpoint,
             ejected: AtomicBool::new(false),
+            clean: AtomicBool::new(true),
             st: Mutex::new(State {
                 since: Some(Instant::now()),
                 ..State::default()
@@ -331,9 +344,15 @@ pub(crate) struct Health {
     endpoint: Arc<str>,
     /// True while ejected (read by every selection: one load).
     ejected: AtomicBool,
+    /// No failure since the last success, not on probation, no ejection to forgive: a
+    /// success changes nothing (one load per clean return).
+    clean: AtomicBool,
     st: Mutex<State>,
     ejector: Arc<Ejector>,
     me: Weak<Health>,
+    /// Asks the endpoint's pool to refill at once (set once its pool exists): a returning
+    /// endpoint is probed now, not after a refill backoff grown during the outage.
+    kick: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     #[cfg(feature = "metrics")]
     metrics: (metrics::Counter, metrics::Gauge),
 }
@@ -361,6 +380,10 @@ pub(crate) struct HealthView {
 }
 
 impl Health {
+    pub(crate) fn set_kick(&self, kick: impl Fn() + Send + Sync + 'static) {
+        let _ = self.kick.set(Box::new(kick));
+    }
+
     pub(crate) fn is_ejected(&self) -> bool {
         self.ejected.load(Relaxed)
     }
@@ -393,7 +416,8 @@ impl Health {
         self.metrics.1.set(0.0);
     }
 
-    fn failure(&self, err: Option<&io::Error>) {
+    /// A failure; `eject` when it ejects whatever the count (the breaker opened).
+    fn failure(&self, err: Option<String>, eject: bool) {
         let Some(cfg) = &self.ejector.config else {
             return;
         };
@@ -401,11 +425,13 @@ impl Health {
         if st.retired {
             return;
         }
+        self.clean.store(false, Relaxed);
         if let Some(e) = err {
-            st.last_error = Some(e.to_string());
+            st.last_error = Some(e);
         }
         st.consecutive = st.consecutive.saturating_add(1);
-        if st.until.is_some() || !(st.probation || st.consecutive >= cfg.consecutive_failures) {
+        let due = eject || st.probation || st.consecutive >= cfg.consecutive_failures;
+        if st.until.is_some() || !due {
             return;
         }
         {
@@ -459,6 +485,7 @@ impl Health {
         }
         st.until = None;
         st.probation = true;
+        self.clean.store(false, Relaxed);
         // Probation starts its own count (its first failure decides).
         st.consecutive = 0;
         st.since = Some(Instant::now());
@@ -469,9 +496,16 @@ impl Health {
         drop(st);
         self.ejector
             .emit(&self.endpoint, BalancerEventKind::Returned);
+        if let Some(kick) = self.kick.get() {
+            kick();
+        }
     }
 
     fn success(&self) {
+        // Every clean return lands here: one load while nothing is to be reset.
+        if self.clean.load(Relaxed) {
+            return;
+        }
         let Some(cfg) = &self.ejector.config else {
             return;
         };
@@ -480,10 +514,13 @@ impl Health {
         if st.retired || st.until.is_some() {
             return;
         }
+        // Nothing left for a success to change until the next failure or ejection.
+        let settled = |st: &State| !st.probation && st.times == 0;
         let now = Instant::now();
         if st.probation {
             st.probation = false;
             st.since = Some(now);
+            self.clean.store(settled(&st), Relaxed);
             drop(st);
             self.ejector
                 .emit(&self.endpoint, BalancerEventKind::Recovered);
@@ -499,6 +536,7 @@ impl Health {
                 st.since = Some(since + cfg.base * periods);
             }
         }
+        self.clean.store(settled(&st), Relaxed);
     }
 }
 
@@ -507,7 +545,26 @@ impl HealthObserver for Health {
         if success {
             self.success();
         } else {
-            self.failure(err);
+            self.failure(err.map(|e| e.to_string()), false);
+        }
+    }
+
+    fn breaker_opened(&self, last_error: Option<&str>) {
+        self.failure(last_error.map(str::to_string), true);
+    }
+
+    fn request(&self, failure: Option<EvictReason>) {
+        match failure {
+            None => self.success(),
+            Some(
+                r @ (EvictReason::IoError
+                | EvictReason::Eof
+                | EvictReason::Cancelled
+                | EvictReason::UnreadResponse),
+            ) => self.failure(Some(format!("request failed: {}", r.as_str())), false),
+            // The holder's or the protocol's verdict on the connection, the pool's own
+            // limits: nothing about the endpoint.
+            Some(_) => {}
         }
     }
 }
@@ -630,6 +687,41 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(10)).await;
             a.outcome(true, None);
             assert_eq!(a.view().times_ejected, 1);
+        });
+    }
+
+    #[test]
+    fn failed_requests_count_clean_returns_reset_and_an_open_breaker_ejects() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let cfg = Ejection::new()
+                .consecutive_failures(3)
+                .max_ejected_share(1.0);
+            let ej = Ejector::new(Some(cfg), tokio::runtime::Handle::current());
+            let a = ej.join("a".into());
+            let b = ej.join("b".into());
+            let _c = ej.join("c".into());
+            // Abandoned and failed requests count; a clean return resets the run; what the
+            // holder or the protocol decided about one connection does not count.
+            a.request(Some(EvictReason::Cancelled));
+            a.request(Some(EvictReason::IoError));
+            a.request(None);
+            a.request(Some(EvictReason::MarkedBroken));
+            a.request(Some(EvictReason::NotClean));
+            a.request(Some(EvictReason::UnreadResponse));
+            a.request(Some(EvictReason::Eof));
+            assert!(!a.is_ejected());
+            assert_eq!(a.view().consecutive_failures, 2);
+            a.request(Some(EvictReason::Cancelled));
+            assert!(a.is_ejected());
+            // An open breaker ejects at once, whatever the count.
+            b.breaker_opened(Some("connection refused"));
+            assert!(b.is_ejected());
+            assert_eq!(b.view().consecutive_failures, 1);
         });
     }
 

@@ -348,13 +348,18 @@ fn new_entry<P: Protocol>(
     // Validate before joining, so that a bad endpoint leaves no count behind.
     let b = configure(builder);
     let endpoint: Arc<str> = b.endpoint_name().into();
+    // Each endpoint its own jitter (breaker periods, lifetimes), stable for its name.
+    let salt = rendezvous(&endpoint, "jitter");
     let health = ejector.join(endpoint);
-    match b.observer(health.clone()).build() {
-        Ok(pool) => Ok(Entry {
-            pool,
-            health,
-            from_dns,
-        }),
+    match b.salt_jitter_seed(salt).observer(health.clone()).build() {
+        Ok(pool) => {
+            health.set_kick(pool.refill_kicker());
+            Ok(Entry {
+                pool,
+                health,
+                from_dns,
+            })
+        }
         Err(e) => {
             health.retire();
             Err(e)

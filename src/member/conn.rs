@@ -253,6 +253,9 @@ impl<P: Protocol> Drop for Conn<P> {
                 .filter(|d| now >= *d)
                 .map(|_| EvictReason::MaxLifetime)
         });
+        if let Some(o) = &obj.shared.pool.config.observer {
+            o.request(reason);
+        }
         match (reason, obj.conn.take()) {
             (None, Some(mut conn)) => {
                 // Checked clean just now: the next holder starts from a clean slate.

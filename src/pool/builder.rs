@@ -403,7 +403,11 @@ impl<P: Protocol> Builder<P> {
         self
     }
 
-    /// Seed of the lifetime and heartbeat jitter (deterministic per connection id).
+    /// Seed of the lifetime, heartbeat and breaker jitter (deterministic per connection id).
+    /// Pools with the same seed draw the same jitter: give each process its own (from its
+    /// host name and pid, say) so that many processes do not expire connections or probe a
+    /// recovering endpoint in step. A [`Balancer`](crate::Balancer) mixes each endpoint's
+    /// name into it.
     ///
     /// ```
     /// let b = livepool::Pool::builder("127.0.0.1:1").jitter_seed(42);
@@ -452,6 +456,12 @@ impl<P: Protocol> Builder<P> {
 
     pub(crate) fn wait_timeout_setting(&self) -> Option<Duration> {
         self.config.wait_timeout
+    }
+
+    /// Mixes `salt` into the jitter seed (the balancer's endpoints must not share one).
+    pub(crate) fn salt_jitter_seed(mut self, salt: u64) -> Self {
+        self.config.jitter_seed ^= salt;
+        self
     }
 
     /// Tells `observer` every outcome the breaker hears (a balancer's outlier detection).

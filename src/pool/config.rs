@@ -50,6 +50,11 @@ pub(crate) struct Config {
 /// endpoint failure).
 pub(crate) trait HealthObserver: Send + Sync {
     fn outcome(&self, success: bool, err: Option<&std::io::Error>);
+    /// The endpoint's breaker opened (`last_error`: why).
+    fn breaker_opened(&self, last_error: Option<&str>);
+    /// A checked-out connection came back: clean (`None`), or evicted for a failure of the
+    /// request on it (an I/O error, end of stream, or a request abandoned mid-flight).
+    fn request(&self, failure: Option<crate::stats::EvictReason>);
 }
 
 impl Config {

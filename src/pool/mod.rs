@@ -531,6 +531,17 @@ impl<P: Protocol> Pool<P> {
         (idle == 0, size - idle + s.waiting)
     }
 
+    /// A handle that asks this pool's reaper for a refill now, without keeping the pool
+    /// alive (the balancer's ejection holds it).
+    pub(crate) fn refill_kicker(&self) -> impl Fn() + Send + Sync + 'static {
+        let shared = Arc::downgrade(&self.inner.shared);
+        move || {
+            if let Some(s) = shared.upgrade() {
+                s.refill_soon();
+            }
+        }
+    }
+
     /// True while the breaker would refuse a connect now.
     pub(crate) fn breaker_refuses(&self) -> bool {
         self.inner.shared.breaker_refuses()

@@ -285,10 +285,12 @@ impl PoolShared {
         self.breaker_transitions.fetch_add(1, Relaxed);
         if tr.to == BreakerState::Closed {
             // The endpoint is back: refill now, not after the refill backoff grown while down.
-            self.refill_now.store(true, Relaxed);
-            self.wake.notify_one();
+            self.refill_soon();
         }
         let last = self.last_error.lock().as_ref().map(|e| e.2.clone());
+        if let (BreakerState::Open, Some(o)) = (tr.to, &self.config.observer) {
+            o.breaker_opened(last.as_deref());
+        }
         self.stats.record_transition(BreakerEvent {
             endpoint: self.endpoint.clone(),
             transition: tr,
@@ -314,6 +316,22 @@ impl PoolShared {
                 Some(code) => io::Error::from_raw_os_error(*code),
                 None => io::Error::new(*kind, msg.clone()),
             })
+    }
+
+    /// How long until the breaker lets a connect through (`None`: now).
+    pub(crate) fn breaker_retry_after(&self, now: Instant) -> Option<Duration> {
+        if self.breaker_closed.load(Relaxed) {
+            return None;
+        }
+        self.breaker
+            .as_ref()
+            .and_then(|b| b.lock().retry_after(now))
+    }
+
+    /// Asks the reaper for a refill now (not after its backoff).
+    pub(crate) fn refill_soon(&self) {
+        self.refill_now.store(true, Relaxed);
+        self.wake.notify_one();
     }
 
     /// True while the breaker would refuse a connect now (open, or half-open with its probe

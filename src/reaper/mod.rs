@@ -248,10 +248,15 @@ impl<P: Protocol> Reaper<P> {
         let shared = &self.shared;
         if let Some(done) = self.refill.as_mut().and_then(|h| h.now_or_never()) {
             self.refill = None;
+            let now = Instant::now();
             if done.unwrap_or(false) {
                 self.backoff = REFILL_BACKOFF_MIN;
+            } else if let Some(open) = shared.breaker_retry_after(now) {
+                // The breaker is open: the next refill is its probe, when it lets one
+                // through (a refill before that would only be refused).
+                self.next_refill = now + open;
             } else {
-                self.next_refill = Instant::now() + self.backoff;
+                self.next_refill = now + self.backoff;
                 self.backoff = (self.backoff * 2).min(REFILL_BACKOFF_MAX);
             }
         }
