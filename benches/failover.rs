@@ -58,40 +58,19 @@
 //! run without an ejection shows `-` and is left out of that column's median and max).
 //!
 //! What bounds the ejection. The failures that count are the ones the far pool's breaker
-//! hears: heartbeats (unanswered after T) and connects (timed out after C). A request past
-//! its deadline on an open connection is not one, and neither is a connect made inside a
-//! `get()` that the caller's deadline cancels (D < C: it never reaches C). Idle members are
-//! pinged at most H after they became idle (the first beat after a return is drawn over the
-//! whole interval, on reap ticks), so on a quiet pool a member idle at t0 fails by
-//! t0 + H + T. Under this load, though, the far pool's idle members are checked out again at
-//! once: rather than being pinged, they carry requests that hang until D, and their
-//! connections are closed. That leaves the pool below `min_idle`, and its refill connects: a
-//! first round at about t0 + D fails at + C; the next round starts after the refill backoff
-//! (100 ms, doubling after each failed round) and up to two reap ticks, and fails at + C
-//! again; each round adds up to `min_idle` failures. So with F = 3 and `min_idle` 2, expect
-//! the ejection at about D + 2·C + 100 ms + ticks ≈ 1 s (sooner when a heartbeat timed out
-//! in between). The breaker (threshold 3) opens on the third of the same failures and then
-//! stops the refill's connects: with F above the threshold the ejection has to wait for
-//! heartbeats of members still idle or for the breaker's half-open probe (30 s), so it does
-//! not happen within the run (`LIVEPOOL_FAILOVER_F=5`); the open breaker alone takes the
-//! endpoint out of selection meanwhile. With `min_idle` 0 (and D < C) no failure is counted
-//! at all (`LIVEPOOL_FAILOVER_MIN_IDLE=0`). Requests keep failing until the far endpoint
-//! leaves selection, and one that chose it just before fails at D: so `last fail` ≈ the
-//! earlier of `eject` and `brk open`, plus D.
-//!
-//! Environment (defaults in brackets):
-//! - `LIVEPOOL_FAILOVER_H_MS` [500]: heartbeat interval H;
-//! - `LIVEPOOL_FAILOVER_T_MS` [200]: heartbeat timeout T (shorter than H);
-//! - `LIVEPOOL_FAILOVER_C_MS` [300]: connect timeout C;
-//! - `LIVEPOOL_FAILOVER_F` [3]: ejection's consecutive failures F;
-//! - `LIVEPOOL_FAILOVER_BREAKER` [3]: the breaker's failure threshold, 0 for no breaker;
-//! - `LIVEPOOL_FAILOVER_MIN_IDLE` [2]: every pool's `min_idle`;
-//! - `LIVEPOOL_FAILOVER_TASKS` [16]: K;
-//! - `LIVEPOOL_FAILOVER_DEADLINE_MS` [200]: the per-request deadline D;
-//! - `LIVEPOOL_FAILOVER_RUNS` [5]: R;
-//! - `LIVEPOOL_FAILOVER_WARM_MS` [2000]: the warm-up W;
-//! - `LIVEPOOL_FAILOVER_AFTER_MS` [2000]: the window A after the ejection;
-//! - `LIVEPOOL_FAILOVER_BOUND_MS` [8000]: the bound E on the wait for the ejection.
+//! hears (heartbeats unanswered after T, connects timed out after C) and the requests on the
+//! far endpoint's connections that come back failed or abandoned: under this load the far
+//! pool's idle members are checked out again at once, so they are never pinged; their
+//! requests hang until the caller's deadline D, which drops them mid-read, and each such
+//! return is a failure. With F requests in flight on the far endpoint at the cut (K = 16
+//! tasks spread over three endpoints), the F-th of them ends at about t0 + D: expect the
+//! ejection there, whatever `min_idle` (`LIVEPOOL_FAILOVER_MIN_IDLE=0`) and also when F is
+//! above the breaker's threshold (`LIVEPOOL_FAILOVER_F=5`; an opening breaker would eject
+//! at once anyway). On a quiet pool, heartbeats find a blackholed endpoint instead: a member
+//! idle at t0 is pinged by t0 + H and fails at + T. Requests keep failing until the far
+//! endpoint leaves selection, and one that chose it just before fails at D: so `last fail` is
+//! about `eject` (or `brk open`, if earlier) plus D at most, and `failed` is about the
+//! requests in flight on the far endpoint at the cut.
 
 mod common;
 use common::percentile;
