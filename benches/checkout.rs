@@ -53,8 +53,10 @@
 //! `Balancer::pool`, and asserts that every endpoint has them idle (and that `get()` reaches
 //! every endpoint) before timing.
 //!
-//! Run: `cargo bench --bench checkout --features tls,redis`. Results and findings:
-//! BENCHMARKS.md.
+//! Run: `cargo bench --bench checkout --features tls,redis`. Rows in turns (the ratio to
+//! trust on a shared machine, see `paired`): `LIVEPOOL_PAIRED=1 cargo bench --bench checkout
+//! --features tls,redis -- paired-only` (the filter matches no criterion row). Results and
+//! findings: BENCHMARKS.md.
 
 mod common;
 use common::*;
@@ -646,10 +648,108 @@ fn bench_checkout(c: &mut Criterion) {
     drop(server);
 }
 
+/// `LIVEPOOL_PAIRED=1`: the configurations named in `LIVEPOOL_PAIRED_ROWS` (default
+/// `livepool,balancer-1,balancer-3,deadpool-peek`) measured in turns, one batch of
+/// `PAIRED_BATCH` checkouts each per round, for `LIVEPOOL_PAIRED_ROUNDS` rounds (default 40),
+/// uncontended and contended; prints each one's median ns per checkout and the median over
+/// rounds of its ratio to the first row. On a shared machine the load changes between
+/// criterion's rows (seconds apart) far more than between the batches of one round, so the
+/// ratio of rows in turns is the figure to trust. Skipped (criterion runs as usual)
+/// without the variable.
+fn paired(_: &mut Criterion) {
+    const PAIRED_BATCH: u64 = 5_000;
+    if std::env::var("LIVEPOOL_PAIRED").as_deref() != Ok("1") {
+        return;
+    }
+    let rows_env = std::env::var("LIVEPOOL_PAIRED_ROWS")
+        .unwrap_or_else(|_| "livepool,balancer-1,balancer-3,deadpool-peek".into());
+    let rounds: usize = std::env::var("LIVEPOOL_PAIRED_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let rows: Vec<(&str, Config)> = rows_env
+        .split(',')
+        .map(|n| {
+            *CONFIGS
+                .iter()
+                .find(|(name, _)| *name == n)
+                .unwrap_or_else(|| panic!("no configuration {n:?}"))
+        })
+        .collect();
+    let server = Server::start();
+    for contended_run in [false, true] {
+        let rts: Vec<Runtime> = rows
+            .iter()
+            .map(|_| {
+                if contended_run {
+                    two_workers()
+                } else {
+                    current_thread()
+                }
+            })
+            .collect();
+        let warm = if contended_run { POOL_SIZE } else { 1 };
+        let pools: Vec<AnyPool> = rows
+            .iter()
+            .zip(&rts)
+            .map(|((_, cfg), rt)| make_pool(rt, &server, *cfg, warm))
+            .collect();
+        let mut per_op: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+        for round in 0..rounds {
+            // Rotate the order so that no row always runs first.
+            for k in 0..rows.len() {
+                let i = (k + round) % rows.len();
+                let (rt, pool) = (&rts[i], &pools[i]);
+                let took = rt.block_on(async {
+                    let run = async {
+                        if contended_run {
+                            contended(pool, PAIRED_BATCH).await
+                        } else {
+                            uncontended(pool, PAIRED_BATCH).await
+                        }
+                    };
+                    tokio::time::timeout(BATCH_DEADLINE, run)
+                        .await
+                        .expect("paired batch exceeded its deadline")
+                });
+                per_op[i].push(took.as_nanos() as f64 / PAIRED_BATCH as f64);
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let scenario = if contended_run {
+            "contended"
+        } else {
+            "uncontended"
+        };
+        println!("paired {scenario}: {rounds} rounds of {PAIRED_BATCH} checkouts per row");
+        for (i, (name, _)) in rows.iter().enumerate() {
+            let mut ratios: Vec<f64> = per_op[i]
+                .iter()
+                .zip(&per_op[0])
+                .map(|(a, b)| a / b)
+                .collect();
+            let mut own = per_op[i].clone();
+            println!(
+                "paired {scenario}: {name:<24} {:>8.1} ns/checkout  {:>5.2}x {}",
+                median(&mut own),
+                median(&mut ratios),
+                rows[0].0
+            );
+        }
+        for (rt, pool) in rts.iter().zip(pools) {
+            rt.block_on(async move { drop(pool) });
+        }
+    }
+    drop(server);
+}
+
 criterion_group! {
     name = benches;
     // Plots would add seconds per benchmark; the numbers are what BENCHMARKS.md records.
     config = Criterion::default().without_plots();
-    targets = bench_checkout
+    targets = paired, bench_checkout
 }
 criterion_main!(benches);
