@@ -344,8 +344,8 @@ pub(crate) struct Health {
     endpoint: Arc<str>,
     /// True while ejected (read by every selection: one load).
     ejected: AtomicBool,
-    /// No failure since the last success, not on probation, no ejection to forgive: a
-    /// success changes nothing (one load per clean return).
+    /// No failure since the last success and not on probation: a success changes nothing
+    /// (one load per clean return).
     clean: AtomicBool,
     st: Mutex<State>,
     ejector: Arc<Ejector>,
@@ -365,7 +365,8 @@ struct State {
     until: Option<Instant>,
     probation: bool,
     last_error: Option<String>,
-    /// Since when the times ejected last decayed (or the endpoint last returned).
+    /// When the endpoint last returned from an ejection (the times ejected are forgiven
+    /// one per `base` in service since).
     since: Option<Instant>,
     /// Removed from the balancer: counts for nothing any more.
     retired: bool,
@@ -390,11 +391,15 @@ impl Health {
 
     pub(crate) fn view(&self) -> HealthView {
         let st = self.st.lock();
+        let now = Instant::now();
+        let forgiven = self
+            .ejector
+            .config
+            .as_ref()
+            .map_or(0, |c| forgiven(&st, now, c.base));
         HealthView {
-            ejected_for: st
-                .until
-                .map(|u| u.saturating_duration_since(Instant::now())),
-            times_ejected: st.times,
+            ejected_for: st.until.map(|u| u.saturating_duration_since(now)),
+            times_ejected: st.times - forgiven,
             consecutive_failures: st.consecutive,
         }
     }
@@ -429,7 +434,11 @@ impl Health {
         if let Some(e) = err {
             st.last_error = Some(e);
         }
-        st.consecutive = st.consecutive.saturating_add(1);
+        if !eject {
+            // (The breaker's opening is not a failure of its own: the one that opened it
+            // was counted already.)
+            st.consecutive = st.consecutive.saturating_add(1);
+        }
         let due = eject || st.probation || st.consecutive >= cfg.consecutive_failures;
         if st.until.is_some() || !due {
             return;
@@ -449,6 +458,7 @@ impl Health {
             c.ejected += 1;
         }
         let now = Instant::now();
+        st.times -= forgiven(&st, now, cfg.base);
         st.times = st.times.saturating_add(1);
         let duration = cfg.length(st.times);
         let until = now + duration;
@@ -506,38 +516,31 @@ impl Health {
         if self.clean.load(Relaxed) {
             return;
         }
-        let Some(cfg) = &self.ejector.config else {
-            return;
-        };
         let mut st = self.st.lock();
         st.consecutive = 0;
         if st.retired || st.until.is_some() {
             return;
         }
-        // Nothing left for a success to change until the next failure or ejection.
-        let settled = |st: &State| !st.probation && st.times == 0;
-        let now = Instant::now();
+        // Nothing left for a success to change until the next failure (the times ejected
+        // are forgiven by the clock, see `forgiven`).
+        self.clean.store(true, Relaxed);
         if st.probation {
             st.probation = false;
-            st.since = Some(now);
-            self.clean.store(settled(&st), Relaxed);
             drop(st);
             self.ejector
                 .emit(&self.endpoint, BalancerEventKind::Recovered);
-            return;
         }
-        if st.times > 0 {
-            let since = st.since.unwrap_or(now);
-            let periods = (now.saturating_duration_since(since).as_nanos()
-                / cfg.base.as_nanos().max(1))
-            .min(u128::from(st.times)) as u32;
-            if periods > 0 {
-                st.times -= periods;
-                st.since = Some(since + cfg.base * periods);
-            }
-        }
-        self.clean.store(settled(&st), Relaxed);
     }
+}
+
+/// The ejections forgiven by now: one per `base` in service since the last return.
+fn forgiven(st: &State, now: Instant, base: Duration) -> u32 {
+    let Some(since) = st.since else { return 0 };
+    if st.until.is_some() {
+        return 0;
+    }
+    let periods = now.saturating_duration_since(since).as_nanos() / base.as_nanos().max(1);
+    periods.min(u128::from(st.times)) as u32
 }
 
 impl HealthObserver for Health {
@@ -719,6 +722,7 @@ mod tests {
             a.request(Some(EvictReason::Cancelled));
             assert!(a.is_ejected());
             // An open breaker ejects at once, whatever the count.
+            b.outcome(false, Some(&io("refused")));
             b.breaker_opened(Some("connection refused"));
             assert!(b.is_ejected());
             assert_eq!(b.view().consecutive_failures, 1);
