@@ -2,7 +2,8 @@
 //! skipped when it is not installed, unless `LIVEPOOL_REQUIRE_ALL=1`): setup (AUTH / HELLO)
 //! exactly once per connection with heartbeats running, a wrong password through the
 //! breaker, ACL users, session isolation (SELECT, MULTI), pipelined callers that stop early,
-//! TLS members (session tickets, `CLIENT KILL`) and RESP3 pushes on idle members.
+//! TLS members (session tickets, `CLIENT KILL`), RESP3 pushes on idle members, and a ring of
+//! three servers behind a `Balancer` (keys by rendezvous hashing, a killed shard ejected).
 //!
 //! The server is the witness: `INFO commandstats`, `INFO errorstats`, `INFO stats` and
 //! `CLIENT LIST` are read after `CONFIG RESETSTAT`. Real time throughout; every wait is
@@ -786,4 +787,121 @@ async fn resp3_many_separate_pushes_on_an_idle_member_are_benign() {
     assert_eq!(pushes.len(), PUSHES, "{pushes:?}");
     must(&mut conn, &[b"PING"]).await;
     assert_eq!(pool.statistics().evictions(), vec![]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. A ring of three servers behind a `Balancer`: AUTH on every endpoint, keys by rendezvous
+//    hashing, a killed shard ejected and its keys (only) moved, then back.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_of_three_behind_a_balancer_moves_only_a_killed_shards_keys() {
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        let Some(s) = RedisServer::start_with(RedisOptions::new().password(PASSWORD)).await else {
+            return;
+        };
+        servers.push(s);
+    }
+    let addrs: Vec<_> = servers.iter().map(|s| s.addr()).collect();
+    let bal = livepool::Balancer::builder(|b| {
+        beating(
+            b.protocol(Redis::new(RedisConfig::new().password(PASSWORD)))
+                .connect_timeout(Some(Duration::from_secs(2)))
+                .wait_timeout(Some(Duration::from_secs(10))),
+        )
+        .max_size(4)
+        .min_idle(1)
+    })
+    .endpoints(addrs.iter().copied())
+    .ejection(Some(
+        livepool::Ejection::new()
+            .consecutive_failures(2)
+            .base(Duration::from_secs(1))
+            .max(Duration::from_secs(2))
+            .max_ejected_share(0.5),
+    ))
+    .build()
+    .expect("balancer");
+    let mut events = bal.events();
+
+    // Each key is written on its owner, and read back there.
+    let keys: Vec<String> = (0..90).map(|i| format!("ring-key-{i}")).collect();
+    let mut owner = HashMap::new();
+    for k in &keys {
+        let mut c = within(10, "get_for", bal.get_for(k))
+            .await
+            .expect("get_for");
+        assert_eq!(
+            must(&mut c, &[b"SET", k.as_bytes(), k.as_bytes()]).await,
+            ok()
+        );
+        owner.insert(k.clone(), c.endpoint().to_string());
+    }
+    for (i, s) in servers.iter().enumerate() {
+        let mut adm = s.admin().await;
+        let n = match admin_run(&mut adm, &[b"DBSIZE"]).await {
+            Value::Int(n) => n as usize,
+            v => panic!("DBSIZE: {v:?}"),
+        };
+        let owned = owner
+            .values()
+            .filter(|o| **o == addrs[i].to_string())
+            .count();
+        assert_eq!(n, owned, "server {i} holds exactly the keys it owns");
+        assert!(owned > 10, "server {i} owns {owned} of 90 keys");
+    }
+
+    // One shard is killed: its keys go elsewhere (reads find nothing there, but nothing
+    // fails), every other key stays on its owner with its value.
+    let dead = addrs[1].to_string();
+    servers[1].stop();
+    let mut moved_to = HashSet::new();
+    for round in 0..2 {
+        for k in &keys {
+            let mut c = within(10, "get_for", bal.get_for(k))
+                .await
+                .unwrap_or_else(|e| panic!("get_for {k} (round {round}): {e}"));
+            let v = must(&mut c, &[b"GET", k.as_bytes()]).await;
+            if owner[k] == dead {
+                assert_ne!(c.endpoint(), dead);
+                moved_to.insert(c.endpoint().to_string());
+                assert_eq!(v, Value::Bulk(None), "{k} was on the killed shard");
+            } else {
+                assert_eq!(c.endpoint(), owner[k], "{k} moved off a live shard");
+                assert_eq!(v, bulk(k));
+            }
+        }
+    }
+    assert_eq!(
+        moved_to.len(),
+        2,
+        "the killed shard's keys spread: {moved_to:?}"
+    );
+    within(10, "the killed shard ejected", async {
+        while let Ok(ev) = events.recv().await {
+            if *ev.endpoint == dead
+                && matches!(ev.kind, livepool::BalancerEventKind::Ejected { .. })
+            {
+                return;
+            }
+        }
+        panic!("event stream ended");
+    })
+    .await;
+
+    // It comes back (empty: no persistence): once its probe passes, its keys return to it.
+    servers[1].restart().await;
+    wait_until(20, "the shard's keys back on it", || {
+        bal.endpoints()
+            .iter()
+            .any(|e| e.endpoint == dead && e.ejected_for.is_none() && e.status.idle > 0)
+    })
+    .await;
+    for k in keys.iter().filter(|k| owner[*k] == dead) {
+        let c = within(10, "get_for", bal.get_for(k))
+            .await
+            .expect("get_for");
+        assert_eq!(c.endpoint(), dead, "{k} back on its owner");
+    }
 }
