@@ -807,14 +807,20 @@ fn sorted(mut v: Vec<Duration>) -> Vec<Duration> {
 // and refill cost.
 
 fn process_cpu() -> Duration {
+    let (user, sys) = process_cpu_split();
+    user + sys
+}
+
+/// This process's (user, kernel) CPU time.
+fn process_cpu_split() -> (Duration, Duration) {
     // SAFETY: getrusage writes into the zeroed struct we own.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return Duration::ZERO;
+        return (Duration::ZERO, Duration::ZERO);
     }
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    (tv(ru.ru_utime), tv(ru.ru_stime))
 }
 
 /// `CLOCK_MONOTONIC` in ns: the same clock in the bench and in its child server.
@@ -1463,6 +1469,7 @@ fn scale_size(rt: &tokio::runtime::Runtime, asked: usize, window: Duration, fins
             .sum::<u64>()
     };
     let (cpu0, srv0, t0, m0) = (process_cpu(), server.cpu(), Instant::now(), mono_ns());
+    let split0 = process_cpu_split();
     let (beats0, evicted0) = (beats(&pools), evicted(&pools));
     while t0.elapsed() < window {
         std::thread::sleep(Duration::from_secs(5).min(window.saturating_sub(t0.elapsed())));
@@ -1478,7 +1485,16 @@ fn scale_size(rt: &tokio::runtime::Runtime, asked: usize, window: Duration, fins
     let wall = t0.elapsed();
     let (cpu, srv) = (process_cpu() - cpu0, server.cpu().saturating_sub(srv0));
     let window_beats = beats(&pools) - beats0;
+    let split1 = process_cpu_split();
     let pct = |d: Duration| 100.0 * d.as_secs_f64() / wall.as_secs_f64();
+    // Per heartbeat, user and kernel apart: on loopback the kernel time includes the TCP
+    // receive processing of each segment, which runs in the sender's context.
+    let per_beat = |d: Duration| us(d) / window_beats.max(1) as f64;
+    println!(
+        "scale: {tag} CPU per heartbeat: {:.1} us user + {:.1} us kernel (pool process)",
+        per_beat(split1.0.saturating_sub(split0.0)),
+        per_beat(split1.1.saturating_sub(split0.1)),
+    );
     println!(
         "scale: {tag} window {:.1} s: {window_beats} heartbeats ({:.2} per connection); CPU: pool process {:.3} s = {:.3} % of a core; server process {:.3} s = {:.3} %",
         wall.as_secs_f64(),
