@@ -54,7 +54,9 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
 
     async fn create(&self) -> Result<Member<P>, Error> {
         let shared = &self.shared;
-        let (sock, conn) = self.connect().await?;
+        // Boxed: the connect (DNS, TCP, TLS, the protocol's setup) is most of the size of
+        // deadpool's checkout future, which every checkout would otherwise build and move.
+        let (sock, conn) = Box::pin(self.connect()).await?;
         let id = shared.next_id();
         let member = Arc::new(Shared::new(
             &sock,
@@ -85,7 +87,9 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
         let reason = loop {
             let mut st = sh.state();
             if st.kind() == Kind::Busy {
-                st = wait_for_busy(sh).await;
+                // Boxed: rare (a heartbeat in flight), and its timer would double the size of
+                // every checkout future.
+                st = Box::pin(wait_for_busy(sh)).await;
             }
             let reason = match st.kind() {
                 Kind::Idle => match sh.try_checkout(st, Instant::now()) {
