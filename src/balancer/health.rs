@@ -621,18 +621,23 @@ mod tests {
         assert!(Ejection::new().validate().is_ok());
     }
 
+    /// Runs `f` on a current-thread runtime with tokio's clock paused (sleeps advance it).
+    fn paused<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
     fn io(msg: &str) -> io::Error {
         io::Error::new(io::ErrorKind::ConnectionRefused, msg.to_string())
     }
 
     #[test]
     fn ejection_probation_and_recovery() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        paused(async {
             let cfg = Ejection::new()
                 .consecutive_failures(3)
                 .base(Duration::from_secs(10))
@@ -695,12 +700,7 @@ mod tests {
 
     #[test]
     fn failed_requests_count_clean_returns_reset_and_an_open_breaker_ejects() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        paused(async {
             let cfg = Ejection::new()
                 .consecutive_failures(3)
                 .max_ejected_share(1.0);
@@ -731,12 +731,7 @@ mod tests {
 
     #[test]
     fn the_share_and_the_last_endpoint_limit_ejection() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        paused(async {
             let cfg = Ejection::new()
                 .consecutive_failures(1)
                 .max_ejected_share(1.0);
