@@ -546,12 +546,7 @@ impl<P: Protocol> Balancer<P> {
     /// # }
     /// ```
     pub fn pool(&self, endpoint: &str) -> Option<Pool<P>> {
-        self.inner
-            .entries
-            .read()
-            .iter()
-            .find(|e| e.pool.endpoint() == endpoint)
-            .map(|e| e.pool.clone())
+        find(&self.inner.entries.read(), endpoint).map(|e| e.pool.clone())
     }
 
     /// Adds an endpoint, its pool built like the others'. Nothing connects here (unless
@@ -583,10 +578,7 @@ impl<P: Protocol> Balancer<P> {
             from_dns,
         )?;
         let mut entries = self.inner.entries.write();
-        if entries
-            .iter()
-            .any(|e| e.pool.endpoint() == entry.pool.endpoint())
-        {
+        if find(&entries, entry.pool.endpoint()).is_some() {
             drop(entries);
             entry.health.retire();
             entry.pool.close();
@@ -602,11 +594,7 @@ impl<P: Protocol> Balancer<P> {
     }
 
     fn has(&self, endpoint: &str) -> bool {
-        self.inner
-            .entries
-            .read()
-            .iter()
-            .any(|e| e.pool.endpoint() == endpoint)
+        find(&self.inner.entries.read(), endpoint).is_some()
     }
 
     /// Removes an endpoint and drains its pool: no new checkouts, idle members closed at
@@ -742,11 +730,7 @@ fn pick_two<P: Protocol>(entries: &[Entry<P>]) -> Option<usize> {
             if !entries[a].available() || !entries[b].available() {
                 return None;
             }
-            Some(if load(&entries[b].pool) < load(&entries[a].pool) {
-                b
-            } else {
-                a
-            })
+            Some(less_loaded(entries, a, b))
         }
     }
 }
@@ -772,11 +756,7 @@ fn pick<P: Protocol>(entries: &[Entry<P>], tried: &[bool]) -> Option<usize> {
         n => {
             let (a, b) = two_random(n);
             let (a, b) = (candidates[a], candidates[b]);
-            Some(if load(&entries[b].pool) < load(&entries[a].pool) {
-                b
-            } else {
-                a
-            })
+            Some(less_loaded(entries, a, b))
         }
     }
 }
@@ -818,10 +798,19 @@ fn fails_over(e: &Error) -> bool {
     e.is_connect() || e.is_setup() || e.is_circuit_open() || e.is_closed()
 }
 
-/// The load order of an endpoint: one with an idle member first, then fewer in use plus
-/// waiting.
-fn load<P: Protocol>(pool: &Pool<P>) -> (bool, usize) {
-    pool.load()
+/// The endpoint named `endpoint` (as its pool reports it).
+fn find<'a, P: Protocol>(entries: &'a [Entry<P>], endpoint: &str) -> Option<&'a Entry<P>> {
+    entries.iter().find(|e| e.pool.endpoint() == endpoint)
+}
+
+/// The better of two choices: one with an idle member first, then fewer in use plus waiting
+/// (`a` on a tie).
+fn less_loaded<P: Protocol>(entries: &[Entry<P>], a: usize, b: usize) -> usize {
+    if entries[b].pool.load() < entries[a].pool.load() {
+        b
+    } else {
+        a
+    }
 }
 
 impl<P: Protocol> std::fmt::Debug for Balancer<P> {

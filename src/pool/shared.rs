@@ -337,14 +337,11 @@ impl PoolShared {
     /// True while the breaker would refuse a connect now (open, or half-open with its probe
     /// out); false once an open period has passed, so that the next connect is the probe.
     pub(crate) fn breaker_refuses(&self) -> bool {
-        if self.breaker_closed.load(Relaxed) {
-            return false;
-        }
-        self.breaker.as_ref().is_some_and(|b| {
-            b.lock()
-                .retry_after(Instant::now())
+        // The flag first: no clock read while the breaker is closed.
+        !self.breaker_closed.load(Relaxed)
+            && self
+                .breaker_retry_after(Instant::now())
                 .is_some_and(|d| !d.is_zero())
-        })
     }
 
     pub(crate) fn breaker_state(&self) -> BreakerState {
