@@ -812,6 +812,13 @@ async fn a_ring_of_three_behind_a_balancer_moves_only_a_killed_shards_keys() {
         )
         .max_size(4)
         .min_idle(1)
+        // The breaker opens during the outage too (the refill's refused connects); its
+        // default 30 s would hold the connects back long after the ejection is over.
+        .breaker(Some(
+            livepool::BreakerConfig::new()
+                .open_for(200 * MS)
+                .max_open_for(400 * MS),
+        ))
     })
     .endpoints(addrs.iter().copied())
     .ejection(Some(
