@@ -59,7 +59,7 @@ impl Io {
     /// A plain TCP `Io` over a stream opened elsewhere (tests of heartbeats and protocols).
     #[cfg(test)]
     pub(crate) fn from_tcp(stream: tokio::net::TcpStream) -> Self {
-        Io::new(Stream::Plain(Arc::new(Socket::Tcp(stream))))
+        Io::new(Stream::Plain(Arc::new(Socket::tcp(stream))))
     }
 
     pub(crate) fn socket(&self) -> &Arc<Socket> {
@@ -91,10 +91,7 @@ impl Io {
     /// # }
     /// ```
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        match &**self.socket() {
-            Socket::Tcp(s) => s.peer_addr(),
-            Socket::Unix(_) => Err(not_tcp()),
-        }
+        self.socket().as_tcp().ok_or_else(not_tcp)?.peer_addr()
     }
 
     /// True when the connection runs TLS.
@@ -162,10 +159,10 @@ impl Io {
     }
 
     fn tcp_only(&self) -> io::Result<socket2::SockRef<'_>> {
-        match &**self.socket() {
-            Socket::Tcp(s) => Ok(socket2::SockRef::from(s)),
-            Socket::Unix(_) => Err(not_tcp()),
-        }
+        self.socket()
+            .as_tcp()
+            .map(socket2::SockRef::from)
+            .ok_or_else(not_tcp)
     }
 
     /// Marks the connection unusable: it is closed instead of returned to the pool. Call it

@@ -13,7 +13,23 @@ use support::*;
 async fn close_and_drop_leave_nothing_behind() {
     let server = FaultServer::start().await;
     let rt = tokio::runtime::Handle::current();
+    let before_any_pool = rt.metrics().num_alive_tasks();
+    // The first connection livepool opens on a runtime spawns that runtime's liveness task
+    // (see `Pool`'s docs), which lives as long as the runtime: one per runtime, never one per
+    // pool. A first pool makes it; the pools below must leave nothing beyond it.
+    let first = Pool::builder(server.addr).build().unwrap();
+    drop(first.get().await.unwrap());
+    drop(first);
+    wait_until(5, "the first pool's reaper ended", || {
+        rt.metrics().num_alive_tasks() <= before_any_pool + 1
+    })
+    .await;
     let base_tasks = rt.metrics().num_alive_tasks();
+    assert_eq!(
+        base_tasks,
+        before_any_pool + 1,
+        "exactly one task stays per runtime"
+    );
     let base_fds = open_fds();
 
     // 1. close(): a waiter fails, a held connection is closed when returned.

@@ -153,7 +153,11 @@ impl<P: Protocol> Drop for PoolInner<P> {
 ///   or write would fail with tokio's "A Tokio 1.x context was found, but it is being
 ///   shutdown". They are never handed out: the checkout finds them (one atomic load), evicts
 ///   them as [`EvictReason::DriverGone`](crate::EvictReason::DriverGone) and opens a new one
-///   on the caller's runtime.
+///   on the caller's runtime. The load reads a flag per runtime that a small task, spawned
+///   on each runtime the first time livepool opens a connection there, clears when the
+///   runtime drops it at shutdown (tokio drops its tasks before it stops its I/O driver).
+///   That task never wakes and stays for the runtime's life, one per runtime whatever the
+///   number of pools: it shows as one more alive task in tokio's runtime metrics.
 /// - **The background task** (idle watch, heartbeats, idle timeout, refill to `min_idle`),
 ///   spawned on the runtime that called `build()`. The next `get()` notices (one atomic load)
 ///   and restarts it on the caller's runtime, with a `warn` trace and

@@ -4,6 +4,7 @@
 
 pub(crate) mod connect;
 pub(crate) mod probe;
+pub(crate) mod runtime;
 pub(crate) mod socket;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
@@ -66,7 +67,7 @@ pub(crate) async fn open(
     match endpoint {
         Endpoint::Tcp(target) => connect::connect_tcp(target, opts, timeout)
             .await
-            .map(Socket::Tcp)
+            .map(Socket::tcp)
             .map_err(connect::ConnectError::into_io),
         Endpoint::Unix(path) => {
             let connecting = tokio::net::UnixStream::connect(path);
@@ -80,7 +81,7 @@ pub(crate) async fn open(
                 },
                 None => connecting.await,
             };
-            res.map(Socket::Unix)
+            res.map(Socket::unix)
         }
     }
 }

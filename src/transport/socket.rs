@@ -17,23 +17,57 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf, Ready};
 use tokio::net::{TcpStream, UnixStream};
 
-/// One connected socket.
+use super::runtime::RuntimeAlive;
+
+/// One connected socket, with the liveness of the runtime it is registered with.
 #[derive(Debug)]
-pub(crate) enum Socket {
+pub(crate) struct Socket {
+    kind: Kind,
+    /// `None` only for a socket opened outside any runtime (tokio does not allow that).
+    runtime: Option<RuntimeAlive>,
+}
+
+/// The socket kinds.
+#[derive(Debug)]
+pub(crate) enum Kind {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
 
 macro_rules! each {
     ($self:expr, $s:ident => $e:expr) => {
-        match $self {
-            Socket::Tcp($s) => $e,
-            Socket::Unix($s) => $e,
+        match &$self.kind {
+            Kind::Tcp($s) => $e,
+            Kind::Unix($s) => $e,
         }
     };
 }
 
 impl Socket {
+    /// A socket just opened on the current runtime.
+    pub(crate) fn new(kind: Kind) -> Socket {
+        Socket {
+            kind,
+            runtime: RuntimeAlive::current(),
+        }
+    }
+
+    pub(crate) fn tcp(stream: TcpStream) -> Socket {
+        Socket::new(Kind::Tcp(stream))
+    }
+
+    pub(crate) fn unix(stream: UnixStream) -> Socket {
+        Socket::new(Kind::Unix(stream))
+    }
+
+    /// The TCP stream, for TCP.
+    pub(crate) fn as_tcp(&self) -> Option<&TcpStream> {
+        match &self.kind {
+            Kind::Tcp(s) => Some(s),
+            Kind::Unix(_) => None,
+        }
+    }
+
     pub(crate) fn sock_ref(&self) -> SockRef<'_> {
         each!(self, s => SockRef::from(s))
     }
@@ -50,12 +84,23 @@ impl Socket {
     /// runtime was dropped): every readiness wait on it fails from then on with tokio's
     /// "being shutdown" error, while `try_read`/`try_write` and a peek still look fine.
     ///
-    /// One poll of the write readiness with a no-op waker: an idle socket is almost always
-    /// write-ready, and then this is one atomic load (tokio reports the shutdown before
-    /// anything else). Otherwise it parks the no-op waker in the writer slot, which only the
-    /// connection's owner uses, and nobody owns an idle member but the caller. Unconstrained,
-    /// so that an exhausted coop budget cannot answer `Pending` for a dead driver.
+    /// One atomic load: the runtime's flag (see the `runtime` module). Without one (cannot
+    /// happen: tokio opens no socket outside a runtime), one poll of the write readiness.
+    #[inline]
     pub(crate) fn driver_gone(&self) -> bool {
+        match &self.runtime {
+            Some(rt) => !rt.is_alive(),
+            None => self.driver_gone_polled(),
+        }
+    }
+
+    /// The driver check by a poll of the write readiness with a no-op waker: an idle socket
+    /// is almost always write-ready, and tokio reports the shutdown before anything else.
+    /// Otherwise it parks the no-op waker in the writer slot, which only the connection's
+    /// owner uses, and nobody owns an idle member but the caller. Unconstrained, so that an
+    /// exhausted coop budget cannot answer `Pending` for a dead driver.
+    #[cold]
+    fn driver_gone_polled(&self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         let ready = std::future::poll_fn(|cx| self.poll_write_ready(cx));
         let ready = std::pin::pin!(tokio::task::unconstrained(ready));
@@ -104,22 +149,16 @@ impl Socket {
 
     /// Our address, for TCP.
     pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
-        match self {
-            Socket::Tcp(s) => s.local_addr().ok(),
-            Socket::Unix(_) => None,
-        }
+        self.as_tcp().and_then(|s| s.local_addr().ok())
     }
 
     /// The peer's address, for TCP.
     pub(crate) fn peer_addr(&self) -> Option<SocketAddr> {
-        match self {
-            Socket::Tcp(s) => s.peer_addr().ok(),
-            Socket::Unix(_) => None,
-        }
+        self.as_tcp().and_then(|s| s.peer_addr().ok())
     }
 
     pub(crate) fn is_tcp(&self) -> bool {
-        matches!(self, Socket::Tcp(_))
+        self.as_tcp().is_some()
     }
 
     /// Owner-side read: waits for readiness, then a real `recv`; WouldBlock clears tokio's
