@@ -21,6 +21,12 @@ pub(crate) fn unit(seed: u64, id: u64) -> f64 {
     to_unit(mix(seed.wrapping_add(id.wrapping_mul(GOLDEN))))
 }
 
+/// `unit(seed, id) × ns`, in integers (no float conversions on the return path).
+pub(crate) fn share_of(ns: u64, seed: u64, id: u64) -> u64 {
+    let bits = mix(seed.wrapping_add(id.wrapping_mul(GOLDEN))) >> 11;
+    ((u128::from(ns) * u128::from(bits)) >> 53) as u64
+}
+
 /// A tiny, well-distributed PRNG; plenty for jitter.
 #[derive(Debug)]
 pub(crate) struct SplitMix64(pub(crate) u64);
@@ -72,6 +78,19 @@ mod tests {
         for id in 0..10_000 {
             let (a, b) = (unit(5, id), g.next_unit());
             assert!((0.0..1.0).contains(&a) && (0.0..1.0).contains(&b));
+        }
+    }
+
+    #[test]
+    fn share_of_is_unit_times_ns_in_integers() {
+        for ns in [0, 1, 999, 30_000_000_000, u64::MAX] {
+            for id in 0..1_000 {
+                let s = share_of(ns, 17, id);
+                assert!(s < ns.max(1), "share {s} of {ns}");
+                let f = unit(17, id) * ns as f64;
+                // The same 53 bits: equal up to the float's rounding.
+                assert!((s as f64 - f).abs() <= f * 1e-12 + 1.0, "{s} vs {f}");
+            }
         }
     }
 }

@@ -247,11 +247,11 @@ impl<P: Protocol> Drop for Conn<P> {
             return;
         };
         let now = Instant::now();
+        let now_ns = obj.shared.pool.ns(now);
         let reason = reason.or_else(|| {
             obj.shared
-                .deadline()
-                .filter(|d| now >= *d)
-                .map(|_| EvictReason::MaxLifetime)
+                .lifetime_over(now_ns)
+                .then_some(EvictReason::MaxLifetime)
         });
         if let Some(o) = &obj.shared.pool.config.observer {
             o.request(reason);
@@ -261,7 +261,7 @@ impl<P: Protocol> Drop for Conn<P> {
                 // Checked clean just now: the next holder starts from a clean slate.
                 P::io_mut(&mut conn).clear_pending();
                 obj.shared.put_conn(conn);
-                obj.shared.release(now);
+                obj.shared.release(now_ns);
                 drop(obj);
             }
             (reason, conn) => {

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 pub use conn::Conn;
 use state::{Kind, State, StateWord};
 
-use crate::jitter::unit;
+use crate::jitter::share_of;
 use crate::pool::shared::{MemberOps, PoolShared};
 use crate::protocol::Protocol;
 use crate::stats::{EvictReason, EvictionEvent};
@@ -228,18 +228,29 @@ impl<P: Protocol> Shared<P> {
     }
 
     /// Lifetime and idle timeout (above `min_idle`), cheapest first.
+    /// In the pool's nanoseconds throughout: one conversion of `now`, none of the stored
+    /// times.
     pub(crate) fn expired(&self, now: Instant) -> Option<EvictReason> {
-        if self.deadline().is_some_and(|d| now >= d) {
+        let now_ns = self.pool.ns(now);
+        if self.lifetime_over(now_ns) {
             return Some(EvictReason::MaxLifetime);
         }
         let pool = &self.pool;
         if let Some(t) = pool.config.idle_timeout
-            && now.saturating_duration_since(self.returned_at()) >= t
+            && now_ns.saturating_sub(self.returned_ns.load(Ordering::Relaxed))
+                >= t.as_nanos() as u64
             && pool.members() > pool.min_idle()
         {
             return Some(EvictReason::IdleTimeout);
         }
         None
+    }
+
+    /// True once the lifetime has ended (`now_ns` in the pool's nanoseconds).
+    #[inline]
+    pub(crate) fn lifetime_over(&self, now_ns: u64) -> bool {
+        let deadline = self.deadline_ns.load(Ordering::Relaxed);
+        deadline != 0 && now_ns >= deadline
     }
 
     /// Evicts an idle (exactly as `seen`) or busy member where it lies: the state word goes
@@ -384,9 +395,9 @@ impl<P: Protocol> Shared<P> {
         }
     }
 
-    /// In use → idle, stamping the return time; wakes a parked watcher.
-    pub(crate) fn release(&self, now: Instant) {
-        let ns = self.pool.ns(now);
+    /// In use → idle, stamping the return time (`ns`, in the pool's nanoseconds); wakes a
+    /// parked watcher.
+    pub(crate) fn release(&self, ns: u64) {
         self.returned_ns.store(ns, Ordering::Relaxed);
         self.last_alive_ns.store(ns, Ordering::Relaxed);
         self.spread_first_beat(ns);
@@ -402,10 +413,15 @@ impl<P: Protocol> Shared<P> {
     fn spread_first_beat(&self, ns: u64) {
         let cfg = &self.pool.config;
         if cfg.has_heartbeat {
-            let u = unit(cfg.jitter_seed ^ self.state.load().bits(), self.id());
-            let first = cfg.heartbeat_interval.mul_f64(1.0 - u);
+            let interval = cfg.heartbeat_interval.as_nanos() as u64;
+            let u = share_of(
+                interval,
+                cfg.jitter_seed ^ self.state.load().bits(),
+                self.id(),
+            );
+            // In (0, interval]: `u` is in [0, interval).
             self.beat_due_ns
-                .store(ns + first.as_nanos() as u64, Ordering::Relaxed);
+                .store(ns + (interval - u), Ordering::Relaxed);
         }
     }
 
