@@ -18,13 +18,17 @@ fn to_unit(x: u64) -> f64 {
 /// A number in [0, 1) derived from `seed` and `id`: per-connection jitter, stable for a
 /// connection's life.
 pub(crate) fn unit(seed: u64, id: u64) -> f64 {
-    to_unit(mix(seed.wrapping_add(id.wrapping_mul(GOLDEN))))
+    to_unit(draw(seed, id))
 }
 
 /// `unit(seed, id) × ns`, in integers (no float conversions on the return path).
 pub(crate) fn share_of(ns: u64, seed: u64, id: u64) -> u64 {
-    let bits = mix(seed.wrapping_add(id.wrapping_mul(GOLDEN))) >> 11;
-    ((u128::from(ns) * u128::from(bits)) >> 53) as u64
+    ((u128::from(ns) * u128::from(draw(seed, id) >> 11)) >> 53) as u64
+}
+
+/// The 64 random bits of `id` under `seed`: the generator's output at step `id`.
+fn draw(seed: u64, id: u64) -> u64 {
+    mix(seed.wrapping_add(id.wrapping_mul(GOLDEN)))
 }
 
 /// A tiny, well-distributed PRNG; plenty for jitter.

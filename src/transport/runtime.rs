@@ -56,9 +56,9 @@ impl RuntimeAlive {
         {
             return Some(RuntimeAlive(flag));
         }
-        // Drop the entries of runtimes that are gone and whose sockets are all closed (and
-        // this id's, if its flag died with its last socket while the runtime still runs).
-        runtimes.retain(|(i, w)| *i != id && w.strong_count() > 0);
+        // Drop the entries of runtimes that are gone and whose sockets are all closed (a
+        // running runtime's sentinel holds its flag).
+        runtimes.retain(|(_, w)| w.strong_count() > 0);
         let flag = Arc::new(AtomicBool::new(true));
         let guard = ClearOnDrop(flag.clone());
         // The guard is moved into the future, so dropping the task drops it even if the task

@@ -45,7 +45,7 @@ macro_rules! each {
 
 impl Socket {
     /// A socket just opened on the current runtime.
-    pub(crate) fn new(kind: Kind) -> Socket {
+    fn new(kind: Kind) -> Socket {
         Socket {
             kind,
             runtime: RuntimeAlive::current(),
