@@ -1,0 +1,374 @@
+//! The real servers the comparison restarts: a `redis-server` child process and a throwaway
+//! PostgreSQL cluster, both on a free port of 127.0.0.1. Each is killed and its directory
+//! removed when dropped, also when the run failed. (The repo's tests have launchers of their
+//! own in `tests/support`, built around the test harness: they panic and skip.)
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A directory of its own under the system temp dir, for one server of this process.
+fn fresh_dir(what: &str) -> Result<PathBuf, String> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!(
+        "livepool-compare-{what}-{}-{nanos:x}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("bind a free loopback port: {e}"))
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Polls (every 10 ms) until a TCP connect to `addr` succeeds or `limit` has passed.
+fn wait_accepting(addr: SocketAddr, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
+}
+
+fn last_lines(path: &Path, n: usize) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+// ---------------------------------------------------------------------------------------------
+
+/// A `redis-server` child on 127.0.0.1 with no persistence.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` (from PATH) on a free port and waits until it accepts.
+    pub fn start() -> Result<RedisServer, String> {
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            return Err(
+                "redis-server is not on PATH (Debian: apt-get install redis-server)".into(),
+            );
+        }
+        let mut server = RedisServer {
+            child: None,
+            port: 0,
+            dir: fresh_dir("redis")?,
+        };
+        // A free port can be taken by someone else before the server binds it: try a few.
+        let mut last = String::new();
+        for _ in 0..5 {
+            server.port = free_port()?;
+            server.spawn()?;
+            if wait_accepting(server.addr(), Duration::from_secs(10)) {
+                return Ok(server);
+            }
+            server.kill();
+            last = format!(
+                "redis-server on port {} did not accept within 10 s; log:\n{}",
+                server.port,
+                last_lines(&server.log(), 20)
+            );
+        }
+        Err(last)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        loopback(self.port)
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+
+    /// Starts the process on this server's port; does not wait for it to accept.
+    pub fn spawn(&mut self) -> Result<(), String> {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(self.log())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("spawn redis-server: {e}"))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL (the kernel closes every connection) and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// An error with the log's tail if the process has exited.
+    pub fn check_running(&mut self) -> Result<(), String> {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => Ok(()),
+            Some(Ok(Some(status))) => Err(format!(
+                "redis-server exited ({status}); log:\n{}",
+                last_lines(&self.log(), 20)
+            )),
+            Some(Err(e)) => Err(format!("redis-server: {e}")),
+            None => Err("redis-server is not running".into()),
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL
+// ---------------------------------------------------------------------------------------------
+
+/// The superuser `initdb` creates.
+pub const PG_USER: &str = "compare";
+
+/// A throwaway cluster (SCRAM-SHA-256 for everyone) started with `pg_ctl`; as root, `initdb`
+/// and `pg_ctl` run as the `postgres` user.
+pub struct PgCluster {
+    base: PathBuf,
+    pg_ctl: PathBuf,
+    as_postgres: bool,
+    port: u16,
+    password: String,
+    running: bool,
+}
+
+impl PgCluster {
+    /// `initdb` into a fresh directory, then `pg_ctl start` on a free port. Blocks.
+    pub fn start() -> Result<PgCluster, String> {
+        let (initdb, pg_ctl) = find_pg_binaries().ok_or(
+            "PostgreSQL's initdb and pg_ctl were found neither on PATH, nor by `pg_config \
+             --bindir`, nor under /usr/lib/postgresql/*/bin (Debian: apt-get install postgresql)",
+        )?;
+        let as_postgres = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        if as_postgres
+            && !Command::new("id")
+                .arg("postgres")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        {
+            return Err("running as root, and there is no `postgres` user to run initdb as".into());
+        }
+        let base = fresh_dir("pg")?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let mut cluster = PgCluster {
+            base,
+            pg_ctl,
+            as_postgres,
+            port: 0,
+            password: format!("cmp-{}-{nanos:x}", std::process::id()),
+            running: false,
+        };
+        // From here on, Drop cleans up whatever happens.
+        let pwfile = cluster.base.join("pwfile");
+        std::fs::write(&pwfile, format!("{}\n", cluster.password))
+            .map_err(|e| format!("write {}: {e}", pwfile.display()))?;
+        if as_postgres {
+            let out = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&cluster.base)
+                .output()
+                .map_err(|e| format!("run chown: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("chown failed: {}", text(&out)));
+            }
+        }
+        let out = cluster
+            .command(&initdb)
+            .arg("-D")
+            .arg(cluster.data())
+            .args([
+                "-U",
+                PG_USER,
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .arg("--no-sync")
+            .output()
+            .map_err(|e| format!("run initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("initdb failed: {}", text(&out)));
+        }
+        let mut last = String::new();
+        for _ in 0..5 {
+            cluster.port = free_port()?;
+            match cluster.start_again() {
+                Ok(()) => return Ok(cluster),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        loopback(self.port)
+    }
+
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// `pg_ctl stop -m immediate`: the postmaster SIGQUITs every backend and exits without a
+    /// shutdown checkpoint, as close to a crash as `pg_ctl` goes. Blocks until it is gone.
+    pub fn kill(&mut self) -> Result<(), String> {
+        if !self.running {
+            return Ok(());
+        }
+        let out = self.pg_ctl(&["-m", "immediate", "-w", "-t", "30", "stop"])?;
+        if !out.status.success() {
+            return Err(format!("pg_ctl stop -m immediate failed: {}", text(&out)));
+        }
+        self.running = false;
+        Ok(())
+    }
+
+    /// `pg_ctl start` on this cluster's port (crash recovery after `kill`). Blocks until the
+    /// server is ready (at most 30 s).
+    pub fn start_again(&mut self) -> Result<(), String> {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.base.display()
+        );
+        let log = self.base.join("log");
+        let log = log
+            .to_str()
+            .ok_or("temp dir path is not UTF-8")?
+            .to_string();
+        let out = self.pg_ctl(&["-o", &opts, "-l", &log, "-w", "-t", "30", "start"])?;
+        if !out.status.success() {
+            let _ = self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+            return Err(format!(
+                "pg_ctl start on port {}: {}\n--- server log tail ---\n{}",
+                self.port,
+                text(&out),
+                last_lines(&self.base.join("log"), 20)
+            ));
+        }
+        self.running = true;
+        Ok(())
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<Output, String> {
+        self.command(&self.pg_ctl)
+            .arg("-D")
+            .arg(self.data())
+            .args(args)
+            .output()
+            .map_err(|e| format!("run pg_ctl: {e}"))
+    }
+
+    /// `prog` as a command, run as `postgres` when we are root.
+    fn command(&self, prog: &Path) -> Command {
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(prog);
+            c
+        } else {
+            Command::new(prog)
+        };
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    fn data(&self) -> PathBuf {
+        self.base.join("data")
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = self.pg_ctl(&["-m", "immediate", "-w", "-t", "30", "stop"]);
+        }
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// `initdb` and `pg_ctl`: from PATH, else `pg_config --bindir`, else the newest
+/// `/usr/lib/postgresql/*/bin`.
+fn find_pg_binaries() -> Option<(PathBuf, PathBuf)> {
+    let both = |dir: &Path| {
+        let (i, p) = (dir.join("initdb"), dir.join("pg_ctl"));
+        (i.is_file() && p.is_file()).then_some((i, p))
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if let Some(found) = std::env::split_paths(&path).find_map(|d| both(&d)) {
+        return Some(found);
+    }
+    if let Ok(out) = Command::new("pg_config")
+        .arg("--bindir")
+        .stderr(Stdio::null())
+        .output()
+        && out.status.success()
+        && let Some(found) = both(Path::new(String::from_utf8_lossy(&out.stdout).trim()))
+    {
+        return Some(found);
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .collect();
+    versions.sort();
+    versions.into_iter().rev().find_map(|(_, bin)| both(&bin))
+}
