@@ -20,8 +20,8 @@
 //! - in A, on a current-thread runtime: one `Balancer` over the three, each pool with
 //!   `max_size` 16, `min_idle` 2, `FrameHeartbeat` every H with timeout T,
 //!   `reap_interval` 50 ms (the heartbeat schedule's granularity), connect timeout C, the
-//!   default breaker (3 failures, 30 s open) and default heartbeat jitter (0.1); ejection
-//!   after F consecutive failures, otherwise `Ejection::default()` (30 s base, so the far
+//!   default breaker (3 failures; open 200 ms, growing with the outage) and default
+//!   heartbeat jitter (0.1); ejection after F consecutive failures, otherwise `Ejection::default()` (30 s base, so the far
 //!   endpoint stays out for the rest of the run; one of three may be out);
 //! - K tasks in a closed loop, each doing `get()` + one 8-byte request and its response
 //!   under a per-request deadline D (`tokio::time::timeout` around both; a request past it
@@ -162,7 +162,7 @@ impl Settings {
     fn describe(&self) -> String {
         let breaker = match self.breaker {
             0 => "none".to_string(),
-            n => format!("threshold {n}, 30 s open"),
+            n => format!("threshold {n}, default periods"),
         };
         format!(
             "H={:?} T={:?} C={:?} F={} breaker {breaker}; K={} tasks, deadline D={:?}; max_size {MAX_SIZE} min_idle {} reap {REAP:?}; R={} runs, warm-up {:?}, {:?} after the ejection, ejection awaited at most {:?}",

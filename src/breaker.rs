@@ -1,37 +1,81 @@
 //! Per-endpoint circuit breaker: a pure state machine with time passed in.
 //!
 //! ```text
-//!            failure_threshold consecutive failures
+//!            failure_threshold failures, each seen
+//!            by an attempt started after the last
 //!   Closed ─────────────────────────────────────────▶ Open
 //!     ▲                                                │ ▲
 //!     │ probe success            open period elapsed   │ │ probe failure
-//!     │                          (on the next admit)   ▼ │ (period grows)
+//!     │                          (on the next admit)   ▼ │ (period follows the outage)
 //!     └──────────────────────────────────────────── HalfOpen
 //! ```
 //!
 //! The breaker never reads the clock and never sleeps: every call that depends on
 //! time takes `now`, so it can be driven by tests with arbitrary instants.
 //!
-//! Event attribution. [`Breaker::on_event`] does not say whether an outcome came
-//! from a connect or from a heartbeat, so the rules are:
+//! # Open periods: recovery follows the server
 //!
-//! * **Closed**: a failure counts towards `failure_threshold`; a success resets
-//!   the count.
+//! The breaker promises two things that pull against each other: callers fail fast and
+//! the endpoint sees few connects while it is down, yet the pool serves again soon after
+//! the server is back. A fixed or doubling period cannot keep both: 30 s turns a 3 s
+//! restart into half a minute of refusals, and a short period doubled per failed probe
+//! strands a server that came back just after a probe for as long as the last period.
+//!
+//! So each open period is a share of the outage so far: it lasts
+//! `min(max(open_for, outage_fraction × outage), max_open_for)`, then shifted at random
+//! by up to `± jitter` of itself, where `outage` is the time since the breaker last left
+//! the closed state. The wait between the server's return and the first connect let
+//! through is at most one period, so it is bounded by a fixed fraction of the outage:
+//! short outages cost little, long ones are probed rarely. With the defaults (200 ms,
+//! 0.1, 30 s, ± 10 %):
+//!
+//! | outage | probe every | first connect after the server is back | connects per minute while down |
+//! |---|---|---|---|
+//! | 1 s | 200 ms | ≤ 0.22 s | — |
+//! | 10 s | ≤ 1 s | ≤ 1.1 s | — |
+//! | 10 min | 30 s (the cap) | ≤ 33 s | 2 |
+//!
+//! A 60 s outage costs about 45 connects while callers keep asking (deadpool connects on
+//! every `get()` that finds no idle connection: thousands). A probe happens only when a
+//! caller (or the refill of `min_idle`) asks for a connection; with no demand, there is
+//! no traffic at all.
+//!
+//! # Evidence, not a burst
+//!
+//! What the breaker counts is *independent* evidence. When a server goes down, every
+//! caller that was connecting at that moment fails within the same millisecond: that is
+//! one event seen many times, not many failures. Each attempt (connect or heartbeat)
+//! takes an [`Evidence`] ticket when it starts; a failure counts only if no failure was
+//! counted since its ticket was issued, that is, only if the attempt started after the
+//! last counted failure. N callers failing together count once; `failure_threshold`
+//! failures in a row then mean that many attempts, one after another, each started after
+//! the previous one had already failed. Every transition also invalidates older tickets:
+//! a heartbeat begun before the breaker opened cannot decide a later probe.
+//!
+//! # Event attribution
+//!
+//! [`Breaker::on_event`] does not say whether an outcome came from a connect or from a
+//! heartbeat, so the rules are:
+//!
+//! * **Closed**: a failure with a current ticket counts towards `failure_threshold`; a
+//!   stale one is ignored (see above); a success resets the count.
 //! * **Open**: every outcome is ignored. A heartbeat of a connection that was
 //!   established before the breaker opened proves little about new connects, and
 //!   late failures must not extend or shorten the open period. Only a probe may
 //!   close the breaker.
-//! * **HalfOpen with a probe in flight**: the next outcome is taken to be the
-//!   probe's. Success closes the breaker; failure re-opens it with a longer
-//!   period. (A heartbeat that happens to report first is thus treated as the
-//!   probe's verdict; both are evidence about the same endpoint, so this is
-//!   acceptable, and the probe's own later report is then handled by the new
-//!   state's rules.)
+//! * **HalfOpen with a probe in flight**: the next outcome with a current ticket (an
+//!   attempt started in this half-open state) is taken to be the probe's. Success
+//!   closes the breaker; failure re-opens it. (A heartbeat started after the probe that
+//!   happens to report first is thus treated as the probe's verdict; both are evidence
+//!   about the same endpoint, so this is acceptable, and the probe's own later report is
+//!   then handled by the new state's rules.)
 //! * **HalfOpen without a probe in flight**: outcomes are ignored; the state
 //!   waits for a caller to take the probe.
 //!
 //! Transitions to half-open happen lazily, in [`Breaker::admit`]; every
 //! transition is returned exactly once, from the call that caused it.
+//! [`Breaker::end_open_period`] lets the next admit probe at once (a balancer's
+//! ejection of the endpoint ended: the two must agree).
 //!
 //! # What feeds the breaker
 //!
@@ -43,6 +87,9 @@
 //!
 //! * a connect error or connect timeout, a failed TLS handshake, a failed
 //!   protocol setup: exactly what a new connection would meet;
+//! * a server that answers it cannot serve yet (Postgres `57P03`, Redis `LOADING`,
+//!   `BUSY`): the connect retries with backoff inside its timeout, and the whole
+//!   attempt counts once, as a refused connect would;
 //! * a heartbeat that gets no answer within its deadline: a hung or
 //!   blackholed server or path, which new connections would meet too;
 //! * a heartbeat that fails with an I/O error other than a close or reset by
@@ -55,6 +102,14 @@
 //! Neither — the member is evicted (or the caller gets the error), the breaker
 //! hears nothing:
 //!
+//! * **a configuration mistake found at setup**: no password for the server's
+//!   authentication method, credentials the server rejects, an unknown database, a
+//!   certificate that does not verify for the configured name. The endpoint is up and
+//!   answering; refusing connects to it would only hide the real error behind "circuit
+//!   open". The caller gets an error for which
+//!   [`Error::is_config`](crate::Error::is_config) is true, and the pool paces its
+//!   connects while the mistake lasts (at most one per second), without opening the
+//!   breaker or counting against the endpoint in a balancer.
 //! * **a wrong or garbled heartbeat reply.** The server answered, so it is up
 //!   and reachable; what is wrong is this member's session (a protocol state
 //!   out of step, a reply meant for another request) or the configuration (a
@@ -97,18 +152,56 @@ use tokio::time::Instant;
 /// closes.
 const PROBE_IN_FLIGHT_RETRY: Duration = Duration::from_secs(1);
 
+/// The default longest open period: probes are never further apart than this, whatever the
+/// outage (gRPC's connection backoff caps at 120 s; a pool in front of a database should
+/// notice a recovery sooner).
+const DEFAULT_MAX_OPEN_FOR: Duration = Duration::from_secs(30);
+
 /// Circuit-breaker settings for each endpoint of a pool.
 ///
 /// A breaker opens after [`failure_threshold`](Self::failure_threshold)
-/// consecutive failures (connect errors, connect timeouts, failed heartbeats)
-/// and then refuses new connects to that endpoint for an *open period*. When the
-/// period has passed, one probe connect is let through (the *half-open* state):
-/// its success closes the breaker, its failure re-opens it for a longer period.
+/// consecutive failures (connect errors, connect timeouts, failed heartbeats; many
+/// callers failing at the same moment count once) and then refuses new connects to that
+/// endpoint for an *open period*. When the period has passed, one probe connect is let
+/// through (the *half-open* state): its success closes the breaker, its failure re-opens
+/// it.
 ///
-/// The n-th consecutive open period (counting from the last time the breaker
-/// was closed) lasts `min(open_for * backoff_factor^(n-1), max_open_for)`, then
-/// shifted at random by up to `± jitter` of itself, so that many pools do not
-/// probe a recovering endpoint in lockstep.
+/// Each open period lasts `min(max(open_for, outage_fraction × outage), max_open_for)`,
+/// where `outage` is the time since the breaker opened from closed, then shifted at
+/// random by up to `± jitter` of itself so that many pools do not probe a recovering
+/// endpoint in lockstep.
+///
+/// # What a user gets after an outage
+///
+/// The wait between the server's return and the first connect let through is at most one
+/// open period, so it is bounded by a fixed fraction of the outage: short outages cost
+/// little, long ones are probed rarely. A fixed or doubling period cannot do both: 30 s
+/// turns a 3 s restart into half a minute of refusals, and a short period doubled per failed
+/// probe strands a server that returns just after a probe for the whole next period. With
+/// the defaults (200 ms, 0.1, 30 s, ± 10 %):
+///
+/// | outage | probes while down | the pool serves again after the server is back |
+/// |---|---|---|
+/// | 1 s | every 200 ms | ≤ 0.22 s |
+/// | 10 s | every 0.2–1 s | ≤ 1.1 s |
+/// | 10 min | then every 30 s (the cap) | ≤ 33 s |
+///
+/// A 60 s outage costs about 45 connects while callers keep asking (deadpool connects on
+/// every `get()` that finds no idle connection: thousands). Probes happen only when a caller
+/// or the refill of `min_idle` asks for a connection. Callers refused meanwhile get
+/// [`Error::is_circuit_open`](crate::Error::is_circuit_open) at once, with the rest of the
+/// period as [`Error::retry_after`](crate::Error::retry_after).
+///
+/// # What counts
+///
+/// Independent evidence, not a burst: when a server goes down, every caller connecting at
+/// that moment fails within the same millisecond — one event seen many times. A failure
+/// counts only if the attempt (a connect, or a heartbeat) started after the last counted
+/// failure; `failure_threshold` failures in a row are that many attempts, each begun after
+/// the previous one had failed. A configuration mistake found at setup
+/// ([`Error::is_config`](crate::Error::is_config)), a member closed by its peer, a wrong
+/// heartbeat reply and a local resource shortage (`EMFILE`, …) do not count at all: none of
+/// them says that a new connect would fail.
 ///
 /// # Examples
 ///
@@ -118,9 +211,9 @@ const PROBE_IN_FLIGHT_RETRY: Duration = Duration::from_secs(1);
 ///
 /// let config = BreakerConfig::new()
 ///     .failure_threshold(5)
-///     .open_for(Duration::from_secs(10))
+///     .open_for(Duration::from_millis(500))
 ///     .max_open_for(Duration::from_secs(120))
-///     .backoff_factor(1.5)
+///     .outage_fraction(0.2)
 ///     .jitter(0.2);
 ///
 /// assert_ne!(config, BreakerConfig::default());
@@ -130,26 +223,25 @@ const PROBE_IN_FLIGHT_RETRY: Duration = Duration::from_secs(1);
 pub struct BreakerConfig {
     failure_threshold: u32,
     open_for: Duration,
-    max_open_for: Duration,
-    backoff_factor: f64,
+    /// `None`: [`DEFAULT_MAX_OPEN_FOR`], or `open_for` if that is longer.
+    max_open_for: Option<Duration>,
+    outage_fraction: f64,
     jitter: f64,
 }
 
 impl Default for BreakerConfig {
     fn default() -> Self {
         Self {
-            // One failure can be a blip; three in a row with nothing in between
-            // is a pattern.
+            // One failure can be a blip; three in a row, each seen by an attempt started
+            // after the last, is a pattern.
             failure_threshold: 3,
-            // Long enough for a restarting server to come back, short enough
-            // that a recovered endpoint is not shunned for long.
-            open_for: Duration::from_secs(30),
-            // Bounds the wait so a long outage still gets probed every few
-            // minutes.
-            max_open_for: Duration::from_secs(5 * 60),
-            // Doubling reaches the cap in a handful of probes (30, 60, 120,
-            // 240, 300 s).
-            backoff_factor: 2.0,
+            // Callers fail fast, yet a blip or a quick restart costs a fifth of a second.
+            open_for: Duration::from_millis(200),
+            // DEFAULT_MAX_OPEN_FOR (see there).
+            max_open_for: None,
+            // The wait after the server's return is at most a tenth of the outage; a
+            // minute down costs about 45 connects.
+            outage_fraction: 0.1,
             // Enough spread to de-synchronise pools, small enough to keep
             // periods predictable.
             jitter: 0.1,
@@ -170,7 +262,9 @@ impl BreakerConfig {
 
     /// Sets how many consecutive failures open the breaker. Must be at least 1.
     ///
-    /// Any success while closed resets the count.
+    /// Any success while closed resets the count. Failures of attempts that were already
+    /// under way when a failure was counted do not count again (see "What counts" in the
+    /// [`BreakerConfig`] docs).
     ///
     /// Default: 3.
     ///
@@ -182,42 +276,51 @@ impl BreakerConfig {
         self
     }
 
-    /// Sets how long the breaker stays open the first time it opens (before
-    /// jitter). Must not be zero.
+    /// Sets the shortest open period (before jitter): the first one, and every one while
+    /// the outage is young. Must not be zero.
     ///
-    /// Default: 30 seconds.
+    /// Default: 200 milliseconds.
     ///
     /// ```
-    /// let c = livepool::BreakerConfig::new().open_for(std::time::Duration::from_secs(10));
+    /// let c = livepool::BreakerConfig::new().open_for(std::time::Duration::from_secs(1));
     /// ```
     pub fn open_for(mut self, d: Duration) -> Self {
         self.open_for = d;
         self
     }
 
-    /// Sets the upper bound (before jitter) of the open period as it grows on
-    /// consecutive re-opens. Must not be less than [`open_for`](Self::open_for).
+    /// Sets the longest open period (before jitter), however long the outage. Must not be
+    /// less than [`open_for`](Self::open_for).
     ///
-    /// Default: 5 minutes.
+    /// Default: 30 seconds, or [`open_for`](Self::open_for) if that is longer.
     ///
     /// ```
     /// let c = livepool::BreakerConfig::new().max_open_for(std::time::Duration::from_secs(60));
     /// ```
     pub fn max_open_for(mut self, d: Duration) -> Self {
-        self.max_open_for = d;
+        self.max_open_for = Some(d);
         self
     }
 
-    /// Sets the factor by which the open period grows each time a half-open
-    /// probe fails. Must be finite and at least 1.0 (1.0 means no growth).
+    /// The longest open period in effect.
+    fn cap(&self) -> Duration {
+        self.max_open_for
+            .unwrap_or(DEFAULT_MAX_OPEN_FOR.max(self.open_for))
+    }
+
+    /// Sets how the open period grows with the outage: each period lasts at least this
+    /// fraction of the time since the breaker opened from closed. It bounds the wait
+    /// between the server's return and the first connect let through to about this
+    /// fraction of the outage. Must be within `0.0..=1.0`; 0.0 keeps every period at
+    /// [`open_for`](Self::open_for).
     ///
-    /// Default: 2.0.
+    /// Default: 0.1.
     ///
     /// ```
-    /// let c = livepool::BreakerConfig::new().backoff_factor(1.5);
+    /// let c = livepool::BreakerConfig::new().outage_fraction(0.25);
     /// ```
-    pub fn backoff_factor(mut self, f: f64) -> Self {
-        self.backoff_factor = f;
+    pub fn outage_fraction(mut self, fraction: f64) -> Self {
+        self.outage_fraction = fraction;
         self
     }
 
@@ -243,36 +346,30 @@ impl BreakerConfig {
         if self.open_for.is_zero() {
             return Err(("open_for", "must be greater than zero"));
         }
-        if self.max_open_for < self.open_for {
+        if self.max_open_for.is_some_and(|m| m < self.open_for) {
             return Err(("max_open_for", "must not be less than open_for"));
         }
-        if !self.backoff_factor.is_finite() {
-            return Err(("backoff_factor", "must be finite"));
-        }
-        if self.backoff_factor < 1.0 {
-            return Err(("backoff_factor", "must be at least 1.0"));
-        }
         // `contains` is false for NaN.
+        if !(0.0..=1.0).contains(&self.outage_fraction) {
+            return Err(("outage_fraction", "must be within 0.0..=1.0"));
+        }
         if !(0.0..=1.0).contains(&self.jitter) {
             return Err(("jitter", "must be within 0.0..=1.0"));
         }
         Ok(())
     }
 
-    /// The un-jittered length of the `n`-th consecutive open period (`n >= 1`).
-    fn base_period(&self, n: u32) -> Duration {
-        let exponent = n.saturating_sub(1);
-        let cap = self.max_open_for;
-        let grown = self.open_for.as_secs_f64()
-            * self
-                .backoff_factor
-                .powi(i32::try_from(exponent).unwrap_or(i32::MAX));
-        if !grown.is_finite() || grown >= cap.as_secs_f64() {
-            return cap;
-        }
-        Duration::try_from_secs_f64(grown)
-            .unwrap_or(cap)
-            .clamp(self.open_for.min(cap), cap)
+    /// The un-jittered length of an open period that starts `outage` after the breaker
+    /// opened from closed.
+    fn base_period(&self, outage: Duration) -> Duration {
+        let cap = self.cap();
+        let grown = outage.as_secs_f64() * self.outage_fraction;
+        let grown = if grown.is_finite() && grown < cap.as_secs_f64() {
+            Duration::try_from_secs_f64(grown).unwrap_or(cap)
+        } else {
+            cap
+        };
+        grown.max(self.open_for).min(cap)
     }
 }
 
@@ -416,6 +513,17 @@ pub(crate) enum Admit {
     No { retry_after: Duration },
 }
 
+/// A ticket taken when a connect or heartbeat starts, handed back with its outcome: it
+/// tells the breaker whether anything was counted (or the state changed) since the
+/// attempt began. See "Evidence, not a burst" in the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Evidence(u64);
+
+impl Evidence {
+    /// The ticket where there is no breaker (nothing reads it).
+    pub(crate) const NONE: Evidence = Evidence(0);
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Inner {
     Closed { consecutive_failures: u32 },
@@ -428,9 +536,12 @@ enum Inner {
 pub(crate) struct Breaker {
     config: BreakerConfig,
     inner: Inner,
-    /// Number of times the breaker has opened since it was last closed; drives
-    /// the growth of the open period.
-    consecutive_opens: u32,
+    /// When the breaker last opened from closed: the start of the outage that the open
+    /// periods follow.
+    outage_since: Option<Instant>,
+    /// Bumped on every counted failure and every transition; a ticket that no longer
+    /// matches is stale.
+    epoch: u64,
     rng: SplitMix64,
 }
 
@@ -446,7 +557,8 @@ impl Breaker {
             inner: Inner::Closed {
                 consecutive_failures: 0,
             },
-            consecutive_opens: 0,
+            outage_since: None,
+            epoch: 0,
             rng: SplitMix64(seed),
         }
     }
@@ -459,6 +571,12 @@ impl Breaker {
             Inner::Open { .. } => BreakerState::Open,
             Inner::HalfOpen { .. } => BreakerState::HalfOpen,
         }
+    }
+
+    /// The ticket for an attempt starting now (after its [`admit`](Self::admit), if it
+    /// needed one).
+    pub(crate) fn evidence(&self) -> Evidence {
+        Evidence(self.epoch)
     }
 
     /// Asks whether a connect attempt may start at `now`.
@@ -476,6 +594,7 @@ impl Breaker {
                     self.inner = Inner::HalfOpen {
                         probe_in_flight: true,
                     };
+                    self.epoch += 1;
                     let transition = Transition {
                         from: BreakerState::Open,
                         to: BreakerState::HalfOpen,
@@ -506,10 +625,16 @@ impl Breaker {
         }
     }
 
-    /// Reports the outcome of a connect or heartbeat at `now`; returns the
-    /// transition it caused, if any. See the module docs for how outcomes are
-    /// attributed in each state.
-    pub(crate) fn on_event(&mut self, outcome: Outcome, now: Instant) -> Option<Transition> {
+    /// Reports the outcome of a connect or heartbeat at `now`, with the ticket the
+    /// attempt took when it started; returns the transition it caused, if any. See the
+    /// module docs for how outcomes are attributed in each state.
+    pub(crate) fn on_event(
+        &mut self,
+        outcome: Outcome,
+        now: Instant,
+        seen: Evidence,
+    ) -> Option<Transition> {
+        let current = seen.0 == self.epoch;
         match (self.inner, outcome) {
             (Inner::Closed { .. }, Outcome::Success) => {
                 self.inner = Inner::Closed {
@@ -517,14 +642,19 @@ impl Breaker {
                 };
                 None
             }
+            // Already counted: an attempt under way when a failure was counted saw the
+            // same event.
+            (Inner::Closed { .. }, Outcome::Failure) if !current => None,
             (
                 Inner::Closed {
                     consecutive_failures,
                 },
                 Outcome::Failure,
             ) => {
+                self.epoch += 1;
                 let consecutive_failures = consecutive_failures.saturating_add(1);
                 if consecutive_failures >= self.config.failure_threshold {
+                    self.outage_since = Some(now);
                     Some(self.open(BreakerState::Closed, now))
                 } else {
                     self.inner = Inner::Closed {
@@ -541,6 +671,8 @@ impl Breaker {
                 },
                 _,
             ) => None,
+            // Started before this half-open state: not the probe's verdict.
+            (Inner::HalfOpen { .. }, _) if !current => None,
             (
                 Inner::HalfOpen {
                     probe_in_flight: true,
@@ -550,7 +682,8 @@ impl Breaker {
                 self.inner = Inner::Closed {
                     consecutive_failures: 0,
                 };
-                self.consecutive_opens = 0;
+                self.epoch += 1;
+                self.outage_since = None;
                 Some(Transition {
                     from: BreakerState::HalfOpen,
                     to: BreakerState::Closed,
@@ -582,6 +715,19 @@ impl Breaker {
         }
     }
 
+    /// Ends the current open period at `now`, so that the next [`admit`](Self::admit)
+    /// hands out the probe at once. A no-op unless open. (A balancer's ejection of the
+    /// endpoint ended: the endpoint is to be tried now, not after the rest of a period.)
+    pub(crate) fn end_open_period(&mut self, now: Instant) {
+        if let Inner::Open { since, period } = self.inner {
+            let elapsed = now.saturating_duration_since(since);
+            self.inner = Inner::Open {
+                since,
+                period: period.min(elapsed),
+            };
+        }
+    }
+
     /// How long a caller should wait before [`admit`](Self::admit) may succeed.
     ///
     /// `Some` while open (the remaining open period, zero once it has passed
@@ -606,10 +752,13 @@ impl Breaker {
         PROBE_IN_FLIGHT_RETRY.min(self.config.open_for)
     }
 
-    /// Enters the open state at `now` with the next (grown, jittered) period.
+    /// Enters the open state at `now` with the next (outage-grown, jittered) period.
     fn open(&mut self, from: BreakerState, now: Instant) -> Transition {
-        self.consecutive_opens = self.consecutive_opens.saturating_add(1);
-        let period = self.jittered(self.config.base_period(self.consecutive_opens));
+        self.epoch += 1;
+        let outage = self
+            .outage_since
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+        let period = self.jittered(self.config.base_period(outage));
         self.inner = Inner::Open { since: now, period };
         Transition {
             from,
@@ -642,14 +791,19 @@ mod tests {
         Instant::now()
     }
 
+    /// Fixed 30 s periods, no jitter: the state logic alone.
     fn no_jitter() -> BreakerConfig {
-        BreakerConfig::new().jitter(0.0)
+        BreakerConfig::new()
+            .jitter(0.0)
+            .open_for(30 * SEC)
+            .max_open_for(300 * SEC)
+            .outage_fraction(0.0)
     }
 
     fn fail_n(b: &mut Breaker, n: u32, now: Instant) -> Option<Transition> {
         let mut last = None;
         for _ in 0..n {
-            last = b.on_event(Outcome::Failure, now);
+            last = b.on_event(Outcome::Failure, now, b.evidence());
         }
         last
     }
@@ -728,9 +882,12 @@ mod tests {
     fn defaults() {
         let c = BreakerConfig::default();
         assert_eq!(c.failure_threshold, 3);
-        assert_eq!(c.open_for, 30 * SEC);
-        assert_eq!(c.max_open_for, 300 * SEC);
-        assert_eq!(c.backoff_factor, 2.0);
+        assert_eq!(c.open_for, Duration::from_millis(200));
+        assert_eq!(c.cap(), 30 * SEC);
+        assert_eq!(c.outage_fraction, 0.1);
+        // A longer first period raises the default cap with it...
+        assert_eq!(c.clone().open_for(60 * SEC).cap(), 60 * SEC);
+        assert_eq!(c.clone().open_for(60 * SEC).validate(), Ok(()));
         assert_eq!(c.jitter, 0.1);
         assert_eq!(BreakerConfig::new(), c);
         assert_eq!(c.validate(), Ok(()));
@@ -742,12 +899,12 @@ mod tests {
             .failure_threshold(7)
             .open_for(2 * SEC)
             .max_open_for(9 * SEC)
-            .backoff_factor(1.5)
+            .outage_fraction(0.5)
             .jitter(0.25);
         assert_eq!(c.failure_threshold, 7);
         assert_eq!(c.open_for, 2 * SEC);
-        assert_eq!(c.max_open_for, 9 * SEC);
-        assert_eq!(c.backoff_factor, 1.5);
+        assert_eq!(c.cap(), 9 * SEC);
+        assert_eq!(c.outage_fraction, 0.5);
         assert_eq!(c.jitter, 0.25);
         assert_eq!(c.validate(), Ok(()));
     }
@@ -762,11 +919,14 @@ mod tests {
             "open_for"
         );
         assert_eq!(field(d().open_for(Duration::ZERO)), "open_for");
-        assert_eq!(field(d().max_open_for(29 * SEC)), "max_open_for");
-        assert_eq!(field(d().backoff_factor(0.99)), "backoff_factor");
-        assert_eq!(field(d().backoff_factor(-1.0)), "backoff_factor");
-        assert_eq!(field(d().backoff_factor(f64::NAN)), "backoff_factor");
-        assert_eq!(field(d().backoff_factor(f64::INFINITY)), "backoff_factor");
+        assert_eq!(
+            field(d().max_open_for(Duration::from_millis(199))),
+            "max_open_for"
+        );
+        assert_eq!(field(d().outage_fraction(1.01)), "outage_fraction");
+        assert_eq!(field(d().outage_fraction(-0.1)), "outage_fraction");
+        assert_eq!(field(d().outage_fraction(f64::NAN)), "outage_fraction");
+        assert_eq!(field(d().outage_fraction(f64::INFINITY)), "outage_fraction");
         assert_eq!(field(d().jitter(-0.01)), "jitter");
         assert_eq!(field(d().jitter(1.01)), "jitter");
         assert_eq!(field(d().jitter(f64::NAN)), "jitter");
@@ -784,23 +944,36 @@ mod tests {
     fn validate_accepts_edges() {
         let d = BreakerConfig::new;
         assert_eq!(d().failure_threshold(1).validate(), Ok(()));
-        assert_eq!(d().max_open_for(30 * SEC).validate(), Ok(()));
-        assert_eq!(d().backoff_factor(1.0).validate(), Ok(()));
+        assert_eq!(
+            d().max_open_for(Duration::from_millis(200)).validate(),
+            Ok(())
+        );
+        assert_eq!(d().outage_fraction(0.0).validate(), Ok(()));
+        assert_eq!(d().outage_fraction(1.0).validate(), Ok(()));
         assert_eq!(d().jitter(0.0).validate(), Ok(()));
         assert_eq!(d().jitter(1.0).validate(), Ok(()));
         assert_eq!(d().open_for(Duration::from_nanos(1)).validate(), Ok(()));
     }
 
     #[test]
-    fn base_period_grows_and_caps() {
+    fn base_period_follows_the_outage_and_caps() {
         let c = BreakerConfig::new();
-        let got: Vec<u64> = (1..=7).map(|n| c.base_period(n).as_secs()).collect();
-        assert_eq!(got, [30, 60, 120, 240, 300, 300, 300]);
-        assert_eq!(c.base_period(u32::MAX), 300 * SEC);
-        let flat = BreakerConfig::new().backoff_factor(1.0);
-        assert_eq!(flat.base_period(100), 30 * SEC);
-        let huge = BreakerConfig::new().max_open_for(Duration::MAX);
-        assert_eq!(huge.base_period(u32::MAX), Duration::MAX);
+        let ms = |d: Duration| d.as_millis();
+        // A young outage: the shortest period.
+        assert_eq!(ms(c.base_period(Duration::ZERO)), 200);
+        assert_eq!(ms(c.base_period(SEC)), 200);
+        // Then a tenth of the outage so far...
+        assert_eq!(ms(c.base_period(3 * SEC)), 300);
+        assert_eq!(ms(c.base_period(10 * SEC)), 1_000);
+        // ...up to the cap.
+        assert_eq!(ms(c.base_period(600 * SEC)), 30_000);
+        assert_eq!(c.base_period(Duration::MAX), 30 * SEC);
+        let flat = BreakerConfig::new().outage_fraction(0.0);
+        assert_eq!(ms(flat.base_period(3_600 * SEC)), 200);
+        let huge = BreakerConfig::new()
+            .outage_fraction(1.0)
+            .max_open_for(Duration::MAX);
+        assert_eq!(huge.base_period(Duration::MAX), Duration::MAX);
     }
 
     // ---- state names ----
@@ -831,7 +1004,7 @@ mod tests {
         assert_eq!(fail_n(&mut b, 2, now), None);
         assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(
-            b.on_event(Outcome::Failure, now),
+            b.on_event(Outcome::Failure, now, b.evidence()),
             to_open(BreakerState::Closed, 30 * SEC)
         );
         assert_eq!(b.state(), BreakerState::Open);
@@ -842,10 +1015,10 @@ mod tests {
         let now = t0();
         let mut b = Breaker::new(no_jitter(), 1);
         fail_n(&mut b, 2, now);
-        assert_eq!(b.on_event(Outcome::Success, now), None);
+        assert_eq!(b.on_event(Outcome::Success, now, b.evidence()), None);
         assert_eq!(fail_n(&mut b, 2, now), None);
         assert_eq!(b.state(), BreakerState::Closed);
-        assert!(b.on_event(Outcome::Failure, now).is_some());
+        assert!(b.on_event(Outcome::Failure, now, b.evidence()).is_some());
     }
 
     #[test]
@@ -853,7 +1026,7 @@ mod tests {
         let now = t0();
         let mut b = Breaker::new(no_jitter().failure_threshold(1), 1);
         assert_eq!(
-            b.on_event(Outcome::Failure, now),
+            b.on_event(Outcome::Failure, now, b.evidence()),
             to_open(BreakerState::Closed, 30 * SEC)
         );
     }
@@ -891,9 +1064,12 @@ mod tests {
         let mut b = Breaker::new(no_jitter(), 1);
         fail_n(&mut b, 3, now);
         // A healthy old connection's heartbeat does not close it...
-        assert_eq!(b.on_event(Outcome::Success, now + SEC), None);
+        assert_eq!(b.on_event(Outcome::Success, now + SEC, b.evidence()), None);
         // ...and late failures do not extend or shorten it.
-        assert_eq!(b.on_event(Outcome::Failure, now + 20 * SEC), None);
+        assert_eq!(
+            b.on_event(Outcome::Failure, now + 20 * SEC, b.evidence()),
+            None
+        );
         assert_eq!(b.state(), BreakerState::Open);
         assert_eq!(b.retry_after(now + 20 * SEC), Some(10 * SEC));
         assert_eq!(b.admit(now + 30 * SEC), (Admit::Probe, Some(OPEN_TO_HALF)));
@@ -941,39 +1117,50 @@ mod tests {
     #[test]
     fn probe_success_closes_and_resets_growth() {
         let now = t0();
-        let mut b = Breaker::new(no_jitter(), 1);
+        let mut b = Breaker::new(no_jitter().outage_fraction(1.0), 1);
         fail_n(&mut b, 3, now);
         let mut t = now + 30 * SEC;
         b.admit(t);
-        // Probe fails: re-open with 60 s.
+        // Probe fails 30 s into the outage: re-open for max(30 s, 30 s).
         assert_eq!(
-            b.on_event(Outcome::Failure, t),
+            b.on_event(Outcome::Failure, t, b.evidence()),
+            to_open(BreakerState::HalfOpen, 30 * SEC)
+        );
+        t += 30 * SEC;
+        b.admit(t);
+        // 60 s into the outage: 60 s.
+        assert_eq!(
+            b.on_event(Outcome::Failure, t, b.evidence()),
             to_open(BreakerState::HalfOpen, 60 * SEC)
         );
         t += 60 * SEC;
         assert_eq!(b.admit(t), (Admit::Probe, Some(OPEN_TO_HALF)));
-        assert_eq!(b.on_event(Outcome::Success, t), Some(HALF_TO_CLOSED));
+        assert_eq!(
+            b.on_event(Outcome::Success, t, b.evidence()),
+            Some(HALF_TO_CLOSED)
+        );
         assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(b.admit(t), (Admit::Yes, None));
         assert_eq!(b.retry_after(t), None);
-        // Failure count starts from zero, period from the base again.
+        // Failure count starts from zero, the outage (and so the period) from the base
+        // again.
         assert_eq!(fail_n(&mut b, 2, t), None);
         assert_eq!(
-            b.on_event(Outcome::Failure, t),
+            b.on_event(Outcome::Failure, t, b.evidence()),
             to_open(BreakerState::Closed, 30 * SEC)
         );
     }
 
     #[test]
-    fn probe_failures_grow_period_up_to_cap() {
+    fn probe_failures_grow_period_with_the_outage_up_to_cap() {
         let now = t0();
-        let mut b = Breaker::new(no_jitter(), 1);
+        let mut b = Breaker::new(no_jitter().outage_fraction(1.0), 1);
         let mut t = now;
         let mut periods = vec![fail_n(&mut b, 3, t).unwrap().open_for.unwrap()];
         for _ in 0..6 {
             t += *periods.last().unwrap();
             assert_eq!(b.admit(t), (Admit::Probe, Some(OPEN_TO_HALF)));
-            let tr = b.on_event(Outcome::Failure, t).unwrap();
+            let tr = b.on_event(Outcome::Failure, t, b.evidence()).unwrap();
             assert_eq!(
                 (tr.from, tr.to),
                 (BreakerState::HalfOpen, BreakerState::Open)
@@ -981,7 +1168,8 @@ mod tests {
             periods.push(tr.open_for.unwrap());
         }
         let secs: Vec<u64> = periods.iter().map(Duration::as_secs).collect();
-        assert_eq!(secs, [30, 60, 120, 240, 300, 300, 300]);
+        // Each period is the outage so far (fraction 1.0), at least 30 s, at most 300 s.
+        assert_eq!(secs, [30, 30, 60, 120, 240, 300, 300]);
     }
 
     #[test]
@@ -998,7 +1186,10 @@ mod tests {
         // No second open -> half-open transition is reported.
         assert_eq!(b.admit(t), (Admit::Probe, None));
         assert!(matches!(b.admit(t).0, Admit::No { .. }));
-        assert_eq!(b.on_event(Outcome::Success, t), Some(HALF_TO_CLOSED));
+        assert_eq!(
+            b.on_event(Outcome::Success, t, b.evidence()),
+            Some(HALF_TO_CLOSED)
+        );
     }
 
     #[test]
@@ -1027,9 +1218,119 @@ mod tests {
         let t = now + 30 * SEC;
         b.admit(t);
         b.probe_abandoned();
-        assert_eq!(b.on_event(Outcome::Success, t), None);
-        assert_eq!(b.on_event(Outcome::Failure, t), None);
+        assert_eq!(b.on_event(Outcome::Success, t, b.evidence()), None);
+        assert_eq!(b.on_event(Outcome::Failure, t, b.evidence()), None);
         assert_eq!(b.state(), BreakerState::HalfOpen);
+    }
+
+    // ---- evidence ----
+
+    #[test]
+    fn a_burst_of_failures_seen_together_counts_once() {
+        let now = t0();
+        let mut b = Breaker::new(no_jitter(), 1);
+        // Eight callers start connecting at the same moment; the server is down.
+        let tickets: Vec<Evidence> = (0..8).map(|_| b.evidence()).collect();
+        for ev in tickets {
+            assert_eq!(b.on_event(Outcome::Failure, now, ev), None);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        // Two more failures, each of an attempt started after the last one counted, open it.
+        assert_eq!(fail_n(&mut b, 1, now), None);
+        assert_eq!(
+            fail_n(&mut b, 1, now),
+            to_open(BreakerState::Closed, 30 * SEC)
+        );
+    }
+
+    #[test]
+    fn a_stale_outcome_does_not_decide_the_probe() {
+        let now = t0();
+        let mut b = Breaker::new(no_jitter(), 1);
+        // A heartbeat starts while closed and hangs.
+        let heartbeat = b.evidence();
+        fail_n(&mut b, 3, now);
+        let t = now + 30 * SEC;
+        assert_eq!(b.admit(t), (Admit::Probe, Some(OPEN_TO_HALF)));
+        let probe = b.evidence();
+        // The old heartbeat's verdict arrives first: ignored either way.
+        assert_eq!(b.on_event(Outcome::Success, t, heartbeat), None);
+        assert_eq!(b.on_event(Outcome::Failure, t, heartbeat), None);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        // The probe decides.
+        assert_eq!(b.on_event(Outcome::Success, t, probe), Some(HALF_TO_CLOSED));
+        // And a failure begun before the close does not count in the new closed state.
+        assert_eq!(b.on_event(Outcome::Failure, t, probe), None);
+        assert_eq!(fail_n(&mut b, 2, t), None);
+    }
+
+    #[test]
+    fn end_open_period_lets_the_next_admit_probe() {
+        let now = t0();
+        let mut b = Breaker::new(no_jitter(), 1);
+        // Closed: nothing to end.
+        b.end_open_period(now);
+        assert_eq!(b.admit(now), (Admit::Yes, None));
+        fail_n(&mut b, 3, now);
+        let t = now + 2 * SEC;
+        assert_eq!(b.retry_after(t), Some(28 * SEC));
+        b.end_open_period(t);
+        assert_eq!(b.retry_after(t), Some(Duration::ZERO));
+        assert_eq!(b.admit(t), (Admit::Probe, Some(OPEN_TO_HALF)));
+        // Half-open: a no-op (the probe is out).
+        b.end_open_period(t);
+        assert!(matches!(b.admit(t).0, Admit::No { .. }));
+    }
+
+    /// Simulates callers asking every millisecond through an outage of `outage` (connects
+    /// fail at once while the server is down, succeed after): returns the time from the
+    /// server's return to the first admitted connect, and the connects let through while
+    /// it was down.
+    fn recover(config: BreakerConfig, seed: u64, outage: Duration) -> (Duration, u32) {
+        let start = t0();
+        let back = start + outage;
+        let mut b = Breaker::new(config, seed);
+        let mut now = start;
+        let mut connects = 0;
+        loop {
+            let admitted = !matches!(b.admit(now).0, Admit::No { .. });
+            if admitted {
+                let ev = b.evidence();
+                if now >= back {
+                    b.on_event(Outcome::Success, now, ev);
+                    return (now - back, connects);
+                }
+                connects += 1;
+                b.on_event(Outcome::Failure, now, ev);
+            }
+            now += Duration::from_millis(1);
+        }
+    }
+
+    #[test]
+    fn recovery_follows_the_server_with_the_defaults() {
+        let ms = Duration::from_millis;
+        for seed in 0..50 {
+            // After a 1 s outage: within the shortest period (+ jitter).
+            let (wait, _) = recover(BreakerConfig::new(), seed, SEC);
+            assert!(wait <= ms(221), "1 s outage: {wait:?}");
+            // After 3 s (and up to a second of restart): ≤ 0.5 s.
+            for outage in [3 * SEC, 4 * SEC] {
+                let (wait, _) = recover(BreakerConfig::new(), seed, outage);
+                assert!(wait <= ms(441), "{outage:?} outage: {wait:?}");
+            }
+            // After 10 s: about a tenth of it.
+            let (wait, _) = recover(BreakerConfig::new(), seed, 10 * SEC);
+            assert!(wait <= ms(1_101), "10 s outage: {wait:?}");
+            // During a 60 s outage, callers asking 1,000 times a second: a few dozen
+            // connects, not 60,000.
+            let (_, connects) = recover(BreakerConfig::new(), seed, 60 * SEC);
+            assert!((30..=60).contains(&connects), "60 s outage: {connects}");
+            // After 10 minutes: the cap bounds it.
+            let (wait, connects) = recover(BreakerConfig::new(), seed, 600 * SEC);
+            assert!(wait <= ms(33_001), "10 min outage: {wait:?}");
+            assert!(connects <= 90, "10 min outage: {connects}");
+        }
     }
 
     #[test]
@@ -1054,7 +1355,8 @@ mod tests {
         for seed in 0..200 {
             let mut b = Breaker::new(BreakerConfig::new(), seed);
             let d = fail_n(&mut b, 3, now).unwrap().open_for.unwrap();
-            assert!(d >= 27 * SEC && d <= 33 * SEC, "{d:?}");
+            let ms = Duration::from_millis;
+            assert!(d >= ms(180) && d <= ms(220), "{d:?}");
             seen.insert(d);
         }
         assert!(seen.len() > 100);
@@ -1066,7 +1368,7 @@ mod tests {
         for seed in 0..200 {
             let mut b = Breaker::new(BreakerConfig::new().jitter(1.0), seed);
             let d = fail_n(&mut b, 3, now).unwrap().open_for.unwrap();
-            assert!(d <= 60 * SEC, "{d:?}");
+            assert!(d <= Duration::from_millis(400), "{d:?}");
         }
     }
 
@@ -1095,8 +1397,9 @@ mod tests {
     enum Op {
         /// Advance time by this many ms, then admit.
         Admit(u64),
-        /// Advance time, then report an outcome (a heartbeat or the probe's).
-        Event(bool, u64),
+        /// Advance time, then report an outcome (a heartbeat or the probe's), with a ticket
+        /// taken now (true) or at the last admit (false: an attempt long under way).
+        Event(bool, u64, bool),
         /// Abandon the probe, if the simulated caller holds one.
         Abandon,
     }
@@ -1104,7 +1407,8 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => (0u64..120_000).prop_map(Op::Admit),
-            4 => (any::<bool>(), 0u64..120_000).prop_map(|(ok, dt)| Op::Event(ok, dt)),
+            4 => (any::<bool>(), 0u64..120_000, any::<bool>())
+                .prop_map(|(ok, dt, fresh)| Op::Event(ok, dt, fresh)),
             1 => Just(Op::Abandon),
         ]
     }
@@ -1114,14 +1418,14 @@ mod tests {
             threshold in 1u32..5,
             open_ms in 1u64..60_000,
             cap_mult in 1u64..20,
-            factor in 1.0f64..4.0,
+            fraction in prop_oneof![Just(0.0), Just(1.0), 0.0f64..=1.0],
             jitter in prop_oneof![Just(0.0), Just(1.0), 0.0f64..=1.0],
         ) -> BreakerConfig {
             BreakerConfig::new()
                 .failure_threshold(threshold)
                 .open_for(Duration::from_millis(open_ms))
                 .max_open_for(Duration::from_millis(open_ms * cap_mult))
-                .backoff_factor(factor)
+                .outage_fraction(fraction)
                 .jitter(jitter)
         }
     }
@@ -1146,7 +1450,9 @@ mod tests {
         let mut probe_outstanding = false;
         let mut probes_this_half_open = 0u32;
         let mut abandons_this_half_open = 0u32;
-        let mut opens = 0u32;
+        // When the breaker last left closed, and the ticket of the last admitted attempt.
+        let mut outage_since = None;
+        let mut ticket = b.evidence();
 
         for &op in ops {
             let before = b.state();
@@ -1183,18 +1489,27 @@ mod tests {
                             assert_eq!(Some(retry_after), expected_retry);
                         }
                     }
+                    if !matches!(admit, Admit::No { .. }) {
+                        ticket = b.evidence();
+                    }
                     seen.push(Seen::Admit(admit, tr));
                     tr
                 }
-                Op::Event(ok, dt) => {
+                Op::Event(ok, dt, fresh) => {
                     now += Duration::from_millis(dt);
                     let outcome = if ok {
                         Outcome::Success
                     } else {
                         Outcome::Failure
                     };
-                    let tr = b.on_event(outcome, now);
-                    if before == BreakerState::HalfOpen && probe_outstanding {
+                    let ev = if fresh { b.evidence() } else { ticket };
+                    let current = ev == b.evidence();
+                    let tr = b.on_event(outcome, now, ev);
+                    // A stale ticket changes nothing.
+                    if !current {
+                        assert_eq!(tr, None);
+                    }
+                    if before == BreakerState::HalfOpen && probe_outstanding && current {
                         probe_outstanding = false;
                         caller_holds_probe = false;
                     }
@@ -1231,17 +1546,19 @@ mod tests {
                     assert!(allowed, "illegal transition {tr:?}");
                     assert_eq!(tr.open_for.is_some(), tr.to == BreakerState::Open);
                     match (tr.from, tr.to) {
-                        (BreakerState::Closed, BreakerState::Open) => opens = 1,
-                        (BreakerState::HalfOpen, BreakerState::Open) => opens += 1,
-                        (BreakerState::HalfOpen, BreakerState::Closed) => opens = 0,
+                        (BreakerState::Closed, BreakerState::Open) => outage_since = Some(now),
+                        (BreakerState::HalfOpen, BreakerState::Closed) => outage_since = None,
                         _ => {}
                     }
                     // (2) open period bounds.
                     if let Some(d) = tr.open_for {
                         let j = config.jitter;
                         let base = config.open_for.as_secs_f64();
-                        let cap = config.max_open_for.as_secs_f64();
-                        let grown = (base * config.backoff_factor.powi(opens as i32 - 1)).min(cap);
+                        let cap = config.cap().as_secs_f64();
+                        let outage = now
+                            .saturating_duration_since(outage_since.expect("open from closed"))
+                            .as_secs_f64();
+                        let grown = (outage * config.outage_fraction).max(base).min(cap);
                         let got = d.as_secs_f64();
                         let eps = 1e-6;
                         assert!(

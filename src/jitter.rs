@@ -64,9 +64,28 @@ pub(crate) fn thread_random() -> u64 {
     })
 }
 
+/// A seed for a new pool's jitter that no other pool or process shares: std's
+/// `RandomState` (keyed from the OS's randomness once per thread, then stepped on every
+/// use) hashing a process-wide counter. Fleets of processes started together thus do not
+/// expire connections, space heartbeats or probe a recovering endpoint in step.
+pub(crate) fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static POOLS: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(POOLS.fetch_add(1, Relaxed));
+    h.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fresh_seeds_differ() {
+        let seeds: std::collections::HashSet<u64> = (0..1_000).map(|_| fresh_seed()).collect();
+        assert_eq!(seeds.len(), 1_000);
+    }
 
     #[test]
     fn unit_is_the_generator_seeded_one_step_back() {

@@ -25,6 +25,7 @@ pub(crate) enum GetOutcome {
 pub(crate) struct Metrics {
     created: Counter,
     local_resource_errors: Counter,
+    config_errors: Counter,
     evicted: Vec<Counter>,
     gets: [Counter; 5],
     size: Gauge,
@@ -44,6 +45,7 @@ impl Metrics {
         Metrics {
             created: counter!("livepool_connections_created_total", "endpoint" => ep.clone()),
             local_resource_errors: counter!("livepool_local_resource_errors_total", "endpoint" => ep.clone()),
+            config_errors: counter!("livepool_config_errors_total", "endpoint" => ep.clone()),
             evicted: EvictReason::ALL
                 .iter()
                 .map(|r| {
@@ -74,6 +76,10 @@ impl Metrics {
 
     pub(crate) fn local_resource_error(&self) {
         self.local_resource_errors.increment(1);
+    }
+
+    pub(crate) fn config_error(&self) {
+        self.config_errors.increment(1);
     }
 
     pub(crate) fn evicted(&self, reason: EvictReason, latency: Duration) {

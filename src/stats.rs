@@ -376,6 +376,7 @@ pub(crate) struct Stats {
     pub(crate) heartbeats: AtomicU64,
     pub(crate) idle_reads_kept: AtomicU64,
     pub(crate) local_resource_errors: AtomicU64,
+    pub(crate) config_errors: AtomicU64,
     pub(crate) reaper_restarts: AtomicU64,
     evicted: [AtomicU64; EvictReason::ALL.len()],
     latency: [AtomicU64; BUCKETS],
@@ -394,6 +395,7 @@ impl Stats {
             heartbeats: AtomicU64::new(0),
             idle_reads_kept: AtomicU64::new(0),
             local_resource_errors: AtomicU64::new(0),
+            config_errors: AtomicU64::new(0),
             reaper_restarts: AtomicU64::new(0),
             evicted: std::array::from_fn(|_| AtomicU64::new(0)),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -445,6 +447,7 @@ impl Stats {
             heartbeats: self.heartbeats.load(Relaxed),
             idle_reads_kept: self.idle_reads_kept.load(Relaxed),
             local_resource_errors: self.local_resource_errors.load(Relaxed),
+            config_errors: self.config_errors.load(Relaxed),
             reaper_restarts: self.reaper_restarts.load(Relaxed),
             breaker_state: crate::BreakerState::Closed,
             breaker_transitions: 0,
@@ -499,6 +502,19 @@ pub struct Statistics {
     /// # }
     /// ```
     pub local_resource_errors: u64,
+    /// Connects that failed for a mistake in this client's configuration, found at setup (no
+    /// password for the server's authentication method, rejected credentials, an unknown
+    /// database, a certificate that does not verify): see
+    /// [`Error::is_config`](crate::Error::is_config). They do not count towards the circuit
+    /// breaker; `get()` calls answered from the remembered error are not counted again.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let pool = livepool::Pool::builder("127.0.0.1:9".parse::<std::net::SocketAddr>().unwrap()).build().unwrap();
+    /// assert_eq!(pool.statistics().config_errors, 0);
+    /// # }
+    /// ```
+    pub config_errors: u64,
     /// Times `get()` found the pool's background task gone (the tokio runtime it ran on shut
     /// down) and restarted it on the caller's runtime; see [`Pool`](crate::Pool).
     pub reaper_restarts: u64,

@@ -72,6 +72,18 @@ async fn serve_once_broken(b: &Balancer, i: u64) -> String {
     c.endpoint().to_string()
 }
 
+/// Serves (each get from `serving`) until endpoint `which` is ejected; returns the number of
+/// requests made.
+async fn until_ejected(bal: &Balancer, which: usize, serving: &str) -> u64 {
+    let mut i = 0u64;
+    while bal.endpoints()[which].ejected_for.is_none() {
+        assert_eq!(serve_once_broken(bal, i).await, serving);
+        i += 1;
+        assert!(i < 1000, "never ejected: {:?}", bal.endpoints());
+    }
+    i
+}
+
 #[tokio::test]
 async fn a_refusing_endpoint_is_ejected_returns_on_probation_and_recovers() {
     let a = FaultServer::start_on("127.0.0.2:0".parse().unwrap()).await;
@@ -91,12 +103,7 @@ async fn a_refusing_endpoint_is_ejected_returns_on_probation_and_recovers() {
         .unwrap();
     let mut events = bal.events();
     // Every get succeeds; the refusing endpoint fails over until it is ejected.
-    let mut i = 0u64;
-    while bal.endpoints()[1].ejected_for.is_none() {
-        assert_eq!(serve_once_broken(&bal, i).await, a.addr.to_string());
-        i += 1;
-        assert!(i < 1000, "never ejected: {:?}", bal.endpoints());
-    }
+    until_ejected(&bal, 1, &a.addr.to_string()).await;
     let kind = event_of(&mut events, &down_name, 5, "ejection", is_ejected).await;
     let BalancerEventKind::Ejected {
         duration,
@@ -159,6 +166,58 @@ async fn a_refusing_endpoint_is_ejected_returns_on_probation_and_recovers() {
     })
     .await;
     assert_eq!(bal.endpoints()[1].consecutive_failures, 0);
+}
+
+#[tokio::test]
+async fn when_an_ejection_ends_the_breaker_lets_the_endpoint_be_probed_at_once() {
+    let a = FaultServer::start_on("127.0.0.2:0".parse().unwrap()).await;
+    let down = refusing("127.0.0.3");
+    let down_name = down.to_string();
+    // The breaker would hold connects for a minute; the ejection lasts 300 ms.
+    let bal = Balancer::builder(|b| {
+        b.max_size(4).breaker(Some(
+            BreakerConfig::new()
+                .failure_threshold(1)
+                .open_for(Duration::from_secs(60))
+                .jitter(0.0),
+        ))
+    })
+    .endpoints([a.addr, down])
+    .ejection(Some(
+        Ejection::new()
+            .consecutive_failures(5)
+            .base(300 * MS)
+            .max(300 * MS),
+    ))
+    .build()
+    .unwrap();
+    let mut events = bal.events();
+    // The refusing endpoint's breaker opens on its first refused connect, which ejects it.
+    let mut i = until_ejected(&bal, 1, &a.addr.to_string()).await;
+    event_of(&mut events, &down_name, 5, "ejection", is_ejected).await;
+    // The endpoint comes back while ejected.
+    let back = FaultServer::start_on(down).await;
+    event_of(&mut events, &down_name, 5, "return from ejection", |k| {
+        matches!(k, BalancerEventKind::Returned)
+    })
+    .await;
+    // Its breaker's minute is not over, yet it is probed and serves again at once: the keys
+    // it owns go to it (while its breaker refused, they went to the other endpoint).
+    let mut served_by_it = 0;
+    for key in 0..200u64 {
+        let mut c = within(5, "get_for", bal.get_for(&key))
+            .await
+            .unwrap_or_else(|e| panic!("get_for({key}) failed: {e}"));
+        assert_eq!(exchange(&mut c, i).await.unwrap(), token(i));
+        i += 1;
+        if c.endpoint() == down_name {
+            served_by_it += 1;
+        }
+    }
+    assert!(served_by_it > 0, "the returned endpoint served no key");
+    let st = &bal.endpoints()[1];
+    assert_eq!(st.status.breaker, livepool::BreakerState::Closed, "{st:?}");
+    drop(back);
 }
 
 #[tokio::test]

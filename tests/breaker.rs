@@ -31,7 +31,7 @@ fn pool(addr: SocketAddr, min_idle: usize) -> Pool {
                 .failure_threshold(3)
                 .open_for(10 * SEC)
                 .max_open_for(40 * SEC)
-                .backoff_factor(2.0)
+                .outage_fraction(1.0)
                 .jitter(0.0),
         ))
         .build()
@@ -95,8 +95,9 @@ async fn at_most_one_connect_per_open_period_including_refill() {
     }
     assert_eq!(pool.statistics().breaker_state, BreakerState::Open);
     let mut attempts = pool.statistics().connect_errors;
-    // Open periods 10 s, 20 s, 40 s, 40 s: one probe each, however many callers ask.
-    for period in [10, 20, 40, 40] {
+    // Open periods follow the outage (fraction 1.0, at least 10 s, at most 40 s): 10 s, 10 s,
+    // 20 s, 40 s, 40 s; one probe each, however many callers ask.
+    for period in [10, 10, 20, 40, 40] {
         for _ in 0..period {
             for _ in 0..20 {
                 let _ = pool.get().await;
@@ -232,4 +233,142 @@ async fn open_breaker_still_hands_out_healthy_idle_members() {
         server.accepts.load(std::sync::atomic::Ordering::SeqCst),
         accepts
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_defaults_a_short_outage_costs_a_fifth_of_a_second() {
+    let addr = free_port();
+    let pool = Pool::builder(addr).build().unwrap();
+    for _ in 0..3 {
+        assert!(pool.get().await.unwrap_err().is_connect());
+    }
+    let err = pool.get().await.unwrap_err();
+    assert!(err.is_circuit_open(), "{err}");
+    // An honest retry-after: the rest of the first, short period (200 ms ± 10 %).
+    let retry = err.retry_after().expect("retry after");
+    assert!(
+        retry > Duration::ZERO && retry <= Duration::from_millis(220),
+        "{retry:?}"
+    );
+    // The server is back: once the period has passed, the next get() is the probe and
+    // succeeds.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("rebind the port");
+    advance(retry).await;
+    let conn = within(5, "get after the endpoint is back", pool.get())
+        .await
+        .expect("the probe connects");
+    drop(conn);
+    assert_eq!(pool.statistics().breaker_state, BreakerState::Closed);
+    drop(listener);
+}
+
+/// Eight callers connect at the same moment to a server that accepts but never answers
+/// the setup: their connects time out together. One event seen eight times counts once.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn many_callers_failing_together_count_as_one_failure() {
+    use livepool::redis::{Redis, RedisConfig};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut socks = Vec::new();
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            socks.push(s);
+        }
+    });
+    let pool = Pool::builder(addr)
+        .protocol(Redis::new(RedisConfig::new().client_name("burst")))
+        .max_size(16)
+        .connect_timeout(Some(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    let burst = futures_util::future::join_all((0..8).map(|_| pool.get())).await;
+    for r in burst {
+        let e = r.expect_err("the server never answers");
+        assert!(e.is_timeout() && e.is_connect(), "{e}");
+    }
+    let s = pool.statistics();
+    assert_eq!(s.connect_errors, 8, "{s:?}");
+    assert_eq!(s.breaker_state, BreakerState::Closed, "one event: {s:?}");
+    // Two more failures, each begun after the last one was counted: three in a row.
+    assert!(pool.get().await.unwrap_err().is_connect());
+    assert_eq!(pool.statistics().breaker_state, BreakerState::Closed);
+    assert!(pool.get().await.unwrap_err().is_connect());
+    assert_eq!(pool.statistics().breaker_state, BreakerState::Open);
+    held.abort();
+}
+
+/// A server that answers `-LOADING` to the first connections' setup, then `+OK`.
+#[cfg(feature = "redis")]
+async fn loading_server(loading_for: usize) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut socks = Vec::new();
+        for n in 0.. {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf).await;
+            let reply: &[u8] = if n < loading_for {
+                b"-LOADING Redis is loading the dataset in memory\r\n"
+            } else {
+                b"+OK\r\n"
+            };
+            let _ = s.write_all(reply).await;
+            socks.push(s);
+        }
+    });
+    (addr, task)
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_server_still_loading_is_retried_within_the_connect_and_counts_once() {
+    use livepool::redis::{Redis, RedisConfig};
+    let build = |addr| {
+        Pool::builder(addr)
+            .protocol(Redis::new(RedisConfig::new().client_name("loading")))
+            .connect_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .unwrap()
+    };
+    // Loading for the first two attempts: the third, after a backoff, succeeds.
+    let (addr, server) = loading_server(2).await;
+    let pool = build(addr);
+    let conn = within(10, "get while the server loads", pool.get())
+        .await
+        .expect("retried until the server is ready");
+    drop(conn);
+    let s = pool.statistics();
+    assert_eq!((s.created, s.connect_errors), (1, 0), "{s:?}");
+    assert_eq!(s.breaker_state, BreakerState::Closed);
+    server.abort();
+
+    // Loading for ever: each get() retries until its connect timeout, fails with the
+    // server's words, and counts once, as a refused connect would.
+    let (addr, server) = loading_server(usize::MAX).await;
+    let pool = Pool::builder(addr)
+        .protocol(Redis::new(RedisConfig::new().client_name("loading")))
+        .connect_timeout(Some(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    for i in 1..=3u64 {
+        let e = within(10, "get while the server loads", pool.get())
+            .await
+            .expect_err("the server never finishes loading");
+        assert!(e.is_server_busy(), "get #{i}: {e}");
+        assert!(e.to_string().contains("LOADING"), "{e}");
+        assert_eq!(pool.statistics().connect_errors, i);
+        let want = if i < 3 {
+            BreakerState::Closed
+        } else {
+            BreakerState::Open
+        };
+        assert_eq!(pool.statistics().breaker_state, want, "after get #{i}");
+    }
+    server.abort();
 }

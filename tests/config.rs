@@ -80,8 +80,8 @@ async fn every_bad_field_is_named() {
         "breaker.max_open_for",
     );
     refused(
-        b().breaker(Some(BreakerConfig::new().backoff_factor(0.5))),
-        "breaker.backoff_factor",
+        b().breaker(Some(BreakerConfig::new().outage_fraction(1.5))),
+        "breaker.outage_fraction",
     );
     refused(
         b().breaker(Some(BreakerConfig::new().jitter(1.5))),

@@ -230,18 +230,30 @@ async fn heartbeats_run_through_tls() {
 }
 
 #[tokio::test]
-async fn a_certificate_for_another_name_is_a_setup_error() {
+async fn a_certificate_for_another_name_is_a_config_error_not_the_endpoints() {
     let server = TlsServer::start().await;
+    // Breaker defaults: a name that cannot match is this client's mistake; the server is up.
     let pool = Pool::builder(server.addr)
         .tls(server.certs.client_config(), "db.example")
-        .breaker(None)
         .build()
         .expect("build");
-    let err = within(10, "get", pool.get()).await.expect_err("wrong name");
-    assert!(err.is_setup(), "{err}");
-    let text = err.to_string();
-    assert!(text.contains("TLS handshake failed"), "{text}");
-    assert!(text.to_lowercase().contains("certificate"), "{text}");
+    for i in 0..5 {
+        let err = within(10, "get", pool.get()).await.expect_err("wrong name");
+        assert!(err.is_config(), "get #{i}: {err}");
+        assert!(!err.is_setup() && !err.is_circuit_open(), "get #{i}: {err}");
+        let text = err.to_string();
+        assert!(text.contains("TLS handshake failed"), "{text}");
+        assert!(text.to_lowercase().contains("certificate"), "{text}");
+    }
+    let stats = pool.statistics();
+    assert_eq!(
+        stats.breaker_state,
+        livepool::BreakerState::Closed,
+        "{stats:?}"
+    );
+    assert_eq!(stats.breaker_transitions, 0, "{stats:?}");
+    assert_eq!(stats.connect_errors, 0, "{stats:?}");
+    assert!(stats.config_errors >= 1, "{stats:?}");
 }
 
 #[tokio::test]

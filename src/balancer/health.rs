@@ -350,8 +350,9 @@ pub(crate) struct Health {
     st: Mutex<State>,
     ejector: Arc<Ejector>,
     me: Weak<Health>,
-    /// Asks the endpoint's pool to refill at once (set once its pool exists): a returning
-    /// endpoint is probed now, not after a refill backoff grown during the outage.
+    /// Asks the endpoint's pool to end its breaker's open period and refill at once (set
+    /// once its pool exists): a returning endpoint is probed now, not after the rest of an
+    /// open period or a refill backoff grown during the outage.
     kick: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     #[cfg(feature = "metrics")]
     metrics: (metrics::Counter, metrics::Gauge),

@@ -795,7 +795,12 @@ fn rendezvous<K: Hash + ?Sized>(endpoint: &str, key: &K) -> u64 {
 /// Whether another endpoint could do better than this error. A closed pool is an endpoint
 /// removed while this `get()` held the old list.
 fn fails_over(e: &Error) -> bool {
-    e.is_connect() || e.is_setup() || e.is_circuit_open() || e.is_closed()
+    e.is_connect()
+        || e.is_setup()
+        || e.is_config()
+        || e.is_server_busy()
+        || e.is_circuit_open()
+        || e.is_closed()
 }
 
 /// The endpoint named `endpoint` (as its pool reports it).

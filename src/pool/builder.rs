@@ -404,15 +404,16 @@ impl<P: Protocol> Builder<P> {
     }
 
     /// Seed of the lifetime, heartbeat and breaker jitter (deterministic per connection id).
-    /// Pools with the same seed draw the same jitter: give each process its own (from its
-    /// host name and pid, say) so that many processes do not expire connections or probe a
-    /// recovering endpoint in step. A [`Balancer`](crate::Balancer) mixes each endpoint's
-    /// name into it.
+    /// Pools with the same seed draw the same jitter, so the default is a fresh random seed
+    /// for every pool (from the operating system's randomness): many processes started
+    /// together do not expire connections, ping or probe a recovering endpoint in step. Set
+    /// one to make a test reproducible. A [`Balancer`](crate::Balancer) mixes each
+    /// endpoint's name into it.
     ///
     /// ```
     /// let b = livepool::Pool::builder("127.0.0.1:1").jitter_seed(42);
     /// ```
-    /// Default: a fixed constant.
+    /// Default: random, different for every pool.
     pub fn jitter_seed(mut self, value: u64) -> Self {
         self.config.jitter_seed = value;
         self
@@ -440,7 +441,8 @@ impl<P: Protocol> Builder<P> {
     ///     .breaker(Some(livepool::BreakerConfig::new().failure_threshold(5)));
     /// let off = livepool::Pool::builder("127.0.0.1:1").breaker(None);
     /// ```
-    /// Default: `Some(BreakerConfig::default())` (3 failures, 30 s open, doubling to 5 min).
+    /// Default: `Some(BreakerConfig::default())` (3 failures in a row; open 200 ms, growing
+    /// with the outage to a tenth of it, at most 30 s).
     pub fn breaker(mut self, value: Option<crate::breaker::BreakerConfig>) -> Self {
         self.config.breaker = value;
         self

@@ -102,11 +102,14 @@ impl Config {
             heartbeat_jitter: 0.1,
             // Event-driven eviction of idle members closed by the peer.
             idle_watch: true,
-            // Fail fast after 3 consecutive connect/heartbeat failures; probe every 30 s+.
+            // Fail fast after 3 failures in a row; probe every 200 ms, then a tenth of the
+            // outage so far, at most every 30 s.
             breaker: Some(BreakerConfig::default()),
             // Off: what counts as "held too long" depends on the application.
             leak_threshold: None,
-            jitter_seed: 0x5eed_1ee7_0bad_cafe,
+            // Drawn at random per pool, so that processes started together do not expire,
+            // ping or probe in step; tests set one to reproduce a run.
+            jitter_seed: crate::jitter::fresh_seed(),
             observer: None,
         }
     }
@@ -171,7 +174,7 @@ impl Config {
                     "failure_threshold" => "breaker.failure_threshold",
                     "open_for" => "breaker.open_for",
                     "max_open_for" => "breaker.max_open_for",
-                    "backoff_factor" => "breaker.backoff_factor",
+                    "outage_fraction" => "breaker.outage_fraction",
                     "jitter" => "breaker.jitter",
                     _ => "breaker",
                 };
@@ -273,6 +276,15 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         cfg().validate().unwrap();
+    }
+
+    #[test]
+    fn each_pool_draws_its_own_jitter_by_default() {
+        let (a, b) = (cfg(), cfg());
+        assert_ne!(a.jitter_seed, b.jitter_seed);
+        // So two pools' connections with the same id live for different times.
+        let differ = (1..=10).any(|id| a.lifetime_for(id) != b.lifetime_for(id));
+        assert!(differ);
     }
 
     #[test]

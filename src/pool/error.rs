@@ -44,6 +44,13 @@ enum Kind {
     Closed,
     Connect,
     Setup,
+    /// A configuration mistake found at setup; `held`: remembered from an earlier connect,
+    /// the next one is allowed after this long.
+    Config {
+        held: Option<Duration>,
+    },
+    /// The server answered that it cannot serve yet (starting up, loading, busy).
+    ServerBusy,
     CircuitOpen {
         retry_after: Duration,
     },
@@ -111,6 +118,28 @@ impl Error {
     pub(crate) fn setup(endpoint: Arc<str>, e: crate::protocol::SetupError) -> Self {
         Error {
             kind: Kind::Setup,
+            endpoint: Some(endpoint),
+            source: Some(Box::new(e)),
+        }
+    }
+
+    /// A configuration mistake found at setup (the source says which).
+    pub(crate) fn config(
+        endpoint: Arc<str>,
+        e: Box<dyn StdError + Send + Sync>,
+        held: Option<Duration>,
+    ) -> Self {
+        Error {
+            kind: Kind::Config { held },
+            endpoint: Some(endpoint),
+            source: Some(e),
+        }
+    }
+
+    /// The server said it cannot serve yet, through every retry within the connect timeout.
+    pub(crate) fn server_busy(endpoint: Arc<str>, e: crate::protocol::SetupError) -> Self {
+        Error {
+            kind: Kind::ServerBusy,
             endpoint: Some(endpoint),
             source: Some(Box::new(e)),
         }
@@ -214,6 +243,38 @@ impl Error {
         matches!(self.kind, Kind::Setup)
     }
 
+    /// True when the connection failed for a mistake in this client's configuration, found
+    /// at setup: no password for the server's authentication method, credentials the server
+    /// rejects, an unknown database or user, a server certificate that does not verify for
+    /// the configured name or roots. The server is up and answering, so this does not open
+    /// the circuit breaker or count against the endpoint in a balancer; instead the pool
+    /// tries such a connect at most once a second while the mistake lasts, and a `get()` in
+    /// between gets the remembered error at once, with [`Error::retry_after`] set.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: livepool::Pool) {
+    /// if let Err(e) = pool.get().await { if e.is_config() { eprintln!("fix the configuration: {e}"); } }
+    /// # }
+    /// ```
+    pub fn is_config(&self) -> bool {
+        matches!(self.kind, Kind::Config { .. })
+    }
+
+    /// True when the server answered that it cannot serve yet: PostgreSQL starting up or
+    /// shutting down (`57P03`) or out of connection slots (`53300`), Redis loading its data
+    /// (`LOADING`) or busy with a script (`BUSY`). The connect was retried with backoff
+    /// within the connect timeout; the attempt counts once towards the circuit breaker, as
+    /// a refused connect would.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: livepool::Pool) {
+    /// if let Err(e) = pool.get().await { if e.is_server_busy() { eprintln!("server not ready: {e}"); } }
+    /// # }
+    /// ```
+    pub fn is_server_busy(&self) -> bool {
+        matches!(self.kind, Kind::ServerBusy)
+    }
+
     /// True when a new connection could not be opened because this process ran out of a
     /// resource: file descriptors (`EMFILE`, `ENFILE`), socket buffers (`ENOBUFS`), memory
     /// (`ENOMEM`) or local addresses and ephemeral ports (`EADDRNOTAVAIL`). Not the
@@ -289,7 +350,9 @@ impl Error {
         self.endpoint.as_deref()
     }
 
-    /// How long until the breaker lets a connect through again, when it is open.
+    /// How long until the pool tries a connect again: while the breaker is open
+    /// ([`Error::is_circuit_open`]), or while a configuration error is remembered
+    /// ([`Error::is_config`]).
     ///
     /// ```no_run
     /// # async fn f(pool: livepool::Pool) {
@@ -299,6 +362,7 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self.kind {
             Kind::CircuitOpen { retry_after } => Some(retry_after),
+            Kind::Config { held } => held,
             _ => None,
         }
     }
@@ -338,6 +402,12 @@ impl fmt::Display for Error {
             Kind::Closed => return f.write_str("pool is closed"),
             Kind::Connect => f.write_str("connect failed")?,
             Kind::Setup => f.write_str("connection setup failed")?,
+            Kind::Config { held: None } => f.write_str("configuration error")?,
+            Kind::Config { held: Some(d) } => write!(
+                f,
+                "configuration error (from the last connect; next attempt in {d:?})"
+            )?,
+            Kind::ServerBusy => f.write_str("server not ready")?,
             Kind::CircuitOpen { retry_after } => {
                 write!(f, "circuit breaker open, retry after {retry_after:?}")?
             }

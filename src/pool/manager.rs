@@ -39,6 +39,13 @@ impl<P: Protocol> std::fmt::Debug for Manager<P> {
     }
 }
 
+/// The first wait before connecting again to a server that said it is not ready.
+const BUSY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(25);
+/// The longest such wait.
+const BUSY_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_millis(400);
+/// At most this many attempts per connect (without a connect timeout: about 1.2 s).
+const BUSY_TRIES: u32 = 6;
+
 /// Why a new connection did not become a member.
 enum OpenError {
     Connect(io::Error),
@@ -135,8 +142,14 @@ impl<P: Protocol> Manager<P> {
     /// within the connect timeout; the outcome is reported to the breaker.
     pub(crate) async fn connect(&self) -> Result<(Arc<crate::transport::Socket>, P::Conn), Error> {
         let shared = &self.shared;
+        let now = Instant::now();
+        // A configuration mistake seen less than a second ago: say it again, do not connect.
+        if let Some(err) = shared.config_held(now) {
+            return Err(err);
+        }
         // The breaker gate: while it is open no connect is attempted at all.
-        let probe = match shared.admit(Instant::now()) {
+        let (admit, seen) = shared.admit(now);
+        let probe = match admit {
             Admit::Yes => None,
             Admit::Probe => Some(DropGuard::new(|| shared.probe_abandoned())),
             Admit::No { retry_after } => {
@@ -150,12 +163,9 @@ impl<P: Protocol> Manager<P> {
         #[cfg(feature = "metrics")]
         let start = Instant::now();
         let cfg = &shared.config;
-        let res = match cfg.connect_timeout {
-            Some(t) => tokio::time::timeout(t, self.open())
-                .await
-                .unwrap_or(Err(OpenError::Timeout)),
-            None => self.open().await,
-        };
+        let res = self
+            .open_retrying(cfg.connect_timeout.map(|t| now + t))
+            .await;
         #[cfg(feature = "metrics")]
         shared.metrics.connect(start.elapsed());
         let was_probe = probe.is_some();
@@ -164,7 +174,7 @@ impl<P: Protocol> Manager<P> {
         }
         match res {
             Ok(opened) => {
-                shared.report(Outcome::Success, None);
+                shared.report(Outcome::Success, None, seen);
                 Ok(opened)
             }
             Err(e) => {
@@ -178,12 +188,21 @@ impl<P: Protocol> Manager<P> {
                     if was_probe {
                         shared.probe_abandoned();
                     }
+                } else if err.is_config() {
+                    // The server answered: the endpoint is up, this client is misconfigured.
+                    // Not fed to the breaker (nor to a balancer's ejection); remembered, so
+                    // that connects are paced while the mistake lasts. A probe decided
+                    // nothing about the endpoint: hand it back.
+                    shared.config_error(&io);
+                    if was_probe {
+                        shared.probe_abandoned();
+                    }
                 } else {
                     shared
                         .stats
                         .connect_errors
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    shared.report(Outcome::Failure, Some(&io));
+                    shared.report(Outcome::Failure, Some(&io), seen);
                 }
                 Err(err)
             }
@@ -212,6 +231,40 @@ impl<P: Protocol> Manager<P> {
             "connected, into the entry of an evicted member"
         );
         Ok(())
+    }
+
+    /// `open`, again with backoff while the server says it is not ready (starting up,
+    /// loading, busy), until `deadline` (the connect timeout) or `BUSY_TRIES` attempts.
+    /// The caller reports the whole as one outcome.
+    async fn open_retrying(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<(Arc<crate::transport::Socket>, P::Conn), OpenError> {
+        let mut backoff = BUSY_BACKOFF;
+        for attempt in 1.. {
+            let res = match deadline {
+                Some(d) => tokio::time::timeout_at(d, self.open())
+                    .await
+                    .unwrap_or(Err(OpenError::Timeout)),
+                None => self.open().await,
+            };
+            let Err(OpenError::Setup(e)) = &res else {
+                return res;
+            };
+            let retry_at = Instant::now() + backoff;
+            if !e.is_busy() || attempt >= BUSY_TRIES || deadline.is_some_and(|d| retry_at >= d) {
+                return res;
+            }
+            tracing::debug!(
+                endpoint = %self.shared.endpoint,
+                error = %e,
+                retry_in = ?backoff,
+                "server not ready: connecting again"
+            );
+            tokio::time::sleep_until(retry_at).await;
+            backoff = (backoff * 2).min(BUSY_BACKOFF_MAX);
+        }
+        unreachable!("the loop returns")
     }
 
     /// Connect, TLS handshake, protocol setup.
@@ -275,6 +328,18 @@ impl<P: Protocol> Manager<P> {
             }
             OpenError::Timeout => (Error::connect_timeout(endpoint, timeout()), timeout()),
             #[cfg(feature = "tls")]
+            OpenError::Tls(e) if crate::transport::tls::is_config_error(&e) => {
+                let text = format!("TLS handshake failed: {e}");
+                (
+                    Error::config(
+                        endpoint,
+                        Box::new(io::Error::new(e.kind(), text.clone())),
+                        None,
+                    ),
+                    io::Error::new(e.kind(), text),
+                )
+            }
+            #[cfg(feature = "tls")]
             OpenError::Tls(e) => {
                 let text = format!("TLS handshake failed: {e}");
                 (
@@ -287,7 +352,13 @@ impl<P: Protocol> Manager<P> {
             }
             OpenError::Setup(s) => {
                 let io = io::Error::new(s.io_kind(), format!("setup failed: {s}"));
-                (Error::setup(endpoint, s), io)
+                if s.is_config() {
+                    (Error::config(endpoint, Box::new(s), None), io)
+                } else if s.is_busy() {
+                    (Error::server_busy(endpoint, s), io)
+                } else {
+                    (Error::setup(endpoint, s), io)
+                }
             }
         }
     }

@@ -535,12 +535,15 @@ impl<P: Protocol> Pool<P> {
         (idle == 0, size - idle + s.waiting)
     }
 
-    /// A handle that asks this pool's reaper for a refill now, without keeping the pool
-    /// alive (the balancer's ejection holds it).
+    /// A handle that ends the breaker's open period and asks this pool's reaper for a
+    /// refill now, without keeping the pool alive (the balancer calls it when an ejection
+    /// ends: the endpoint is probed at once, not after the rest of an open period or a
+    /// refill backoff grown during the outage).
     pub(crate) fn refill_kicker(&self) -> impl Fn() + Send + Sync + 'static {
         let shared = Arc::downgrade(&self.inner.shared);
         move || {
             if let Some(s) = shared.upgrade() {
+                s.end_open_period();
                 s.refill_soon();
             }
         }

@@ -16,9 +16,13 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::breaker::{Admit, Breaker, BreakerState, Outcome, Transition};
+use crate::breaker::{Admit, Breaker, BreakerState, Evidence, Outcome, Transition};
 use crate::pool::config::Config;
 use crate::stats::{BreakerEvent, EvictionEvent, Stats};
+
+/// How long a configuration error found at setup is remembered: `get()` answers with it
+/// meanwhile instead of connecting (the server is up; a mistake does not fix itself).
+const CONFIG_HOLD: Duration = Duration::from_secs(1);
 
 /// What the pool needs of a member it does not otherwise hold (leak reports, forced drain).
 pub(crate) trait MemberOps: Send + Sync {
@@ -64,6 +68,8 @@ pub(crate) struct PoolShared {
     breaker_closed: AtomicBool,
     pub(crate) breaker_transitions: AtomicU64,
     last_error: Mutex<Option<(io::ErrorKind, Option<i32>, String)>>,
+    /// The last configuration error found at setup and when, while it is remembered.
+    config_hold: Mutex<Option<(Instant, String)>>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: crate::metrics::Metrics,
 }
@@ -93,6 +99,7 @@ impl PoolShared {
             breaker_closed: AtomicBool::new(true),
             breaker_transitions: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            config_hold: Mutex::new(None),
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::Metrics::new(endpoint.to_string()),
             endpoint,
@@ -220,20 +227,36 @@ impl PoolShared {
         self.refill_now.swap(false, Relaxed)
     }
 
-    pub(crate) fn admit(&self, now: Instant) -> Admit {
+    /// Asks the breaker whether a connect may start; with the attempt's ticket (see the
+    /// breaker's "Evidence, not a burst").
+    pub(crate) fn admit(&self, now: Instant) -> (Admit, Evidence) {
         let Some(b) = &self.breaker else {
-            return Admit::Yes;
+            return (Admit::Yes, Evidence::NONE);
         };
-        let (admit, tr) = {
+        let (admit, tr, ev) = {
             let mut b = b.lock();
-            let r = b.admit(now);
-            self.publish_state(&r.1);
-            r
+            let (admit, tr) = b.admit(now);
+            self.publish_state(&tr);
+            (admit, tr, b.evidence())
         };
         if let Some(tr) = tr {
             self.transitioned(tr);
         }
-        admit
+        (admit, ev)
+    }
+
+    /// The ticket of a heartbeat starting now.
+    pub(crate) fn evidence(&self) -> Evidence {
+        self.breaker
+            .as_ref()
+            .map_or(Evidence::NONE, |b| b.lock().evidence())
+    }
+
+    /// Lets the breaker's next admit probe at once (the balancer's ejection ended).
+    pub(crate) fn end_open_period(&self) {
+        if let Some(b) = &self.breaker {
+            b.lock().end_open_period(Instant::now());
+        }
     }
 
     pub(crate) fn probe_abandoned(&self) {
@@ -252,21 +275,57 @@ impl PoolShared {
         tracing::debug!(endpoint = %self.endpoint, error = %err, "local resource exhausted: not counted against the endpoint");
     }
 
-    /// Feeds a connect, setup or heartbeat outcome to the breaker.
-    pub(crate) fn report(&self, outcome: Outcome, err: Option<&io::Error>) {
+    /// Counts and remembers a configuration error found at setup (see `Error::is_config`):
+    /// with a breaker, connects are paced to one per `CONFIG_HOLD` while it lasts.
+    pub(crate) fn config_error(&self, err: &io::Error) {
+        self.stats.config_errors.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics.config_error();
+        tracing::warn!(endpoint = %self.endpoint, error = %err, "configuration error: not counted against the endpoint");
+        if self.breaker.is_some() {
+            *self.config_hold.lock() = Some((Instant::now(), err.to_string()));
+        }
+    }
+
+    /// The remembered configuration error, if the last connect met one less than
+    /// `CONFIG_HOLD` ago.
+    pub(crate) fn config_held(&self, now: Instant) -> Option<crate::pool::error::Error> {
+        let mut hold = self.config_hold.lock();
+        let (at, text) = hold.as_ref()?;
+        let left = CONFIG_HOLD.saturating_sub(now.saturating_duration_since(*at));
+        if left.is_zero() {
+            *hold = None;
+            return None;
+        }
+        Some(crate::pool::error::Error::config(
+            self.endpoint.clone(),
+            Box::new(io::Error::other(text.clone())),
+            Some(left),
+        ))
+    }
+
+    /// Feeds a connect, setup or heartbeat outcome to the breaker, with the ticket the
+    /// attempt took when it started.
+    pub(crate) fn report(&self, outcome: Outcome, err: Option<&io::Error>, seen: Evidence) {
         if let Some(e) = err {
             *self.last_error.lock() = Some((e.kind(), e.raw_os_error(), e.to_string()));
         }
-        if let Some(o) = &self.config.observer {
-            o.outcome(outcome == Outcome::Success, err);
-        }
-        let Some(b) = &self.breaker else { return };
-        let tr = {
-            let mut b = b.lock();
-            let tr = b.on_event(outcome, Instant::now());
-            self.publish_state(&tr);
-            tr
+        let success = outcome == Outcome::Success;
+        // A failure seen by an attempt that began before the last counted one is the same
+        // event again: the balancer's ejection count does not hear it either.
+        let (counted, tr) = match &self.breaker {
+            None => (true, None),
+            Some(b) => {
+                let mut b = b.lock();
+                let counted = success || b.evidence() == seen;
+                let tr = b.on_event(outcome, Instant::now(), seen);
+                self.publish_state(&tr);
+                (counted, tr)
+            }
         };
+        if counted && let Some(o) = &self.config.observer {
+            o.outcome(success, err);
+        }
         if let Some(tr) = tr {
             self.transitioned(tr);
         }

@@ -262,6 +262,8 @@ enum SetupKind {
     Io(io::Error),
     Rejected(String),
     Protocol(String),
+    Config(String),
+    Busy(String),
 }
 
 impl SetupError {
@@ -287,6 +289,36 @@ impl SetupError {
         }
     }
 
+    /// A mistake in this client's configuration, found at setup: no password for the
+    /// server's authentication method, credentials the server rejects, an unknown database.
+    /// The server is up and answering: the pool does not count it against the endpoint
+    /// (see [`Error::is_config`](crate::Error::is_config)).
+    ///
+    /// ```
+    /// let e = livepool::SetupError::config("server asks for a password, none is configured");
+    /// assert!(e.is_config());
+    /// assert!(!e.is_rejected());
+    /// ```
+    pub fn config(what: impl Into<String>) -> Self {
+        SetupError {
+            kind: SetupKind::Config(what.into()),
+        }
+    }
+
+    /// The server answered that it cannot serve yet (starting up, shutting down, loading its
+    /// data, busy with a script): the pool retries the connect with backoff within its
+    /// connect timeout (see [`Error::is_server_busy`](crate::Error::is_server_busy)).
+    ///
+    /// ```
+    /// let e = livepool::SetupError::busy("LOADING Redis is loading the dataset in memory");
+    /// assert!(e.is_busy());
+    /// ```
+    pub fn busy(server_says: impl Into<String>) -> Self {
+        SetupError {
+            kind: SetupKind::Busy(server_says.into()),
+        }
+    }
+
     /// An I/O error during setup.
     ///
     /// ```
@@ -306,6 +338,24 @@ impl SetupError {
     /// ```
     pub fn is_rejected(&self) -> bool {
         matches!(self.kind, SetupKind::Rejected(_))
+    }
+
+    /// True for a configuration mistake (see [`SetupError::config`]).
+    ///
+    /// ```
+    /// assert!(!livepool::SetupError::rejected("x").is_config());
+    /// ```
+    pub fn is_config(&self) -> bool {
+        matches!(self.kind, SetupKind::Config(_))
+    }
+
+    /// True when the server said it cannot serve yet (see [`SetupError::busy`]).
+    ///
+    /// ```
+    /// assert!(!livepool::SetupError::rejected("x").is_busy());
+    /// ```
+    pub fn is_busy(&self) -> bool {
+        matches!(self.kind, SetupKind::Busy(_))
     }
 
     /// True for an I/O error.
@@ -339,6 +389,8 @@ impl fmt::Display for SetupError {
             SetupKind::Io(e) => write!(f, "i/o error: {e}"),
             SetupKind::Rejected(s) => write!(f, "server refused: {s}"),
             SetupKind::Protocol(s) => write!(f, "protocol error: {s}"),
+            SetupKind::Config(s) => write!(f, "configuration: {s}"),
+            SetupKind::Busy(s) => write!(f, "server busy: {s}"),
         }
     }
 }

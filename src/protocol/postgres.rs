@@ -1307,6 +1307,20 @@ impl Postgres {
     }
 }
 
+/// What a server error during startup means for the pool: a configuration mistake (wrong
+/// password, no `pg_hba.conf` entry, unknown database or role: the server is fine), a
+/// server not ready yet (starting up or shutting down, out of connection slots: retried
+/// with backoff), or a refusal.
+fn setup_refusal(code: &str, text: String) -> crate::SetupError {
+    match code {
+        // invalid_password, invalid_authorization_specification, invalid_catalog_name.
+        "28P01" | "28000" | "3D000" => crate::SetupError::config(text),
+        // cannot_connect_now (starting up, shutting down, recovery), too_many_connections.
+        "57P03" | "53300" => crate::SetupError::busy(text),
+        _ => crate::SetupError::rejected(text),
+    }
+}
+
 impl crate::Protocol for Postgres {
     type Conn = PgSession<crate::Io>;
 
@@ -1320,8 +1334,10 @@ impl crate::Protocol for Postgres {
 
     async fn setup(&self, io: crate::Io) -> Result<Self::Conn, crate::SetupError> {
         PgSession::startup(io, &self.config).await.map_err(|e| {
-            if e.is_server() || e.is_auth() {
-                crate::SetupError::rejected(e.to_string())
+            if e.is_auth() {
+                crate::SetupError::config(e.to_string())
+            } else if e.is_server() {
+                setup_refusal(e.code().unwrap_or_default(), e.to_string())
             } else if e.is_io() {
                 crate::SetupError::io(std::io::Error::other(e.to_string()))
             } else {
@@ -1360,6 +1376,23 @@ impl crate::Protocol for Postgres {
                 tracing::debug!(what = %what, "unexpected message on an idle postgres connection");
                 crate::IdleVerdict::Evict(crate::EvictReason::UnexpectedData)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn startup_refusals_are_classified() {
+        let c = |code: &str| super::setup_refusal(code, format!("FATAL {code}"));
+        for code in ["28P01", "28000", "3D000"] {
+            assert!(c(code).is_config(), "{code}");
+        }
+        for code in ["57P03", "53300"] {
+            assert!(c(code).is_busy(), "{code}");
+        }
+        for code in ["XX000", "08P01", ""] {
+            assert!(c(code).is_rejected(), "{code}");
         }
     }
 }

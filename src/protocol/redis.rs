@@ -1692,6 +1692,30 @@ mod tests {
     }
 
     #[test]
+    fn setup_refusals_are_classified() {
+        for msg in [
+            "NOAUTH Authentication required.",
+            "WRONGPASS invalid username-password pair or user is disabled.",
+            "NOPERM this user has no permissions to run the 'select' command",
+            "ERR invalid password",
+            "ERR AUTH <password> called without any password configured for the default user.",
+            "ERR DB index is out of range",
+        ] {
+            assert!(super::setup_refusal(msg).is_config(), "{msg}");
+        }
+        for msg in [
+            "LOADING Redis is loading the dataset in memory",
+            "BUSY Redis is busy running a script. You can only call SCRIPT KILL.",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+        ] {
+            assert!(super::setup_refusal(msg).is_busy(), "{msg}");
+        }
+        for msg in ["ERR unknown command 'HELLO'", "OOM command not allowed", ""] {
+            assert!(super::setup_refusal(msg).is_rejected(), "{msg}");
+        }
+    }
+
+    #[test]
     fn config_debug_and_errors_hide_the_password() {
         let cfg = RedisConfig::new().username("u").password("s3cr3t!");
         let dbg = format!("{cfg:?}");
@@ -1861,6 +1885,34 @@ impl Redis {
     }
 }
 
+/// What an error reply during setup means for the pool: a configuration mistake (no or a
+/// wrong password, an ACL user without the right, a database index out of range: the
+/// server is fine), a server not ready yet (loading its data, busy with a script, a
+/// replica without its primary: retried with backoff), or a refusal.
+fn setup_refusal(server_says: &str) -> crate::SetupError {
+    let code = server_says.split_whitespace().next().unwrap_or_default();
+    let text = server_says.to_owned();
+    match code {
+        "NOAUTH" | "WRONGPASS" | "NOPERM" => crate::SetupError::config(text),
+        "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" => crate::SetupError::busy(text),
+        // Older servers: `ERR invalid password`, `ERR Client sent AUTH, but no password is
+        // set`, `ERR AUTH <password> called without any password configured`, `ERR DB
+        // index is out of range`, `ERR invalid DB index`.
+        "ERR" => {
+            let lower = server_says.to_ascii_lowercase();
+            if ["password", "auth", "db index"]
+                .iter()
+                .any(|w| lower.contains(w))
+            {
+                crate::SetupError::config(text)
+            } else {
+                crate::SetupError::rejected(text)
+            }
+        }
+        _ => crate::SetupError::rejected(text),
+    }
+}
+
 impl crate::Protocol for Redis {
     type Conn = RedisSession<crate::Io>;
 
@@ -1875,7 +1927,7 @@ impl crate::Protocol for Redis {
     async fn setup(&self, io: crate::Io) -> Result<Self::Conn, crate::SetupError> {
         RedisSession::setup(io, &self.config).await.map_err(|e| {
             if e.is_server() {
-                crate::SetupError::rejected(e.server_message().unwrap_or_default().to_owned())
+                setup_refusal(e.server_message().unwrap_or_default())
             } else if e.is_io() || e.is_closed() {
                 let kind = e.io_kind();
                 crate::SetupError::io(io::Error::new(kind, e.to_string()))

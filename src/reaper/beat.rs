@@ -28,6 +28,7 @@ pub(super) async fn beat<P: Protocol>(
         sh.end_busy(Some(EvictReason::HeartbeatFailed));
         return None;
     };
+    let seen = shared.evidence();
     let res = tokio::time::timeout(timeout, protocol.heartbeat(&mut conn)).await;
     let failure = match res {
         Ok(Ok(())) => match P::io(&conn).dirty_reason(false) {
@@ -38,7 +39,7 @@ pub(super) async fn beat<P: Protocol>(
                     .stats
                     .heartbeats
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                shared.report(Outcome::Success, None);
+                shared.report(Outcome::Success, None, seen);
                 None
             }
         },
@@ -60,7 +61,11 @@ pub(super) async fn beat<P: Protocol>(
                 // Never fed, not even as "no verdict": in half-open the machine would take it
                 // for the probe's (see the breaker module's docs).
                 Some(io) if matches!(blame(io), Blame::Local(_)) => shared.local_resource_error(io),
-                _ => shared.report(Outcome::Failure, Some(&io::Error::other(e.to_string()))),
+                _ => shared.report(
+                    Outcome::Failure,
+                    Some(&io::Error::other(e.to_string())),
+                    seen,
+                ),
             }
             Some(EvictReason::HeartbeatFailed)
         }
@@ -69,7 +74,7 @@ pub(super) async fn beat<P: Protocol>(
                 io::ErrorKind::TimedOut,
                 format!("heartbeat unanswered within {timeout:?}"),
             );
-            shared.report(Outcome::Failure, Some(&io));
+            shared.report(Outcome::Failure, Some(&io), seen);
             Some(EvictReason::HeartbeatTimeout)
         }
     };

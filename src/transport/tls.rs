@@ -44,6 +44,17 @@ impl fmt::Debug for TlsSettings {
     }
 }
 
+/// Whether a failed handshake was this client's configuration not matching the server's
+/// certificate (the name, the roots, the certificate's validity): the server answered, so
+/// the endpoint is up; see `Error::is_config`.
+pub(crate) fn is_config_error(e: &io::Error) -> bool {
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(_))
+    )
+}
+
 /// Runs the client handshake on a connected socket.
 pub(crate) async fn handshake(
     sock: Arc<Socket>,
