@@ -539,11 +539,13 @@ pub struct Statistics {
     /// The idle limit of the server (or of a proxy or load balancer on the way), as detected
     /// from idle members it closed: `None` until the idle watch has seen several idle members
     /// in a row closed or reset by the peer after about the same idle time, repeatedly, then
-    /// the shortest of those idle times (counted from the member's last traffic: its return,
-    /// its creation or an answered heartbeat). The first detection is also logged once at
-    /// WARN, naming the setting to change (`heartbeat_interval`, `idle_timeout`, or the
-    /// server's limit). It is the latest figure and stays once the closes stop. Needs the idle
-    /// watch ([`Builder::idle_watch`](crate::Builder::idle_watch), on by default).
+    /// the shortest of those idle times, counted from the member's last traffic (its return,
+    /// its creation or an answered heartbeat; from its last return for a server that does
+    /// not take heartbeats for activity). The detection is logged at WARN once, naming the
+    /// setting to change (`heartbeat_interval`, `idle_timeout`, or the server's limit), and
+    /// again only for a figure that differs by more than the detector's tolerance, at most
+    /// every 10 minutes. This is the latest figure; it stays once the closes stop. Needs the
+    /// idle watch ([`Builder::idle_watch`](crate::Builder::idle_watch), on by default).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
