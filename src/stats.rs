@@ -3,6 +3,12 @@
 //! Every member is dropped exactly once, and its drop is where its eviction is
 //! recorded (see `conn::Member`), so each eviction is counted once with the
 //! reason that whoever condemned it stored first.
+//!
+//! Idle members that the peer closes after about the same idle time, over and over, are a
+//! server-side idle limit shorter than the pool's heartbeat: `idle_limit.rs` finds it from
+//! those closes alone and says so once at WARN (see there).
+
+pub(crate) mod idle_limit;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -10,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
@@ -382,6 +389,10 @@ pub(crate) struct Stats {
     latency: [AtomicU64; BUCKETS],
     events: broadcast::Sender<EvictionEvent>,
     breaker_events: broadcast::Sender<BreakerEvent>,
+    /// Touched only by idle closes (see `idle_limit.rs`).
+    idle_limit: Mutex<idle_limit::IdleLimit>,
+    /// Its latest figure in nanoseconds, 0 while none (read without the lock).
+    server_idle_limit_ns: AtomicU64,
 }
 
 impl Stats {
@@ -401,7 +412,22 @@ impl Stats {
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             events: broadcast::channel(1024).0,
             breaker_events: broadcast::channel(64).0,
+            idle_limit: Mutex::new(idle_limit::IdleLimit::new()),
+            server_idle_limit_ns: AtomicU64::new(0),
         }
+    }
+
+    /// An idle member closed or reset by the peer (see `idle_limit.rs`): the finding to warn
+    /// about, if this close makes one.
+    pub(crate) fn record_idle_close(&self, s: idle_limit::Sample) -> Option<idle_limit::Finding> {
+        let mut detector = self.idle_limit.lock();
+        let finding = detector.observe(s);
+        if let Some(limit) = detector.limit() {
+            // Never 0: closes sooner than `idle_limit::MIN_AGE` are not fed.
+            let ns = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
+            self.server_idle_limit_ns.store(ns, Relaxed);
+        }
+        finding
     }
 
     pub(crate) fn subscribe(&self) -> Events {
@@ -451,6 +477,10 @@ impl Stats {
             reaper_restarts: self.reaper_restarts.load(Relaxed),
             breaker_state: crate::BreakerState::Closed,
             breaker_transitions: 0,
+            server_idle_limit: match self.server_idle_limit_ns.load(Relaxed) {
+                0 => None,
+                ns => Some(Duration::from_nanos(ns)),
+            },
             evicted: std::array::from_fn(|i| self.evicted[i].load(Relaxed)),
             latency: std::array::from_fn(|i| self.latency[i].load(Relaxed)),
         }
@@ -522,6 +552,27 @@ pub struct Statistics {
     pub breaker_state: crate::BreakerState,
     /// Breaker transitions so far.
     pub breaker_transitions: u64,
+    /// The idle limit of the server (or of a proxy or load balancer on the way), as detected
+    /// from idle members it closed: `None` until the idle watch has seen several idle members
+    /// in a row closed or reset by the peer after about the same idle time, repeatedly, then
+    /// the shortest of those idle times, counted from the member's last traffic (its return,
+    /// its creation or an answered heartbeat; from its last return for a server that does
+    /// not take heartbeats for activity). The detection is logged at WARN once, naming the
+    /// setting to change (`heartbeat_interval`, `idle_timeout`, or the server's limit), and
+    /// again only for a figure that differs by more than the detector's tolerance, at most
+    /// every 10 minutes. This is the latest figure; it stays once the closes stop. Needs the
+    /// idle watch ([`Builder::idle_watch`](crate::Builder::idle_watch), on by default).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let pool = livepool::Pool::builder("127.0.0.1:9".parse::<std::net::SocketAddr>().unwrap()).build().unwrap();
+    /// if let Some(limit) = pool.statistics().server_idle_limit {
+    ///     println!("the server closes connections idle for {limit:?}: heartbeat more often");
+    /// }
+    /// assert_eq!(pool.statistics().server_idle_limit, None);
+    /// # }
+    /// ```
+    pub server_idle_limit: Option<Duration>,
     evicted: [u64; EvictReason::ALL.len()],
     latency: [u64; BUCKETS],
 }

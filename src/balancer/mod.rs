@@ -145,7 +145,8 @@ pub struct EndpointStatus {
     pub endpoint: String,
     /// Its pool's occupancy and breaker.
     pub status: Status,
-    /// Its pool's counters.
+    /// Its pool's counters (each endpoint's own: [`Statistics::server_idle_limit`] is that
+    /// server's idle limit, if its pool detected one).
     pub statistics: Statistics,
     /// While ejected: how much of the ejection is left.
     pub ejected_for: Option<Duration>,

@@ -8,8 +8,13 @@
 //! While it waits on an idle member it holds the socket (upgraded from the member's weak
 //! reference); it lets go whenever it parks, so that an eviction by someone else closes the
 //! descriptor at once. A fault it sees evicts the member in place (see the member docs).
+//!
+//! A close or reset of an idle member also goes to the pool's idle-limit detector, with how
+//! long the member had been idle (`stats/idle_limit.rs`): a server whose idle limit is
+//! shorter than the heartbeat makes the pool churn, and that is said once at WARN.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use tokio::io::Interest;
@@ -17,9 +22,10 @@ use tokio::time::Instant;
 
 use super::idle::read_idle_bytes;
 use crate::member::Shared;
-use crate::member::state::Kind;
+use crate::member::state::{Kind, State};
 use crate::protocol::Protocol;
 use crate::stats::EvictReason;
+use crate::stats::idle_limit::{self, Sample, Settings};
 use crate::transport::probe::{self, Health};
 
 /// After this many benign idle reads in a row with bytes still waiting, the protocol is not
@@ -92,14 +98,50 @@ pub(super) async fn watch<P: Protocol>(sh: Arc<Shared<P>>) {
                 // EOF, RST and socket errors are permanent (and reading an error clears it):
                 // record the first one even if the member was checked out meanwhile, and it
                 // also holds for a newer generation of an idle member.
-                sh.condemn(reason, Instant::now());
+                let at = Instant::now();
+                sh.condemn(reason, at);
                 let now = sh.state();
-                if sh.evict_in_place(st, reason)
-                    || (now.kind() == Kind::Idle && sh.evict_in_place(now, reason))
+                if evict_idle(&sh, st, reason, at)
+                    || (now.kind() == Kind::Idle && evict_idle(&sh, now, reason, at))
                 {
                     return;
                 }
             }
         }
     }
+}
+
+/// Evicts a member that was idle exactly as `seen` and that the peer closed, reset or broke
+/// (seen `at`); a close or reset is also told to the idle-limit detector.
+fn evict_idle<P: Protocol>(
+    sh: &Arc<Shared<P>>,
+    seen: State,
+    reason: EvictReason,
+    at: Instant,
+) -> bool {
+    // Read before the eviction: when it succeeds, no return or heartbeat moved them since
+    // `seen` (either would have changed the state word); after it, a refill may revive the
+    // entry with a new connection's times.
+    let (alive, returned) = (sh.last_alive(), sh.returned_at());
+    if !sh.evict_in_place(seen, reason) {
+        return false;
+    }
+    if idle_limit::counts(reason) {
+        let pool = &sh.pool;
+        let sample = Sample::new(
+            at.saturating_duration_since(alive),
+            at.saturating_duration_since(returned),
+            Duration::from_nanos(pool.ns(at)),
+        );
+        if let Some(finding) = pool.stats.record_idle_close(sample) {
+            let cfg = &pool.config;
+            let settings = Settings {
+                heartbeat_interval: cfg.has_heartbeat.then_some(cfg.heartbeat_interval),
+                reap_interval: cfg.reap_interval,
+                idle_timeout: cfg.idle_timeout,
+            };
+            idle_limit::warn(&pool.endpoint, &finding, &settings);
+        }
+    }
+    true
 }

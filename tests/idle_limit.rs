@@ -1,0 +1,203 @@
+//! A server that closes idle connections sooner than the pool's heartbeat: the pool churns
+//! (the idle watch evicts each member on the FIN, the refill replaces it, the server closes
+//! the new one after the same time), finds the server's idle limit from those closes alone,
+//! shows it in `statistics().server_idle_limit` and says so once at WARN.
+//!
+//! Against a loopback server in this file that closes every connection it has read nothing
+//! on for a set time, and against a real `redis-server` with `timeout 1` (skipped when it is
+//! not installed, unless `LIVEPOOL_REQUIRE_ALL=1`). Every wait is bounded and paced by the
+//! pool's own counters; the only time asserted is the figure, within a generous band around
+//! the server's configured limit. The runtimes are single-threaded, so the reaper logs on the
+//! test's thread, where the logs are captured.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use livepool::{EvictReason, FrameHeartbeat, Pool, RedisHeartbeat};
+use support::redis_server::{RedisOptions, RedisServer};
+use support::{Captured, capture_logs, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const MS: Duration = Duration::from_millis(1);
+
+/// What every idle-limit warning says.
+const WARNING: &str = "closes idle connections after about";
+
+/// A loopback server that closes (FIN) every connection on which it has read nothing for
+/// `limit` since the accept or the last frame. It answers `FrameHeartbeat` pings with their
+/// pong and echoes other 8-byte frames. Returns its address and how many it closed so.
+async fn idle_closing_server(limit: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let count = closed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut frame = [0u8; 8];
+                loop {
+                    match tokio::time::timeout(limit, sock.read_exact(&mut frame)).await {
+                        Err(_) => {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            return; // dropped: FIN
+                        }
+                        Ok(Err(_)) => return, // the client closed it
+                        Ok(Ok(_)) => {
+                            let (kind, seq, ts) = FrameHeartbeat::decode(&frame);
+                            if kind == FrameHeartbeat::PING {
+                                frame = FrameHeartbeat::encode(FrameHeartbeat::PONG, seq, ts);
+                            }
+                            if sock.write_all(&frame).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, closed)
+}
+
+/// Polls the pool's statistics every 10 ms until `cond` holds; panics after `secs` seconds.
+async fn wait_for(
+    pool: &Pool,
+    secs: u64,
+    what: &str,
+    cond: impl Fn(&livepool::Statistics) -> bool,
+) {
+    within(secs, what, async {
+        while !cond(&pool.statistics()) {
+            tokio::time::sleep(10 * MS).await;
+        }
+    })
+    .await
+}
+
+/// The idle-limit warnings logged so far.
+fn warnings(log: &Captured) -> Vec<String> {
+    log.text()
+        .lines()
+        .filter(|l| l.contains(WARNING))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits for the detection, checks the figure against the server's `limit`, lets the churn
+/// go on for a few more closes and checks that the warning came once. Returns it.
+async fn detect_and_warn_once(pool: &Pool, log: &Captured, limit: Duration, secs: u64) -> String {
+    wait_for(
+        pool,
+        secs,
+        "statistics().server_idle_limit to be detected",
+        |s| s.server_idle_limit.is_some(),
+    )
+    .await;
+    let stats = pool.statistics();
+    let figure = stats.server_idle_limit.unwrap();
+    // The pool cannot see a close before it happens, nor much later than the server's
+    // check; half the limit to three times it is plausible, whatever the machine's load.
+    assert!(
+        figure >= limit / 2 && figure <= limit * 3,
+        "detected {figure:?} for a server that closes after {limit:?}: {:?}",
+        stats.evictions()
+    );
+    // More churn, detected again and again: still one warning.
+    let closes = stats.evicted(EvictReason::PeerClosed);
+    wait_for(pool, secs, "four more idle closes", |s| {
+        s.evicted(EvictReason::PeerClosed) >= closes + 4
+    })
+    .await;
+    let found = warnings(log);
+    assert_eq!(found.len(), 1, "want exactly one warning: {found:#?}");
+    let line = found.into_iter().next().unwrap();
+    assert!(line.contains(" WARN "), "{line}");
+    line
+}
+
+#[tokio::test]
+async fn a_proxy_idle_limit_is_detected_and_warned_about_once() {
+    let (log, _guard) = capture_logs(tracing::Level::WARN);
+    let limit = 300 * MS;
+    let (addr, closed) = idle_closing_server(limit).await;
+    // The raw protocol: no heartbeat.
+    let pool = Pool::builder(addr)
+        .min_idle(2)
+        .breaker(None)
+        .build()
+        .unwrap();
+    let line = detect_and_warn_once(&pool, &log, limit, 20).await;
+    assert!(line.contains(&addr.to_string()), "no endpoint: {line}");
+    assert!(line.contains("sends no heartbeat"), "{line}");
+    assert!(line.contains("idle_timeout"), "{line}");
+    assert!(closed.load(Ordering::SeqCst) >= 3);
+    // The churn was all idle closes: nothing else evicted them.
+    let stats = pool.statistics();
+    assert_eq!(
+        stats.evicted_total(),
+        stats.evicted(EvictReason::PeerClosed),
+        "{:?}",
+        stats.evictions()
+    );
+}
+
+/// The control: a heartbeat well inside the server's limit keeps the members open, so there
+/// is nothing to detect (and no warning) however long they stay idle.
+#[tokio::test]
+async fn no_limit_is_reported_while_heartbeats_keep_members_open() {
+    let (log, _guard) = capture_logs(tracing::Level::WARN);
+    let limit = 1_000 * MS;
+    let (addr, closed) = idle_closing_server(limit).await;
+    let pool = Pool::builder(addr)
+        .min_idle(2)
+        .heartbeat(FrameHeartbeat::new())
+        .heartbeat_interval(100 * MS)
+        .heartbeat_timeout(50 * MS)
+        .reap_interval(20 * MS)
+        .breaker(None)
+        .build()
+        .unwrap();
+    // At least 90 ms between two heartbeats of one member (10 % jitter): 40 answered by two
+    // members take more than the server's limit.
+    wait_for(&pool, 20, "40 answered heartbeats", |s| s.heartbeats >= 40).await;
+    let stats = pool.statistics();
+    assert_eq!(stats.evicted_total(), 0, "{:?}", stats.evictions());
+    assert_eq!(closed.load(Ordering::SeqCst), 0);
+    assert_eq!(stats.server_idle_limit, None);
+    assert!(warnings(&log).is_empty(), "{}", log.text());
+}
+
+/// The case of the issue: Redis `timeout 1` under a 5 s heartbeat. Redis counts idle time
+/// in whole seconds, so it closes after 1 to about 2 s.
+#[tokio::test]
+async fn redis_timeout_is_detected_and_warned_about_once() {
+    let (log, _guard) = capture_logs(tracing::Level::WARN);
+    let Some(redis) = RedisServer::start_with(RedisOptions::new().arg("--timeout").arg("1")).await
+    else {
+        return;
+    };
+    let pool = Pool::builder(redis.addr())
+        .min_idle(2)
+        .heartbeat(RedisHeartbeat)
+        .heartbeat_interval(Duration::from_secs(5))
+        .heartbeat_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let line = detect_and_warn_once(&pool, &log, Duration::from_secs(1), 60).await;
+    assert!(
+        line.contains(&redis.addr().to_string()),
+        "no endpoint: {line}"
+    );
+    assert!(
+        line.contains("heartbeat_interval (5.0 s) is not below it"),
+        "{line}"
+    );
+    assert!(line.contains("Redis `timeout`"), "{line}");
+    assert!(line.contains("heartbeat_interval=Some(5s)"), "{line}");
+}
