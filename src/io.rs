@@ -66,6 +66,12 @@ impl Io {
         self.stream.socket()
     }
 
+    /// The pool's handle on this connection for when this `Io` goes to a hosted client's
+    /// driver: the same socket (kept open while the handle lives), no stream.
+    pub(crate) fn detached(&self) -> Io {
+        Io::new(self.stream.detached())
+    }
+
     /// Our address of the connection.
     ///
     /// # Errors

@@ -37,8 +37,8 @@ pub use protocol::postgres;
 #[cfg(feature = "redis")]
 pub use protocol::redis;
 pub use protocol::{
-    FrameHeartbeat, Heartbeat, HeartbeatError, IdleVerdict, Protocol, Raw, RedisHeartbeat,
-    SetupError, discard_idle,
+    Driven, Driver, DriverEnd, FrameHeartbeat, Heartbeat, HeartbeatError, Hosted, HostedConn,
+    IdleVerdict, Protocol, Raw, RedisHeartbeat, SetupError, discard_idle,
 };
 #[cfg(feature = "tls")]
 pub use rustls;

@@ -204,6 +204,7 @@ impl<P: Protocol> Conn<P> {
         let pool = &obj.shared.pool;
         P::io(conn)
             .dirty_reason(pool.config.request_response)
+            .or_else(|| P::driver(conn).and_then(|end| end.reason()))
             .or_else(|| (!obj.shared.protocol.is_clean(conn)).then_some(EvictReason::NotClean))
     }
 
@@ -253,6 +254,24 @@ impl<P: Protocol> Drop for Conn<P> {
                 .lifetime_over(now_ns)
                 .then_some(EvictReason::MaxLifetime)
         });
+        // Not clean, but the protocol can bring it back off the caller's path: the member
+        // stays busy in the queue until it has (a checkout that pops it waits, bounded).
+        if reason == Some(EvictReason::NotClean)
+            && let Some(conn) = obj.conn.as_deref()
+            && obj.shared.protocol.can_settle(conn)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            if let Some(o) = &obj.shared.pool.config.observer {
+                o.request(None);
+            }
+            let conn = obj.conn.take().expect("checked above");
+            obj.shared.put_conn(conn);
+            if obj.shared.begin_settle(now_ns) {
+                rt.spawn(super::settle(obj.shared.clone()));
+            }
+            drop(obj);
+            return;
+        }
         if let Some(o) = &obj.shared.pool.config.observer {
             o.request(reason);
         }

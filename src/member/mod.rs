@@ -216,7 +216,17 @@ impl<P: Protocol> Shared<P> {
         if sock.driver_gone() {
             return Checkout::Dead(EvictReason::DriverGone);
         }
-        match probe::check(sock) {
+        let mut health = probe::check(sock);
+        if let Some(end) = P::driver(conn) {
+            // A hosted client: its driver's end decides, and bytes are the driver's to read.
+            if let Some(reason) = end.reason() {
+                return Checkout::Dead(reason);
+            }
+            if health == Health::Dead(EvictReason::UnexpectedData) {
+                health = Health::Alive;
+            }
+        }
+        match health {
             Health::Alive if self.state.checkout(seen) => match slot.conn.take() {
                 Some(conn) => Checkout::Got(conn),
                 None => Checkout::Dead(EvictReason::SocketError),
@@ -225,6 +235,13 @@ impl<P: Protocol> Shared<P> {
             Health::Dead(EvictReason::UnexpectedData) => Checkout::Bytes,
             Health::Dead(reason) => Checkout::Dead(reason),
         }
+    }
+
+    /// Whether the connection in the slot is a hosted client's (`Some(Some(end))`) or not
+    /// (`Some(None)`); `None` when the slot is empty (the state moved on).
+    pub(crate) fn driver_end(&self) -> Option<Option<crate::DriverEnd>> {
+        let slot = self.slot.lock();
+        Some(P::driver(slot.conn.as_deref()?).cloned())
     }
 
     /// Lifetime and idle timeout (above `min_idle`), cheapest first.
@@ -406,6 +423,15 @@ impl<P: Protocol> Shared<P> {
         if self.state.release() && self.watcher_parked.load(Ordering::SeqCst) {
             self.notify.notify_waiters();
         }
+    }
+
+    /// In use → busy: a return whose connection the protocol settles first (see
+    /// [`Protocol::settle`]); stamps the return like `release`. False if the member is not in
+    /// use (it was condemned meanwhile).
+    pub(crate) fn begin_settle(&self, ns: u64) -> bool {
+        self.returned_ns.store(ns, Ordering::Relaxed);
+        self.last_alive_ns.store(ns, Ordering::Relaxed);
+        self.state.settle()
     }
 
     /// The first heartbeat after a return (or a revival) falls anywhere in the interval (a
@@ -597,4 +623,39 @@ fn deadline_ns(pool: &PoolShared, id: u64, now: Instant) -> u64 {
     pool.config
         .lifetime_for(id)
         .map_or(0, |l| pool.ns(now + l).max(1))
+}
+
+/// Settles a returned member off the caller's path (see [`Protocol::settle`]), bounded by
+/// the heartbeat timeout: idle again if the protocol brought it back to a clean state, else
+/// evicted in place.
+async fn settle<P: Protocol>(sh: Arc<Shared<P>>) {
+    let Some(mut conn) = sh.take_conn() else {
+        sh.end_busy(Some(EvictReason::NotClean));
+        return;
+    };
+    let timeout = sh.pool.config.heartbeat_timeout;
+    let res = tokio::time::timeout(timeout, sh.protocol.settle(&mut conn)).await;
+    let failure = match res {
+        Ok(Ok(())) => P::io(&conn)
+            .dirty_reason(false)
+            .or_else(|| (!sh.protocol.is_clean(&conn)).then_some(EvictReason::NotClean)),
+        Ok(Err(reason)) => Some(reason),
+        Err(_) => Some(EvictReason::NotClean),
+    };
+    match failure {
+        None => {
+            P::io_mut(&mut conn).clear_pending();
+            sh.put_conn(conn);
+            sh.end_busy(None);
+        }
+        Some(reason) => {
+            tracing::debug!(
+                conn.id = sh.id(),
+                reason = reason.as_str(),
+                "a returned connection could not be settled"
+            );
+            drop(conn);
+            sh.end_busy(Some(reason));
+        }
+    }
 }

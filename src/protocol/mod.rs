@@ -16,6 +16,7 @@
 //! heartbeat, return, and when bytes are present.
 
 pub(crate) mod heartbeat;
+pub(crate) mod hosted;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]
@@ -28,6 +29,7 @@ use std::io;
 use std::sync::Arc;
 
 pub use heartbeat::{FrameHeartbeat, Heartbeat, HeartbeatError, RedisHeartbeat};
+pub use hosted::{Driven, Driver, DriverEnd, Hosted, HostedConn};
 
 use crate::io::Io;
 use crate::stats::EvictReason;
@@ -127,6 +129,31 @@ pub trait Protocol: Send + Sync + 'static {
         true
     }
 
+    /// On return, when the connection is not clean ([`Protocol::is_clean`] said no): whether
+    /// [`Protocol::settle`] may bring it back instead of closing it. Checked after the pool's
+    /// own rules (a connection with an I/O error or a pending operation is closed anyway).
+    /// Default: false.
+    fn can_settle(&self, conn: &Self::Conn) -> bool {
+        let _ = conn;
+        false
+    }
+
+    /// Brings a returned connection back to a clean state off the caller's path: drain a
+    /// reply still owed, cancel what the server still runs, roll back a transaction left
+    /// open, reset session state. The member stays busy meanwhile (a checkout that pops it
+    /// waits for the outcome, bounded); the pool bounds the call with `heartbeat_timeout`
+    /// and checks [`Protocol::is_clean`] again after it.
+    ///
+    /// # Errors
+    /// The reason to evict the member with.
+    fn settle(
+        &self,
+        conn: &mut Self::Conn,
+    ) -> impl Future<Output = Result<(), EvictReason>> + Send {
+        let _ = conn;
+        async { Err(EvictReason::NotClean) }
+    }
+
     /// Bytes arrived on an idle member (seen by the idle watch or the checkout peek): read
     /// them through the connection's stack and decide. The pool bounds the call with
     /// `heartbeat_timeout`. Default: [`discard_idle`] (TLS records such as session tickets
@@ -134,6 +161,26 @@ pub trait Protocol: Send + Sync + 'static {
     fn idle_bytes(&self, conn: &mut Self::Conn) -> impl Future<Output = IdleVerdict> + Send {
         let io = Self::io_mut(conn);
         async move { discard_idle(io) }
+    }
+
+    /// For a connection whose client reads the socket itself (see [`Hosted`]): its driver's
+    /// end. The pool then never waits on the socket's readiness (it watches this instead),
+    /// treats bytes seen at checkout as the driver's, and evicts the member with the
+    /// driver's reason once it has ended. Default: `None` (the pool reads through [`Io`]).
+    ///
+    /// ```
+    /// use livepool::Protocol;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // The raw protocol has no driver.
+    /// # let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// # let pool = livepool::Pool::builder(l.local_addr().unwrap()).build().unwrap();
+    /// # let conn = pool.get().await.unwrap();
+    /// assert!(livepool::Raw::driver(&conn).is_none());
+    /// # }
+    /// ```
+    fn driver(conn: &Self::Conn) -> Option<&DriverEnd> {
+        let _ = conn;
+        None
     }
 }
 

@@ -37,6 +37,8 @@ pub(super) async fn watch<P: Protocol>(sh: Arc<Shared<P>>) {
     let mut reads_in_a_row = 0;
     // A revived entry gets a new watcher: this one ends with the life it was started for.
     let life = sh.life();
+    // Whether the connection is a hosted client's, found out the first time it is idle.
+    let mut hosted_checked = false;
     loop {
         if sh.life() != life {
             return;
@@ -54,6 +56,14 @@ pub(super) async fn watch<P: Protocol>(sh: Arc<Shared<P>>) {
                 notified.as_mut().enable();
                 sh.park_watcher(st, notified.as_mut()).await;
                 continue;
+            }
+        }
+        if !hosted_checked {
+            match sh.driver_end() {
+                // Taken from the slot since the state was read: look again.
+                None => continue,
+                Some(Some(end)) => return watch_driver(sh, end, life).await,
+                Some(None) => hosted_checked = true,
             }
         }
         // The connection owns the socket; gone means the member was evicted meanwhile.
@@ -108,6 +118,23 @@ pub(super) async fn watch<P: Protocol>(sh: Arc<Shared<P>>) {
                 }
             }
         }
+    }
+}
+
+/// The watch of a hosted client's member: its driver's end is the event (the socket's
+/// readiness belongs to the driver; see `protocol/hosted.rs`). An idle member is evicted at
+/// once with the driver's reason; one in use or heartbeating is evicted by whoever holds it,
+/// which sees the end too.
+async fn watch_driver<P: Protocol>(sh: Arc<Shared<P>>, end: crate::DriverEnd, life: u32) {
+    let reason = end.ended().await;
+    let at = Instant::now();
+    if sh.life() != life {
+        return;
+    }
+    let st = sh.state();
+    if st.kind() == Kind::Idle {
+        sh.condemn(reason, at);
+        evict_idle(&sh, st, reason, at);
     }
 }
 

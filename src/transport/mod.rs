@@ -91,6 +91,12 @@ pub(crate) enum Stream {
     Plain(Arc<Socket>),
     #[cfg(feature = "tls")]
     Tls(Box<tokio_rustls::client::TlsStream<socket::SockIo>>),
+    /// The pool's handle on a connection whose bytes belong to a hosted client's driver
+    /// (`protocol::hosted`): the socket (its peek, its options, its addresses), no stream.
+    Detached {
+        sock: Arc<Socket>,
+        tls: bool,
+    },
 }
 
 impl fmt::Debug for Stream {
@@ -99,6 +105,7 @@ impl fmt::Debug for Stream {
             Stream::Plain(s) => f.debug_tuple("Plain").field(s).finish(),
             #[cfg(feature = "tls")]
             Stream::Tls(_) => f.write_str("Tls"),
+            Stream::Detached { sock, .. } => f.debug_tuple("Detached").field(sock).finish(),
         }
     }
 }
@@ -109,11 +116,26 @@ impl Stream {
             Stream::Plain(s) => s,
             #[cfg(feature = "tls")]
             Stream::Tls(t) => &t.get_ref().0.0,
+            Stream::Detached { sock, .. } => sock,
         }
     }
 
     pub(crate) fn is_tls(&self) -> bool {
-        !matches!(self, Stream::Plain(_))
+        match self {
+            Stream::Plain(_) => false,
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => true,
+            Stream::Detached { tls, .. } => *tls,
+        }
+    }
+
+    /// The pool's handle on the same connection, for when the stream itself goes to a
+    /// hosted client's driver.
+    pub(crate) fn detached(&self) -> Stream {
+        Stream::Detached {
+            sock: self.socket().clone(),
+            tls: self.is_tls(),
+        }
     }
 
     pub(crate) fn poll_read(
@@ -125,6 +147,7 @@ impl Stream {
             Stream::Plain(s) => s.poll_read_owner(cx, buf),
             #[cfg(feature = "tls")]
             Stream::Tls(t) => Pin::new(&mut **t).poll_read(cx, buf),
+            Stream::Detached { .. } => Poll::Ready(Err(detached())),
         }
     }
 
@@ -137,6 +160,7 @@ impl Stream {
             Stream::Plain(s) => s.poll_write_owner(cx, |s| s.try_write(buf)),
             #[cfg(feature = "tls")]
             Stream::Tls(t) => Pin::new(&mut **t).poll_write(cx, buf),
+            Stream::Detached { .. } => Poll::Ready(Err(detached())),
         }
     }
 
@@ -149,6 +173,7 @@ impl Stream {
             Stream::Plain(s) => s.poll_write_owner(cx, |s| s.try_write_vectored(bufs)),
             #[cfg(feature = "tls")]
             Stream::Tls(t) => Pin::new(&mut **t).poll_write_vectored(cx, bufs),
+            Stream::Detached { .. } => Poll::Ready(Err(detached())),
         }
     }
 
@@ -158,6 +183,7 @@ impl Stream {
             Stream::Plain(_) => Poll::Ready(Ok(())),
             #[cfg(feature = "tls")]
             Stream::Tls(t) => Pin::new(&mut **t).poll_flush(cx),
+            Stream::Detached { .. } => Poll::Ready(Err(detached())),
         }
     }
 
@@ -167,6 +193,7 @@ impl Stream {
             Stream::Plain(s) => Poll::Ready(s.shutdown(std::net::Shutdown::Write)),
             #[cfg(feature = "tls")]
             Stream::Tls(t) => Pin::new(&mut **t).poll_shutdown(cx),
+            Stream::Detached { .. } => Poll::Ready(Err(detached())),
         }
     }
 
@@ -179,6 +206,7 @@ impl Stream {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
                 Err(e) => Err(e),
             },
+            Stream::Detached { .. } => Err(detached()),
             #[cfg(feature = "tls")]
             Stream::Tls(_) => {
                 let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -196,7 +224,7 @@ impl Stream {
     /// close: the caller left something unread.
     pub(crate) fn has_unread(&self) -> bool {
         match self {
-            Stream::Plain(_) => false,
+            Stream::Plain(_) | Stream::Detached { .. } => false,
             #[cfg(feature = "tls")]
             Stream::Tls(t) => !t.get_ref().1.wants_read(),
         }
@@ -205,9 +233,14 @@ impl Stream {
     /// True when the stack holds bytes it has not written to the socket yet.
     pub(crate) fn has_unsent(&self) -> bool {
         match self {
-            Stream::Plain(_) => false,
+            Stream::Plain(_) | Stream::Detached { .. } => false,
             #[cfg(feature = "tls")]
             Stream::Tls(t) => t.get_ref().1.wants_write(),
         }
     }
+}
+
+/// The error of any I/O through a detached handle: the bytes are the hosted client's.
+fn detached() -> io::Error {
+    io::Error::other("this connection's stream belongs to its client's driver")
 }
