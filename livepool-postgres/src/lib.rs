@@ -1,0 +1,391 @@
+//! [tokio-postgres](https://docs.rs/tokio-postgres) clients on
+//! [livepool](https://docs.rs/livepool): a pool that never hands out a connection the kernel
+//! knows is dead, evicts an idle session the server terminated the moment its driver sees
+//! it, pings idle members through the client, and recovers as fast as the server does.
+//!
+//! `get()` gives a [`Conn`] that derefs to [`tokio_postgres::Client`]: your tokio-postgres
+//! code runs unchanged (bound parameters, typed rows, transactions, COPY, `simple_query`).
+//! The crate re-exports tokio-postgres, so you need no second version to match.
+//!
+//! ```no_run
+//! use livepool_postgres::{Postgres, tokio_postgres};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = tokio_postgres::Config::new();
+//! config.user("app").password("s3cret").dbname("appdb");
+//! let pool = livepool::Pool::builder("db.internal:5432")
+//!     .protocol(Postgres::new(config))
+//!     .max_size(16)
+//!     .build()?;
+//!
+//! let mut conn = pool.get().await?;                       // derefs to tokio_postgres::Client
+//! let row = conn.query_one("SELECT $1::int8 + 1", &[&41i64]).await?;
+//! assert_eq!(row.get::<_, i64>(0), 42);
+//! let tx = conn.transaction().await?;                     // transactions, COPY, prepare: as usual
+//! tx.commit().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # How the connection is hosted
+//!
+//! tokio-postgres owns its stream and reads it from its `Connection` future. The pool hands
+//! it the connection's stream (TCP or Unix, keepalive and `TCP_USER_TIMEOUT` set by the
+//! pool's transport, which `connect_raw` would otherwise ignore), spawns the `Connection`
+//! as the member's driver and watches its end: a server that terminates an idle session
+//! (`pg_terminate_backend`, a shutdown: `57P01`) or closes it evicts the member at once, as
+//! `terminated` or `peer_closed`, without waiting for a checkout. The pool never waits on the
+//! socket itself beside the driver (that could steal the driver's wake-up); the checkout's
+//! one `recv(MSG_PEEK)` registers nothing.
+//!
+//! # What comes back to the pool
+//!
+//! A wire tap under the client follows the message framing (see `tap.rs`): on return the
+//! pool knows whether every request was answered and whether a transaction is open, without
+//! a round trip. A clean connection goes back at once.
+//!
+//! Otherwise the connection is *settled* off the caller's path before anyone else gets it
+//! (the member stays busy meanwhile; a `get()` that pops it waits, bounded): a reply still
+//! in flight is awaited, a query the server still runs is cancelled on a connection of the
+//! pool's own (and the pool waits until the server has closed that connection, so the cancel
+//! cannot land on the next caller's query), an open transaction is rolled back. If that does
+//! not succeed within the heartbeat timeout, the connection is closed and counted. No
+//! reconnect, no new SCRAM handshake.
+//!
+//! A request the caller queued but the driver had not yet written when the connection came
+//! back is not seen by the tap; it runs before the next caller's requests, whose replies
+//! still go to the right caller (tokio-postgres routes replies per request).
+//!
+//! Not yet: resetting session state (`SET`, `SET ROLE`, `LISTEN`, temp tables, advisory
+//! locks) on return, a statement cache that survives checkouts, a listener, TLS through
+//! `SSLRequest`. Until then a caller that changes session state should undo it, or call
+//! [`livepool::Conn::mark_broken`] so that the connection is closed.
+
+#![deny(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms,
+    rustdoc::broken_intra_doc_links
+)]
+
+mod tap;
+
+use std::fmt;
+use std::sync::Arc;
+
+use livepool::{Driven, Driver, EvictReason, HeartbeatError, Hosted, Io, SetupError};
+use tokio_postgres::error::SqlState;
+
+pub use tokio_postgres;
+
+/// A pool of tokio-postgres clients.
+pub type Pool = livepool::Pool<Hosted<Postgres>>;
+
+/// A pooled connection: derefs to [`tokio_postgres::Client`].
+pub type Conn = livepool::Conn<Hosted<Postgres>>;
+
+/// The tokio-postgres client of one pooled connection, with what the pool knows of its
+/// session. Derefs to [`tokio_postgres::Client`].
+///
+/// ```no_run
+/// # async fn f(pool: livepool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+/// let conn = pool.get().await?;
+/// let client: &livepool_postgres::tokio_postgres::Client = &conn;
+/// client.batch_execute("SELECT 1").await?;
+/// assert!(conn.is_idle());
+/// # Ok(()) }
+/// ```
+pub struct PgClient {
+    client: tokio_postgres::Client,
+    session: Arc<tap::Session>,
+    /// The server's address, for a cancel request on a connection of its own (none over a
+    /// Unix socket: a query still running there is not cancelled, the connection closes).
+    peer: Option<std::net::SocketAddr>,
+}
+
+impl PgClient {
+    /// True when every request sent was answered and no transaction is open: what the pool
+    /// checks when the connection comes back.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: livepool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut conn = pool.get().await?;
+    /// let tx = conn.transaction().await?;
+    /// tx.commit().await?;
+    /// assert!(conn.is_idle());
+    /// # Ok(()) }
+    /// ```
+    pub fn is_idle(&self) -> bool {
+        self.session.is_idle()
+    }
+
+    /// The transaction status the server last reported: `b'I'` idle, `b'T'` in a
+    /// transaction, `b'E'` in a failed transaction.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: livepool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let conn = pool.get().await?;
+    /// conn.batch_execute("BEGIN").await?;
+    /// assert_eq!(conn.transaction_status(), b'T');
+    /// conn.batch_execute("ROLLBACK").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn transaction_status(&self) -> u8 {
+        self.session.status()
+    }
+}
+
+impl std::ops::Deref for PgClient {
+    type Target = tokio_postgres::Client;
+    fn deref(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for PgClient {
+    fn deref_mut(&mut self) -> &mut tokio_postgres::Client {
+        &mut self.client
+    }
+}
+
+impl fmt::Debug for PgClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgClient")
+            .field("closed", &self.client.is_closed())
+            .field("session", &self.session)
+            .finish()
+    }
+}
+
+/// tokio-postgres as a livepool protocol: the connection's settings (user, password,
+/// database, options, application name; the address and the transport options are the
+/// pool's).
+///
+/// ```
+/// use livepool_postgres::{Postgres, tokio_postgres::Config};
+/// let mut config = Config::new();
+/// config.user("app").password("pw").dbname("appdb");
+/// let protocol = Postgres::new(config);
+/// # let _ = protocol;
+/// ```
+pub struct Postgres {
+    config: tokio_postgres::Config,
+}
+
+impl Postgres {
+    /// The protocol for pools of tokio-postgres clients with `config` (its hosts, ports
+    /// and TCP settings are not used: the pool connects).
+    ///
+    /// ```
+    /// let mut config = livepool_postgres::tokio_postgres::Config::new();
+    /// config.user("app");
+    /// let pool = livepool::Pool::builder("127.0.0.1:5432")
+    ///     .protocol(livepool_postgres::Postgres::new(config));
+    /// # let _ = pool;
+    /// ```
+    // Returns the hosted form at once: that is what `Builder::protocol` takes.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(config: tokio_postgres::Config) -> Hosted<Postgres> {
+        Hosted::new(Postgres { config })
+    }
+
+    /// The connection settings.
+    ///
+    /// ```
+    /// let protocol = livepool_postgres::Postgres::new(Default::default());
+    /// assert_eq!(protocol.get_ref().config().get_user(), None);
+    /// ```
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// `text` with every occurrence of the password replaced: a server may echo what it was
+    /// sent in an error, and errors reach logs, events and callers.
+    fn scrub(&self, text: String) -> String {
+        match self.config.get_password() {
+            Some(pw) if !pw.is_empty() => {
+                let pw = String::from_utf8_lossy(pw);
+                text.replace(pw.as_ref(), "<redacted>")
+            }
+            _ => text,
+        }
+    }
+
+    /// What a failed startup means for the pool (see `Error::is_config` and
+    /// `Error::is_server_busy` in livepool).
+    fn setup_error(&self, e: &tokio_postgres::Error) -> SetupError {
+        let text = self.scrub(e.to_string());
+        if let Some(code) = e.code() {
+            return match *code {
+                // Wrong password, no pg_hba.conf entry, unknown database: the server is fine.
+                SqlState::INVALID_PASSWORD
+                | SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                | SqlState::INVALID_CATALOG_NAME => SetupError::config(text),
+                // Starting up or shutting down, out of connection slots.
+                SqlState::CANNOT_CONNECT_NOW | SqlState::TOO_MANY_CONNECTIONS => {
+                    SetupError::busy(text)
+                }
+                _ => SetupError::rejected(text),
+            };
+        }
+        // tokio-postgres's own configuration errors ("password missing") and an
+        // authentication method it cannot answer.
+        if text.starts_with("invalid configuration") || text.contains("authentication") {
+            return SetupError::config(text);
+        }
+        match io_kind(e) {
+            Some(kind) => SetupError::io(std::io::Error::new(kind, text)),
+            None => SetupError::protocol(text),
+        }
+    }
+}
+
+impl fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // tokio-postgres's Config debug redacts the password.
+        f.debug_struct("Postgres")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// The kind of the I/O error behind `e`, if there is one.
+fn io_kind(e: &tokio_postgres::Error) -> Option<std::io::ErrorKind> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Why a driver ended, as the member's eviction reason.
+fn end_reason(res: Result<(), tokio_postgres::Error>) -> EvictReason {
+    let Err(e) = res else {
+        // The client went away first (the pool drops it with the member).
+        return EvictReason::PoolClosed;
+    };
+    match e.code() {
+        // Terminated by an administrator or a shutdown, crashed, or a recovery conflict.
+        Some(c)
+            if *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW
+                || *c == SqlState::IDLE_SESSION_TIMEOUT
+                || *c == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT =>
+        {
+            EvictReason::Terminated
+        }
+        Some(_) => EvictReason::UnexpectedData,
+        None if e.is_closed() => EvictReason::PeerClosed,
+        None => match io_kind(&e) {
+            Some(std::io::ErrorKind::ConnectionReset) => EvictReason::Reset,
+            Some(std::io::ErrorKind::UnexpectedEof) => EvictReason::PeerClosed,
+            Some(_) => EvictReason::IoError,
+            // A message the client could not parse.
+            None => EvictReason::UnexpectedData,
+        },
+    }
+}
+
+impl Driven for Postgres {
+    type Client = PgClient;
+
+    async fn connect(&self, io: Io) -> Result<(PgClient, Driver), SetupError> {
+        let peer = io.peer_addr().ok();
+        let (stream, session) = tap::Tap::new(io);
+        let (client, connection) = self
+            .config
+            .connect_raw(stream, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| self.setup_error(&e))?;
+        let driver = Driver::new(async move { end_reason(connection.await) });
+        Ok((
+            PgClient {
+                client,
+                session,
+                peer,
+            },
+            driver,
+        ))
+    }
+
+    fn has_heartbeat(&self) -> bool {
+        true
+    }
+
+    async fn heartbeat(&self, client: &PgClient) -> Result<(), HeartbeatError> {
+        client.client.check_connection().await.map_err(|e| {
+            if e.is_closed() {
+                HeartbeatError::closed()
+            } else if let Some(kind) = io_kind(&e) {
+                HeartbeatError::io(std::io::Error::new(kind, self.scrub(e.to_string())))
+            } else {
+                HeartbeatError::bad_reply(self.scrub(e.to_string()))
+            }
+        })
+    }
+
+    fn is_clean(&self, client: &PgClient) -> bool {
+        !client.client.is_closed() && client.session.is_idle()
+    }
+
+    fn can_settle(&self, client: &PgClient) -> bool {
+        !client.client.is_closed()
+    }
+
+    /// Brings a returned connection back: a reply not read yet is waited for; a query the
+    /// server still runs (its caller gave up) is cancelled on a connection of our own, and
+    /// only once the server has closed that connection (so the cancel cannot land on a later
+    /// query) is its answer awaited; a transaction left open is rolled back.
+    async fn settle(&self, client: &PgClient) -> Result<(), EvictReason> {
+        let session = &client.session;
+        if !session.answered(ANSWER_GRACE).await {
+            let peer = client.peer.ok_or(EvictReason::NotClean)?;
+            cancel(client, peer).await.ok_or(EvictReason::NotClean)?;
+            // Bounded by the pool's settle deadline.
+            while !session.answered(std::time::Duration::from_secs(3600)).await {}
+        }
+        if session.status() != b'I' {
+            client
+                .client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(|_| EvictReason::NotClean)?;
+        }
+        if client.session.is_idle() {
+            Ok(())
+        } else {
+            Err(EvictReason::NotClean)
+        }
+    }
+}
+
+/// How long a returned connection's owed reply may take to arrive before the query is taken
+/// to be still running (a reply in flight arrives in microseconds on a LAN).
+const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Sends a cancel request for `client`'s running query on a new connection to `peer`, and
+/// waits until the server has closed it: by then the server has signalled the backend. `None`
+/// if that failed.
+async fn cancel(client: &PgClient, peer: std::net::SocketAddr) -> Option<()> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(peer).await.ok()?;
+    client
+        .client
+        .cancel_token()
+        .cancel_query_raw(&mut stream, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => return Some(()),
+            Ok(_) => {}
+            Err(_) => return Some(()),
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! tokio-postgres on livepool against a real PostgreSQL the tests start (SCRAM): typed
+//! parameters and rows, pooling, COPY both ways, a connection returned in a transaction or
+//! with a reply owed, a terminated idle session evicted without a checkout, a restart.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use futures_util::{SinkExt, StreamExt, pin_mut};
+use livepool::{BreakerConfig, BreakerState, EvictReason};
+use livepool_postgres::tokio_postgres::{self, Config};
+use livepool_postgres::{Pool, Postgres};
+use support::pg::PgCluster;
+use support::{wait_until, within};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// One cluster at a time: each test starts its own, and the machine may have two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn config(c: &PgCluster) -> Config {
+    let mut config = Config::new();
+    config
+        .user(c.user())
+        .password(c.password())
+        .dbname("postgres")
+        .application_name("livepool-postgres-test");
+    config
+}
+
+fn builder(c: &PgCluster) -> livepool::Builder<livepool::Hosted<Postgres>> {
+    livepool::Pool::builder(c.addr())
+        .protocol(Postgres::new(config(c)))
+        .connect_timeout(Some(Duration::from_secs(10)))
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .reap_interval(100 * MS)
+}
+
+/// A client outside the pool, for the test's own queries.
+async fn admin(c: &PgCluster) -> tokio_postgres::Client {
+    let stream = within(
+        10,
+        "admin connect",
+        tokio::net::TcpStream::connect(c.addr()),
+    )
+    .await
+    .expect("admin connect");
+    let (client, connection) = within(
+        10,
+        "admin startup",
+        config(c).connect_raw(stream, tokio_postgres::NoTls),
+    )
+    .await
+    .expect("admin startup");
+    tokio::spawn(connection);
+    client
+}
+
+async fn pid(conn: &tokio_postgres::Client) -> i32 {
+    let row = within(
+        10,
+        "pg_backend_pid",
+        conn.query_one("SELECT pg_backend_pid()", &[]),
+    )
+    .await
+    .expect("pg_backend_pid");
+    row.get(0)
+}
+
+#[tokio::test]
+async fn typed_parameters_rows_copy_and_pooling() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = PgCluster::start().await else {
+        return;
+    };
+    let pool: Pool = builder(&cluster).build().unwrap();
+
+    let conn = within(10, "get", pool.get()).await.expect("get");
+    let first = pid(&conn).await;
+    conn.batch_execute(
+        "CREATE TABLE t (id int8 PRIMARY KEY, name text, data bytea, at timestamptz NOT NULL)",
+    )
+    .await
+    .expect("create table");
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let insert = conn
+        .prepare("INSERT INTO t VALUES ($1, $2, $3, $4)")
+        .await
+        .expect("prepare");
+    // A name that would break a query built by hand: bound parameters never need quoting.
+    let names = [Some("O'Brien; DROP TABLE t; --"), None];
+    for (i, name) in names.iter().enumerate() {
+        let data: Vec<u8> = vec![0, 1, 2, 255, i as u8];
+        let n = conn
+            .execute(&insert, &[&(i as i64), name, &data, &at])
+            .await
+            .expect("insert");
+        assert_eq!(n, 1);
+    }
+    let rows = conn
+        .query("SELECT id, name, data, at FROM t ORDER BY id", &[])
+        .await
+        .expect("select");
+    assert_eq!(rows.len(), 2);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.get::<_, i64>("id"), i as i64);
+        assert_eq!(row.get::<_, Option<&str>>("name"), names[i]);
+        assert_eq!(row.get::<_, Vec<u8>>("data"), vec![0, 1, 2, 255, i as u8]);
+        assert_eq!(row.get::<_, SystemTime>("at"), at);
+    }
+    drop(conn);
+
+    // The same backend serves the next checkout: pooled, not reconnected.
+    let conn = within(10, "get again", pool.get()).await.expect("get");
+    assert_eq!(pid(&conn).await, first);
+
+    // COPY in, with a row-count check, then out.
+    let sink = conn
+        .copy_in("COPY t (id, name, at) FROM STDIN")
+        .await
+        .expect("copy in");
+    pin_mut!(sink);
+    let mut lines = String::new();
+    for id in 10..1010 {
+        lines.push_str(&format!("{id}\tname {id}\t2024-01-01 00:00:00+00\n"));
+    }
+    sink.send(bytes_of(lines)).await.expect("copy data");
+    let copied = sink.finish().await.expect("copy done");
+    assert_eq!(copied, 1000);
+    let count: i64 = conn
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 1002);
+    let out = conn
+        .copy_out("COPY (SELECT id FROM t WHERE id >= 10 ORDER BY id) TO STDOUT")
+        .await
+        .expect("copy out");
+    pin_mut!(out);
+    let mut text = Vec::new();
+    while let Some(chunk) = out.next().await {
+        text.extend_from_slice(&chunk.expect("copy out data"));
+    }
+    let text = String::from_utf8(text).unwrap();
+    assert_eq!(text.lines().count(), 1000, "every row came out");
+    assert_eq!(text.lines().next(), Some("10"));
+    drop(conn);
+
+    let stats = pool.statistics();
+    assert_eq!(stats.created, 1, "{stats:?}");
+    assert_eq!(stats.evicted_total(), 0, "{:?}", stats.evictions());
+}
+
+fn bytes_of(s: String) -> std::io::Cursor<Vec<u8>> {
+    std::io::Cursor::new(s.into_bytes())
+}
+
+#[tokio::test]
+async fn a_transaction_left_open_or_a_query_abandoned_is_settled_off_the_callers_path() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = PgCluster::start().await else {
+        return;
+    };
+    let pool: Pool = builder(&cluster).max_size(1).build().unwrap();
+    let admin = admin(&cluster).await;
+
+    // A transaction left open: rolled back before anyone else gets the connection.
+    let conn = pool.get().await.expect("get");
+    let (first, first_pid) = (conn.id(), pid(&conn).await);
+    conn.batch_execute(
+        "BEGIN; CREATE TEMP TABLE leftover (x int); INSERT INTO leftover VALUES (1)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(conn.transaction_status(), b'T');
+    drop(conn);
+    let conn = within(10, "get after the open transaction", pool.get())
+        .await
+        .expect("get");
+    assert_eq!((conn.id(), pid(&conn).await), (first, first_pid), "reused");
+    assert_eq!(conn.transaction_status(), b'I');
+    let left: Option<String> = conn
+        .query_one("SELECT to_regclass('pg_temp.leftover')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, None, "the transaction's table survived");
+    drop(conn);
+
+    // Queries abandoned halfway (their futures dropped while the server runs them): each is
+    // cancelled on a connection of the pool's own, and the connection comes back. No
+    // reconnect is needed.
+    for i in 0..30 {
+        abandon_then_query(&pool, "SELECT pg_sleep(5)", "SELECT $1::int4", i).await;
+    }
+    // Queries that end by themselves about when the cancel is sent: a cancel that arrived
+    // late would hit the next caller's query (57014). The pool waits until the server has
+    // acted on it (closed the cancel connection) before the member is idle again.
+    for i in 0..30 {
+        let next = "SELECT $1::int4 FROM pg_sleep(0.03)";
+        abandon_then_query(&pool, "SELECT pg_sleep(0.021)", next, i).await;
+    }
+    // The server ran no query for longer than the cancels allowed.
+    let running: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(running, 0);
+    let stats = pool.statistics();
+    assert_eq!(
+        stats.created, 1,
+        "60 cancelled queries, one connection: {stats:?}"
+    );
+    assert_eq!(stats.evicted_total(), 0, "{:?}", stats.evictions());
+}
+
+/// Starts `abandoned`, gives up on it after 20 ms and returns the connection; then checks that
+/// the next checkout runs `next` (which selects its one parameter, `i`) correctly.
+async fn abandon_then_query(pool: &Pool, abandoned: &str, next: &str, i: i32) {
+    let conn = within(10, "get", pool.get()).await.expect("get");
+    let slow = conn.query_one(abandoned, &[]);
+    assert!(tokio::time::timeout(20 * MS, slow).await.is_err());
+    drop(conn);
+    let conn = within(10, "get after the abandoned query", pool.get())
+        .await
+        .expect("get");
+    let got: i32 = conn
+        .query_one(next, &[&i])
+        .await
+        .unwrap_or_else(|e| panic!("{next} after abandoning {abandoned} (#{i}): {e}"))
+        .get(0);
+    assert_eq!(got, i);
+}
+
+#[tokio::test]
+async fn a_terminated_idle_session_is_evicted_without_a_checkout() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = PgCluster::start().await else {
+        return;
+    };
+    let pool: Pool = builder(&cluster).min_idle(2).max_size(2).build().unwrap();
+    wait_until(20, "refill to min_idle 2", || pool.status().idle == 2).await;
+    let mut events = pool.events();
+    let conn = pool.get().await.expect("get");
+    let (id, victim) = (conn.id(), pid(&conn).await);
+    drop(conn);
+
+    let admin = admin(&cluster).await;
+    let killed: bool = admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&victim])
+        .await
+        .expect("terminate")
+        .get(0);
+    assert!(killed);
+    // No checkout: the driver's end (FATAL 57P01, then the close) evicts it.
+    let ev = within(10, "terminated eviction", events.recv())
+        .await
+        .expect("event");
+    assert_eq!((ev.id, ev.reason), (id, EvictReason::Terminated), "{ev:?}");
+    wait_until(20, "refill after the eviction", || {
+        pool.status().idle == 2 && pool.statistics().created == 3
+    })
+    .await;
+    let mut pids = HashSet::new();
+    let (a, b) = (pool.get().await.unwrap(), pool.get().await.unwrap());
+    for c in [&a, &b] {
+        pids.insert(pid(c).await);
+    }
+    assert!(!pids.contains(&victim));
+    assert_eq!(pids.len(), 2);
+    let stats = pool.statistics();
+    assert_eq!(stats.breaker_state, BreakerState::Closed, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_restart_evicts_every_member_and_the_pool_recovers() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut cluster) = PgCluster::start().await else {
+        return;
+    };
+    let pool: Pool = builder(&cluster)
+        .min_idle(2)
+        .max_size(4)
+        .connect_timeout(Some(Duration::from_secs(2)))
+        .breaker(Some(BreakerConfig::new()))
+        .build()
+        .unwrap();
+    wait_until(20, "refill to min_idle 2", || pool.status().idle == 2).await;
+    let before: HashSet<u64> = {
+        let (a, b) = (pool.get().await.unwrap(), pool.get().await.unwrap());
+        [a.id(), b.id()].into()
+    };
+    let mut events = pool.events();
+    cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart();
+        cluster
+    })
+    .await
+    .expect("restart");
+    // Both idle members go, each for the server's termination or close.
+    let mut gone = HashSet::new();
+    within(10, "both members evicted", async {
+        while gone.len() < 2 {
+            let ev = events.recv().await.expect("event");
+            if before.contains(&ev.id) {
+                assert!(
+                    matches!(ev.reason, EvictReason::Terminated | EvictReason::PeerClosed),
+                    "{ev:?}"
+                );
+                gone.insert(ev.id);
+            }
+        }
+    })
+    .await;
+    // The pool serves again, with new sessions.
+    let conn = within(30, "get after the restart", async {
+        loop {
+            match pool.get().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(
+                        e.is_connect() || e.is_server_busy() || e.is_circuit_open(),
+                        "{e}"
+                    );
+                    tokio::time::sleep(50 * MS).await;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(!before.contains(&conn.id()));
+    assert_eq!(
+        conn.query_one("SELECT 1::int4", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+    drop(conn);
+    drop(cluster);
+}
