@@ -47,18 +47,18 @@
 //! (the member stays busy meanwhile; a `get()` that pops it waits, bounded): a reply still
 //! in flight is awaited, a query the server still runs is cancelled on a connection of the
 //! pool's own (and the pool waits until the server has closed that connection, so the cancel
-//! cannot land on the next caller's query), an open transaction is rolled back. If that does
-//! not succeed within the heartbeat timeout, the connection is closed and counted. No
-//! reconnect, no new SCRAM handshake.
+//! cannot land on the next caller's query), an open transaction is rolled back, and session
+//! state the caller left (`SET ROLE`, `search_path`, `LISTEN`, temporary tables, advisory
+//! locks, `PREPARE`) is reset as [`Reset`] says. If that does not succeed within the
+//! heartbeat timeout, the connection is closed and counted. No reconnect, no new SCRAM
+//! handshake.
 //!
 //! A request the caller queued but the driver had not yet written when the connection came
 //! back is not seen by the tap; it runs before the next caller's requests, whose replies
 //! still go to the right caller (tokio-postgres routes replies per request).
 //!
-//! Not yet: resetting session state (`SET`, `SET ROLE`, `LISTEN`, temp tables, advisory
-//! locks) on return, a statement cache that survives checkouts, a listener, TLS through
-//! `SSLRequest`. Until then a caller that changes session state should undo it, or call
-//! [`livepool::Conn::mark_broken`] so that the connection is closed.
+//! Not yet: a statement cache that survives checkouts, a listener, TLS through
+//! `SSLRequest`.
 
 #![deny(unsafe_code)]
 #![warn(
@@ -171,7 +171,48 @@ impl fmt::Debug for PgClient {
 /// ```
 pub struct Postgres {
     config: tokio_postgres::Config,
+    reset: Reset,
 }
+
+/// What the pool does about a returned connection's session state (`SET`, `SET ROLE`,
+/// `search_path`, `LISTEN`, temporary tables, advisory locks, SQL-level `PREPARE`d
+/// statements) before the next caller gets it. The reset runs off the caller's path, while
+/// the member is busy; a connection whose reset fails is closed.
+///
+/// The reset is deadpool-postgres's `RecyclingMethod::Clean` sequence (`CLOSE ALL; SET
+/// SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; SELECT pg_advisory_unlock_all();
+/// DISCARD TEMP; DISCARD SEQUENCES`), which keeps prepared statements valid; after a
+/// SQL-level `PREPARE` or `DEALLOCATE`, `DISCARD ALL` (pgbouncer's `server_reset_query`),
+/// which also drops every prepared statement of the connection.
+///
+/// ```
+/// use livepool_postgres::{Postgres, Reset};
+/// let protocol = Postgres::with_reset(Default::default(), Reset::Always);
+/// # let _ = protocol;
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reset {
+    /// Reset when a statement sent on the connection may have changed the session: one that
+    /// starts with `SET`, `RESET`, `LISTEN`, `DECLARE`, `DISCARD`, `LOAD`, `PREPARE`,
+    /// `DEALLOCATE` or `CREATE TEMP`, or that mentions `set_config`, a session advisory lock
+    /// or `pg_temp`. The wire tap sees the statement texts; a function that changes the
+    /// session when it runs is not seen (use [`Reset::Always`] if yours do). A return that
+    /// changed nothing costs nothing.
+    #[default]
+    WhenChanged,
+    /// Reset on every return: one round trip (about half a millisecond on loopback) per
+    /// checkout, off the caller's path.
+    Always,
+    /// Never reset: the next caller may inherit the last one's session state (deadpool's
+    /// default).
+    Never,
+}
+
+/// deadpool-postgres's `RecyclingMethod::Clean`: undoes session state, keeps prepared
+/// statements.
+const CLEAN: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+     SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
 
 impl Postgres {
     /// The protocol for pools of tokio-postgres clients with `config` (its hosts, ports
@@ -187,7 +228,50 @@ impl Postgres {
     // Returns the hosted form at once: that is what `Builder::protocol` takes.
     #[allow(clippy::new_ret_no_self)]
     pub fn new(config: tokio_postgres::Config) -> Hosted<Postgres> {
-        Hosted::new(Postgres { config })
+        Self::with_reset(config, Reset::default())
+    }
+
+    /// The protocol with a session reset policy other than the default
+    /// ([`Reset::WhenChanged`]).
+    ///
+    /// ```
+    /// use livepool_postgres::{Postgres, Reset};
+    /// let mut config = livepool_postgres::tokio_postgres::Config::new();
+    /// config.user("app");
+    /// let pool = livepool::Pool::builder("127.0.0.1:5432")
+    ///     .protocol(Postgres::with_reset(config, Reset::Always));
+    /// # let _ = pool;
+    /// ```
+    pub fn with_reset(config: tokio_postgres::Config, reset: Reset) -> Hosted<Postgres> {
+        Hosted::new(Postgres { config, reset })
+    }
+
+    /// The session reset policy.
+    ///
+    /// ```
+    /// let protocol = livepool_postgres::Postgres::new(Default::default());
+    /// assert_eq!(protocol.get_ref().reset(), livepool_postgres::Reset::WhenChanged);
+    /// ```
+    pub fn reset(&self) -> Reset {
+        self.reset
+    }
+
+    /// The statements that reset the session, if it needs a reset.
+    fn reset_sql(&self, session: &tap::Session) -> Option<&'static str> {
+        let changes = session.changes();
+        let needed = match self.reset {
+            Reset::Never => false,
+            Reset::WhenChanged => changes != 0,
+            Reset::Always => true,
+        };
+        if !needed {
+            None
+        } else if changes & tap::PREPARED != 0 {
+            // Sent alone: it cannot run inside a multi-statement query.
+            Some("DISCARD ALL")
+        } else {
+            Some(CLEAN)
+        }
     }
 
     /// The connection settings.
@@ -246,6 +330,7 @@ impl fmt::Debug for Postgres {
         // tokio-postgres's Config debug redacts the password.
         f.debug_struct("Postgres")
             .field("config", &self.config)
+            .field("reset", &self.reset)
             .finish()
     }
 }
@@ -330,7 +415,9 @@ impl Driven for Postgres {
     }
 
     fn is_clean(&self, client: &PgClient) -> bool {
-        !client.client.is_closed() && client.session.is_idle()
+        !client.client.is_closed()
+            && client.session.is_idle()
+            && self.reset_sql(&client.session).is_none()
     }
 
     fn can_settle(&self, client: &PgClient) -> bool {
@@ -355,6 +442,15 @@ impl Driven for Postgres {
                 .batch_execute("ROLLBACK")
                 .await
                 .map_err(|_| EvictReason::NotClean)?;
+        }
+        if let Some(sql) = self.reset_sql(session) {
+            client
+                .client
+                .batch_execute(sql)
+                .await
+                .map_err(|_| EvictReason::NotClean)?;
+            // The reset's own statements are what the tap saw last.
+            session.clear_changes();
         }
         if client.session.is_idle() {
             Ok(())

@@ -30,6 +30,8 @@ pub(crate) struct Session {
     status: AtomicU8,
     /// Woken at every `ReadyForQuery`.
     answered: tokio::sync::Notify,
+    /// `CHANGED`/`PREPARED` bits of the statements sent since the last reset.
+    changes: AtomicU8,
 }
 
 impl Session {
@@ -38,6 +40,7 @@ impl Session {
             owed: AtomicU64::new(1),
             status: AtomicU8::new(0),
             answered: tokio::sync::Notify::new(),
+            changes: AtomicU8::new(0),
         }
     }
 
@@ -49,6 +52,17 @@ impl Session {
     /// The last transaction status: `I`, `T` or `E` (`0` before the first).
     pub(crate) fn status(&self) -> u8 {
         self.status.load(Ordering::Acquire)
+    }
+
+    /// What the statements sent since the last [`Session::clear_changes`] may have done to
+    /// the session (`CHANGED`/`PREPARED` bits).
+    pub(crate) fn changes(&self) -> u8 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// The session was reset.
+    pub(crate) fn clear_changes(&self) {
+        self.changes.store(0, Ordering::Release);
     }
 
     /// Waits (at most `limit`) until every request sent has been answered; true if it was.
@@ -69,18 +83,30 @@ impl Session {
     }
 }
 
+/// What one direction's framing reports.
+#[derive(Debug, PartialEq, Eq)]
+enum Event<'a> {
+    /// A message of this type begins (its header is complete).
+    Start(u8),
+    /// Some bytes of the current message's body.
+    Body(u8, &'a [u8]),
+    /// The message of this type is complete.
+    End(u8),
+}
+
 /// Follows one direction's message framing: a type byte (except for an untyped first
 /// message), then a big-endian length that counts itself.
 #[derive(Debug)]
 struct Framing {
     /// The next message has no type byte (the frontend's startup packet).
     untyped_next: bool,
-    /// Bytes of the current message's header seen so far, and how many it has.
+    /// Bytes of the current message's header seen so far.
     header: [u8; 5],
     header_len: usize,
-    /// Bytes of the current message's body still to skip.
+    /// Inside a body, with this much of it still to come.
+    in_body: bool,
     body_left: u64,
-    /// The current message's type.
+    /// The current message's type (0 for the untyped one).
     kind: u8,
 }
 
@@ -90,24 +116,24 @@ impl Framing {
             untyped_next: untyped_first,
             header: [0; 5],
             header_len: 0,
+            in_body: false,
             body_left: 0,
             kind: 0,
         }
     }
 
-    /// Feeds bytes; calls `on_message(kind, first_body_byte)` when a message's header is
-    /// complete (with its first body byte, if it has one, once that is seen).
-    fn feed(&mut self, mut bytes: &[u8], mut on_message: impl FnMut(u8, Option<u8>)) {
+    /// Feeds bytes, reporting each message's start, body bytes and end.
+    fn feed(&mut self, mut bytes: &[u8], mut on: impl FnMut(Event<'_>)) {
         while !bytes.is_empty() {
-            if self.body_left > 0 {
-                if self.kind == b'Z' && self.body_left == 1 {
-                    // ReadyForQuery's one body byte: the status.
-                    on_message(b'Z', Some(bytes[0]));
-                    self.kind = 0;
+            if self.in_body {
+                let take = self.body_left.min(bytes.len() as u64) as usize;
+                on(Event::Body(self.kind, &bytes[..take]));
+                self.body_left -= take as u64;
+                bytes = &bytes[take..];
+                if self.body_left == 0 {
+                    self.in_body = false;
+                    on(Event::End(self.kind));
                 }
-                let skip = self.body_left.min(bytes.len() as u64);
-                self.body_left -= skip;
-                bytes = &bytes[skip as usize..];
                 continue;
             }
             let want = if self.untyped_next { 4 } else { 5 };
@@ -130,14 +156,62 @@ impl Framing {
             // The length counts itself; a length under 4 is a protocol violation that the
             // client will report: treat it as an empty body.
             self.body_left = u64::from(len.saturating_sub(4));
-            if kind != b'Z' || self.body_left != 1 {
-                on_message(kind, None);
-                if kind == b'Z' {
-                    self.kind = 0;
-                }
+            on(Event::Start(kind));
+            if self.body_left == 0 {
+                on(Event::End(kind));
+            } else {
+                self.in_body = true;
             }
         }
     }
+}
+
+/// The statement may have changed session state (`SET`, `LISTEN`, a temporary table, an
+/// advisory lock, …): see [`effects`].
+pub(crate) const CHANGED: u8 = 1;
+/// The statement prepared or deallocated a statement at the SQL level (`PREPARE`): only
+/// `DISCARD ALL` undoes that.
+pub(crate) const PREPARED: u8 = 2;
+
+/// The longest statement text the tap keeps to look at; a longer one is taken to change the
+/// session (a needless reset, never a missed one).
+const MAX_STATEMENT: usize = 64 * 1024;
+
+/// What a statement text (a simple query, or a Parse message's body) may do to the session,
+/// as `CHANGED`/`PREPARED` bits. Conservative: a false alarm costs a reset, a miss leaks
+/// state to the next caller. It sees the text, not what functions do when they run: a
+/// function that runs `SET` itself is not seen (use `Reset::Always` for that).
+pub(crate) fn effects(sql: &[u8]) -> u8 {
+    let sql = sql.to_ascii_lowercase();
+    let text = String::from_utf8_lossy(&sql);
+    let mut found = 0;
+    for needle in ["set_config", "advisory_lock", "pg_temp", "session_user"] {
+        if text.contains(needle) {
+            found |= CHANGED;
+        }
+    }
+    for statement in text.split(';') {
+        let mut words = words(statement);
+        match words.next() {
+            Some("set" | "reset" | "listen" | "declare" | "discard" | "load") => found |= CHANGED,
+            Some("prepare" | "deallocate") => found |= CHANGED | PREPARED,
+            Some("create") if words.take(3).any(|w| w == "temp" || w == "temporary") => {
+                found |= CHANGED
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// The words of a statement, comments skipped.
+fn words(statement: &str) -> impl Iterator<Item = &str> {
+    statement
+        .lines()
+        .map(|line| line.split("--").next().unwrap_or(""))
+        .flat_map(|line| line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|w| !w.is_empty())
+        .skip_while(|w| *w == "*")
 }
 
 /// The stream tokio-postgres runs on: the pool's `Io`, with the tap.
@@ -146,6 +220,10 @@ pub(crate) struct Tap<S> {
     sent: Framing,
     received: Framing,
     session: Arc<Session>,
+    /// The text of the simple query or Parse message being sent (up to `MAX_STATEMENT`).
+    statement: Vec<u8>,
+    /// The statement outgrew `MAX_STATEMENT`.
+    statement_too_long: bool,
 }
 
 impl<S> Tap<S> {
@@ -157,6 +235,8 @@ impl<S> Tap<S> {
                 sent: Framing::new(true),
                 received: Framing::new(false),
                 session: session.clone(),
+                statement: Vec::new(),
+                statement_too_long: false,
             },
             session,
         )
@@ -164,21 +244,46 @@ impl<S> Tap<S> {
 
     fn on_sent(&mut self, bytes: &[u8]) {
         let session = &self.session;
-        self.sent.feed(bytes, |kind, _| {
+        let statement = &mut self.statement;
+        let too_long = &mut self.statement_too_long;
+        self.sent.feed(bytes, |ev| match ev {
             // Query and Sync each elicit one ReadyForQuery.
-            if kind == b'Q' || kind == b'S' {
+            Event::Start(b'Q' | b'S') => {
                 session.owed.fetch_add(1, Ordering::AcqRel);
             }
+            // The text of a simple query or of a statement being prepared.
+            Event::Body(b'Q' | b'P', part) => {
+                if statement.len() + part.len() <= MAX_STATEMENT {
+                    statement.extend_from_slice(part);
+                } else {
+                    *too_long = true;
+                }
+            }
+            Event::End(kind @ (b'Q' | b'P')) => {
+                // Query: the text, then a NUL. Parse: the statement's name, a NUL, the text.
+                let skip = usize::from(kind == b'P');
+                let text = statement.split(|&b| b == 0).nth(skip).unwrap_or_default();
+                let found = if *too_long { CHANGED } else { effects(text) };
+                if found != 0 {
+                    session.changes.fetch_or(found, Ordering::AcqRel);
+                }
+                statement.clear();
+                *too_long = false;
+            }
+            _ => {}
         });
     }
 
     fn on_received(&mut self, bytes: &[u8]) {
         let session = &self.session;
-        self.received.feed(bytes, |kind, status| {
-            if kind == b'Z' {
-                if let Some(s) = status {
+        self.received.feed(bytes, |ev| match ev {
+            // ReadyForQuery's one body byte: the transaction status.
+            Event::Body(b'Z', status) => {
+                if let Some(&s) = status.first() {
                     session.status.store(s, Ordering::Release);
                 }
+            }
+            Event::End(b'Z') => {
                 // Saturating: a server that sends more than it owes is the client's to
                 // report; the tap must not wrap around.
                 let _ = session
@@ -186,6 +291,7 @@ impl<S> Tap<S> {
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
                 session.answered.notify_waiters();
             }
+            _ => {}
         });
     }
 }
@@ -294,6 +400,70 @@ mod tests {
             runs += 1;
         }
         assert!(runs > 10);
+    }
+
+    #[test]
+    fn statements_that_change_the_session_are_seen() {
+        for sql in [
+            "SET search_path TO other",
+            "set role app_admin",
+            "  SET SESSION AUTHORIZATION other",
+            "BEGIN; SET LOCAL statement_timeout = 5; COMMIT",
+            "RESET ALL",
+            "LISTEN jobs",
+            "CREATE TEMP TABLE t (x int)",
+            "create temporary table t (x int)",
+            "CREATE GLOBAL TEMPORARY TABLE t (x int)",
+            "SELECT set_config('search_path', 'x', false)",
+            "SELECT pg_advisory_lock(42)",
+            "SELECT pg_try_advisory_lock(1)",
+            "CREATE TABLE pg_temp.t (x int)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "-- a comment\nSET x.y = 1",
+            "DISCARD TEMP",
+        ] {
+            assert_eq!(effects(sql.as_bytes()) & CHANGED, CHANGED, "{sql}");
+        }
+        for sql in ["PREPARE q AS SELECT 1", "DEALLOCATE q"] {
+            assert_eq!(effects(sql.as_bytes()), CHANGED | PREPARED, "{sql}");
+        }
+        for sql in [
+            "SELECT $1::int8",
+            "UPDATE t SET x = 1 WHERE id = $1",
+            "INSERT INTO settings (name) VALUES ('set role')",
+            "BEGIN",
+            "COMMIT",
+            "SELECT pg_advisory_xact_lock(42)",
+            "CREATE TABLE t (x int)",
+            "COPY t FROM STDIN",
+        ] {
+            assert_eq!(effects(sql.as_bytes()), 0, "{sql}");
+        }
+    }
+
+    #[test]
+    fn the_tap_flags_a_changing_statement_split_anywhere() {
+        let set = msg(b'Q', b"SET search_path TO other\x00");
+        let parse = msg(b'P', b"s1\x00PREPARE q AS SELECT 1\x00\x00\x00");
+        let plain = msg(b'P', b"s2\x00SELECT $1\x00\x00\x00");
+        for chunk in 1..=set.len() {
+            let (mut tap, session) = Tap::new(());
+            tap.on_sent(&startup());
+            for part in plain.chunks(chunk) {
+                tap.on_sent(part);
+            }
+            assert_eq!(session.changes(), 0, "chunk {chunk}");
+            for part in set.chunks(chunk) {
+                tap.on_sent(part);
+            }
+            assert_eq!(session.changes(), CHANGED, "chunk {chunk}");
+            for part in parse.chunks(chunk) {
+                tap.on_sent(part);
+            }
+            assert_eq!(session.changes(), CHANGED | PREPARED, "chunk {chunk}");
+            session.clear_changes();
+            assert_eq!(session.changes(), 0);
+        }
     }
 
     #[test]

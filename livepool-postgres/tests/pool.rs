@@ -346,3 +346,106 @@ async fn a_restart_evicts_every_member_and_the_pool_recovers() {
     drop(conn);
     drop(cluster);
 }
+
+/// What one caller may leave behind, as seen by the next caller on the same connection.
+#[derive(Debug, PartialEq, Eq)]
+struct Leftovers {
+    user: String,
+    search_path: String,
+    listening: i64,
+    temp_table: Option<String>,
+    advisory_locks: i64,
+    sql_prepared: i64,
+}
+
+async fn leftovers(conn: &tokio_postgres::Client) -> Leftovers {
+    let row = conn
+        .query_one(
+            "SELECT current_user::text, current_setting('search_path'), \
+             (SELECT count(*) FROM pg_listening_channels()), \
+             to_regclass('pg_temp.leftover')::text, \
+             (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), \
+             (SELECT count(*) FROM pg_prepared_statements WHERE from_sql)",
+            &[],
+        )
+        .await
+        .expect("leftovers");
+    Leftovers {
+        user: row.get(0),
+        search_path: row.get(1),
+        listening: row.get(2),
+        temp_table: row.get(3),
+        advisory_locks: row.get(4),
+        sql_prepared: row.get(5),
+    }
+}
+
+/// Leaves session state behind: a role, a search path, a LISTEN, a temporary table, an
+/// advisory lock, and (with `prepare`) an SQL-level prepared statement.
+async fn leave_state(conn: &tokio_postgres::Client, prepare: bool) {
+    conn.batch_execute(
+        "SET ROLE other; SET search_path TO elsewhere; LISTEN jobs; \
+         CREATE TEMP TABLE leftover (x int)",
+    )
+    .await
+    .expect("session state");
+    conn.query_one("SELECT pg_advisory_lock(42)", &[])
+        .await
+        .expect("advisory lock");
+    if prepare {
+        conn.batch_execute("PREPARE q AS SELECT 1")
+            .await
+            .expect("prepare");
+    }
+}
+
+#[tokio::test]
+async fn session_state_never_reaches_the_next_caller() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = PgCluster::start().await else {
+        return;
+    };
+    admin(&cluster)
+        .await
+        .batch_execute("CREATE ROLE other")
+        .await
+        .expect("create role");
+    let pool: Pool = builder(&cluster).max_size(1).build().unwrap();
+    let conn = pool.get().await.expect("get");
+    let (id, clean) = (conn.id(), leftovers(&conn).await);
+    assert_eq!(clean.user, cluster.user());
+    drop(conn);
+    // With the Clean sequence (no SQL-level PREPARE), then with DISCARD ALL (after one).
+    for prepare in [false, true] {
+        let conn = pool.get().await.expect("get");
+        leave_state(&conn, prepare).await;
+        let dirty = leftovers(&conn).await;
+        assert_eq!(dirty.user, "other");
+        assert_eq!(dirty.listening, 1);
+        drop(conn);
+        let conn = within(10, "get after the reset", pool.get())
+            .await
+            .expect("get");
+        assert_eq!(conn.id(), id, "reset, not reconnected");
+        assert_eq!(leftovers(&conn).await, clean, "PREPARE: {prepare}");
+    }
+    let stats = pool.statistics();
+    assert_eq!((stats.created, stats.evicted_total()), (1, 0), "{stats:?}");
+
+    // Control: without a reset, the next caller inherits it all.
+    let pool: Pool = livepool::Pool::builder(cluster.addr())
+        .protocol(Postgres::with_reset(
+            config(&cluster),
+            livepool_postgres::Reset::Never,
+        ))
+        .max_size(1)
+        .build()
+        .unwrap();
+    let conn = pool.get().await.expect("get");
+    leave_state(&conn, false).await;
+    drop(conn);
+    let conn = pool.get().await.expect("get");
+    let inherited = leftovers(&conn).await;
+    assert_eq!(inherited.user, "other", "{inherited:?}");
+    assert_eq!(inherited.listening, 1, "{inherited:?}");
+}
