@@ -102,9 +102,70 @@ pub struct PgClient {
     /// The server's address, for a cancel request on a connection of its own (none over a
     /// Unix socket: a query still running there is not cancelled, the connection closes).
     peer: Option<std::net::SocketAddr>,
+    /// Statements prepared through [`PgClient::prepare_cached`], by their text: they live as
+    /// long as the connection, across checkouts.
+    statements: std::sync::Mutex<std::collections::HashMap<String, tokio_postgres::Statement>>,
 }
 
 impl PgClient {
+    /// Prepares `query` once per connection: later calls with the same text, by this caller
+    /// or a later one that gets the same connection, return the statement prepared first
+    /// (no round trip). A reset that drops prepared statements (`DISCARD ALL`, after an
+    /// SQL-level `PREPARE`) empties the cache with them.
+    ///
+    /// # Errors
+    /// The server's error when the statement does not prepare.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call caches nothing (the connection may be settled on return,
+    /// see the crate docs).
+    ///
+    /// ```no_run
+    /// # async fn f(pool: livepool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let conn = pool.get().await?;
+    /// let stmt = conn.prepare_cached("SELECT $1::int8").await?;
+    /// let row = conn.query_one(&stmt, &[&1i64]).await?;
+    /// # let _ = row;
+    /// # Ok(()) }
+    /// ```
+    pub async fn prepare_cached(
+        &self,
+        query: &str,
+    ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        if let Some(s) = self.cached(query) {
+            return Ok(s);
+        }
+        let statement = self.client.prepare(query).await?;
+        self.statements
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(query.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn cached(&self, query: &str) -> Option<tokio_postgres::Statement> {
+        self.statements
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(query)
+            .cloned()
+    }
+
+    /// How many statements [`PgClient::prepare_cached`] holds for this connection.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: livepool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let conn = pool.get().await?;
+    /// println!("{} statements cached", conn.statements_cached());
+    /// # Ok(()) }
+    /// ```
+    pub fn statements_cached(&self) -> usize {
+        self.statements
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
     /// True when every request sent was answered and no transaction is open: what the pool
     /// checks when the connection comes back.
     ///
@@ -209,6 +270,10 @@ pub enum Reset {
     Never,
 }
 
+/// pgbouncer's `server_reset_query`: everything, prepared statements too. Sent alone (it
+/// cannot run inside a multi-statement query).
+const DISCARD_ALL: &str = "DISCARD ALL";
+
 /// deadpool-postgres's `RecyclingMethod::Clean`: undoes session state, keeps prepared
 /// statements.
 const CLEAN: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
@@ -267,8 +332,7 @@ impl Postgres {
         if !needed {
             None
         } else if changes & tap::PREPARED != 0 {
-            // Sent alone: it cannot run inside a multi-statement query.
-            Some("DISCARD ALL")
+            Some(DISCARD_ALL)
         } else {
             Some(CLEAN)
         }
@@ -393,6 +457,7 @@ impl Driven for Postgres {
                 client,
                 session,
                 peer,
+                statements: Default::default(),
             },
             driver,
         ))
@@ -444,6 +509,14 @@ impl Driven for Postgres {
                 .map_err(|_| EvictReason::NotClean)?;
         }
         if let Some(sql) = self.reset_sql(session) {
+            if sql == DISCARD_ALL {
+                // It drops every prepared statement, the cached ones too.
+                client
+                    .statements
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear();
+            }
             client
                 .client
                 .batch_execute(sql)

@@ -418,6 +418,10 @@ async fn session_state_never_reaches_the_next_caller() {
     // With the Clean sequence (no SQL-level PREPARE), then with DISCARD ALL (after one).
     for prepare in [false, true] {
         let conn = pool.get().await.expect("get");
+        let cached = conn
+            .prepare_cached("SELECT $1::int4")
+            .await
+            .expect("prepare");
         leave_state(&conn, prepare).await;
         let dirty = leftovers(&conn).await;
         assert_eq!(dirty.user, "other");
@@ -428,6 +432,20 @@ async fn session_state_never_reaches_the_next_caller() {
             .expect("get");
         assert_eq!(conn.id(), id, "reset, not reconnected");
         assert_eq!(leftovers(&conn).await, clean, "PREPARE: {prepare}");
+        // The statement cache follows the reset: kept by the Clean sequence, emptied with
+        // DISCARD ALL (which drops the statements themselves); either way it works.
+        assert_eq!(conn.statements_cached(), usize::from(!prepare));
+        let again = conn
+            .prepare_cached("SELECT $1::int4")
+            .await
+            .expect("prepare");
+        assert_eq!(format!("{again:?}") == format!("{cached:?}"), !prepare);
+        let got: i32 = conn
+            .query_one(&again, &[&5i32])
+            .await
+            .expect("cached")
+            .get(0);
+        assert_eq!(got, 5);
     }
     let stats = pool.statistics();
     assert_eq!((stats.created, stats.evicted_total()), (1, 0), "{stats:?}");
