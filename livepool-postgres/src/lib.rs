@@ -348,6 +348,30 @@ impl Postgres {
         &self.config
     }
 
+    /// The error with the server's own words (tokio-postgres's `Display` of a server error
+    /// is just "db error"), scrubbed of the password.
+    fn describe(&self, e: &tokio_postgres::Error) -> String {
+        let text = match e.as_db_error() {
+            Some(db) => {
+                let mut t = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+                if let Some(detail) = db.detail() {
+                    t.push_str(&format!(" (detail: {detail})"));
+                }
+                t
+            }
+            None => {
+                let mut t = e.to_string();
+                let mut cur = std::error::Error::source(e);
+                while let Some(inner) = cur {
+                    t.push_str(&format!(": {inner}"));
+                    cur = inner.source();
+                }
+                t
+            }
+        };
+        self.scrub(text)
+    }
+
     /// `text` with every occurrence of the password replaced: a server may echo what it was
     /// sent in an error, and errors reach logs, events and callers.
     fn scrub(&self, text: String) -> String {
@@ -363,7 +387,7 @@ impl Postgres {
     /// What a failed startup means for the pool (see `Error::is_config` and
     /// `Error::is_server_busy` in livepool).
     fn setup_error(&self, e: &tokio_postgres::Error) -> SetupError {
-        let text = self.scrub(e.to_string());
+        let text = self.describe(e);
         if let Some(code) = e.code() {
             return match *code {
                 // Wrong password, no pg_hba.conf entry, unknown database: the server is fine.
@@ -472,9 +496,9 @@ impl Driven for Postgres {
             if e.is_closed() {
                 HeartbeatError::closed()
             } else if let Some(kind) = io_kind(&e) {
-                HeartbeatError::io(std::io::Error::new(kind, self.scrub(e.to_string())))
+                HeartbeatError::io(std::io::Error::new(kind, self.describe(&e)))
             } else {
-                HeartbeatError::bad_reply(self.scrub(e.to_string()))
+                HeartbeatError::bad_reply(self.describe(&e))
             }
         })
     }
