@@ -57,8 +57,13 @@
 //! back is not seen by the tap; it runs before the next caller's requests, whose replies
 //! still go to the right caller (tokio-postgres routes replies per request).
 //!
-//! Not yet: a statement cache that survives checkouts, a listener, TLS through
-//! `SSLRequest`.
+//! # TLS
+//!
+//! With the feature `tls`, [`PostgresBuilder::tls`] asks every connection for TLS
+//! (`SSLRequest`) and verifies the server's certificate and name with rustls (re-exported by
+//! livepool). The TLS runs below the wire tap; SCRAM runs inside it.
+//!
+//! Not yet: a listener (notifications as a stream, re-`LISTEN` after a reconnect).
 
 #![deny(unsafe_code)]
 #![warn(
@@ -233,6 +238,89 @@ impl fmt::Debug for PgClient {
 pub struct Postgres {
     config: tokio_postgres::Config,
     reset: Reset,
+    /// TLS through `SSLRequest`: the client configuration and the name the server's
+    /// certificate must carry.
+    #[cfg(feature = "tls")]
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        livepool::rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+/// Builds a [`Postgres`] protocol with settings beyond the connection's; see
+/// [`Postgres::builder`].
+#[must_use]
+#[derive(Debug)]
+pub struct PostgresBuilder {
+    inner: Postgres,
+}
+
+impl PostgresBuilder {
+    /// The session reset policy.
+    ///
+    /// Default: [`Reset::WhenChanged`].
+    ///
+    /// ```
+    /// let b = livepool_postgres::Postgres::builder(Default::default())
+    ///     .reset(livepool_postgres::Reset::Never);
+    /// # let _ = b;
+    /// ```
+    pub fn reset(mut self, reset: Reset) -> Self {
+        self.inner.reset = reset;
+        self
+    }
+
+    /// TLS (feature `tls`): every connection asks for it (`SSLRequest`), fails if the
+    /// server declines, and verifies the server's certificate against `config` and
+    /// `server_name` (a wrong name is a configuration error, see livepool's
+    /// `Error::is_config`). The pool's own `Builder::tls` is for protocols that start with
+    /// TLS; do not set both.
+    ///
+    /// Default: no TLS.
+    ///
+    /// ```no_run
+    /// # fn f(roots: livepool::rustls::RootCertStore) {
+    /// use std::sync::Arc;
+    /// use livepool::rustls;
+    /// let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+    ///         rustls::crypto::ring::default_provider()))
+    ///     .with_safe_default_protocol_versions().unwrap()
+    ///     .with_root_certificates(roots)
+    ///     .with_no_client_auth();
+    /// let name = rustls::pki_types::ServerName::try_from("db.internal").unwrap();
+    /// let protocol = livepool_postgres::Postgres::builder(Default::default())
+    ///     .tls(Arc::new(tls), name)
+    ///     .build();
+    /// # let _ = protocol;
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(
+        mut self,
+        config: Arc<livepool::rustls::ClientConfig>,
+        server_name: livepool::rustls::pki_types::ServerName<'static>,
+    ) -> Self {
+        self.inner.tls = Some((tokio_rustls::TlsConnector::from(config), server_name));
+        self
+    }
+
+    /// The protocol, for `livepool::Builder::protocol`.
+    ///
+    /// ```
+    /// let protocol = livepool_postgres::Postgres::builder(Default::default()).build();
+    /// # let _ = protocol;
+    /// ```
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    pub fn build(mut self) -> Hosted<Postgres> {
+        #[cfg(feature = "tls")]
+        if self.inner.tls.is_some() {
+            // The TLS is ours, below the wire tap: tokio-postgres must not ask again.
+            self.inner
+                .config
+                .ssl_mode(tokio_postgres::config::SslMode::Disable);
+        }
+        Hosted::new(self.inner)
+    }
 }
 
 /// What the pool does about a returned connection's session state (`SET`, `SET ROLE`,
@@ -248,7 +336,7 @@ pub struct Postgres {
 ///
 /// ```
 /// use livepool_postgres::{Postgres, Reset};
-/// let protocol = Postgres::with_reset(Default::default(), Reset::Always);
+/// let protocol = Postgres::builder(Default::default()).reset(Reset::Always).build();
 /// # let _ = protocol;
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -274,6 +362,45 @@ pub enum Reset {
 /// cannot run inside a multi-statement query).
 const DISCARD_ALL: &str = "DISCARD ALL";
 
+/// Asks for TLS (`SSLRequest`) and runs the handshake, verifying the server's certificate.
+#[cfg(feature = "tls")]
+async fn start_tls(
+    mut io: Io,
+    connector: &tokio_rustls::TlsConnector,
+    name: &livepool::rustls::pki_types::ServerName<'static>,
+) -> Result<tokio_rustls::client::TlsStream<Io>, SetupError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // SSLRequest: its length (8) and the code 80877103.
+    io.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+    let mut answer = [0u8];
+    io.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {}
+        b'N' => {
+            return Err(SetupError::config(
+                "TLS is configured but the server does not accept it (it answered N to SSLRequest)",
+            ));
+        }
+        other => {
+            return Err(SetupError::protocol(format!(
+                "unexpected answer {other:#04x} to SSLRequest"
+            )));
+        }
+    }
+    connector.connect(name.clone(), io).await.map_err(|e| {
+        let text = format!("TLS handshake failed: {e}");
+        match e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<livepool::rustls::Error>())
+        {
+            // The certificate does not verify for this name and these roots: the server is
+            // up, the configuration does not match it.
+            Some(livepool::rustls::Error::InvalidCertificate(_)) => SetupError::config(text),
+            _ => SetupError::io(std::io::Error::new(e.kind(), text)),
+        }
+    })
+}
+
 /// deadpool-postgres's `RecyclingMethod::Clean`: undoes session state, keeps prepared
 /// statements.
 const CLEAN: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
@@ -293,22 +420,28 @@ impl Postgres {
     // Returns the hosted form at once: that is what `Builder::protocol` takes.
     #[allow(clippy::new_ret_no_self)]
     pub fn new(config: tokio_postgres::Config) -> Hosted<Postgres> {
-        Self::with_reset(config, Reset::default())
+        Self::builder(config).build()
     }
 
-    /// The protocol with a session reset policy other than the default
-    /// ([`Reset::WhenChanged`]).
+    /// A protocol with settings beyond the connection's: the session reset policy, TLS.
     ///
     /// ```
     /// use livepool_postgres::{Postgres, Reset};
     /// let mut config = livepool_postgres::tokio_postgres::Config::new();
     /// config.user("app");
     /// let pool = livepool::Pool::builder("127.0.0.1:5432")
-    ///     .protocol(Postgres::with_reset(config, Reset::Always));
+    ///     .protocol(Postgres::builder(config).reset(Reset::Always).build());
     /// # let _ = pool;
     /// ```
-    pub fn with_reset(config: tokio_postgres::Config, reset: Reset) -> Hosted<Postgres> {
-        Hosted::new(Postgres { config, reset })
+    pub fn builder(config: tokio_postgres::Config) -> PostgresBuilder {
+        PostgresBuilder {
+            inner: Postgres {
+                config,
+                reset: Reset::default(),
+                #[cfg(feature = "tls")]
+                tls: None,
+            },
+        }
     }
 
     /// The session reset policy.
@@ -416,10 +549,11 @@ impl Postgres {
 impl fmt::Debug for Postgres {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // tokio-postgres's Config debug redacts the password.
-        f.debug_struct("Postgres")
-            .field("config", &self.config)
-            .field("reset", &self.reset)
-            .finish()
+        let mut d = f.debug_struct("Postgres");
+        d.field("config", &self.config).field("reset", &self.reset);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls.as_ref().map(|(_, name)| name));
+        d.finish()
     }
 }
 
@@ -469,7 +603,46 @@ impl Driven for Postgres {
 
     async fn connect(&self, io: Io) -> Result<(PgClient, Driver), SetupError> {
         let peer = io.peer_addr().ok();
-        let (stream, session) = tap::Tap::new(io);
+        #[cfg(feature = "tls")]
+        if let Some((connector, name)) = &self.tls {
+            let stream = start_tls(io, connector, name).await?;
+            return self.start(stream, peer).await;
+        }
+        self.start(io, peer).await
+    }
+
+    fn has_heartbeat(&self) -> bool {
+        true
+    }
+
+    async fn heartbeat(&self, client: &PgClient) -> Result<(), HeartbeatError> {
+        self.ping(client).await
+    }
+
+    fn is_clean(&self, client: &PgClient) -> bool {
+        self.clean(client)
+    }
+
+    fn can_settle(&self, client: &PgClient) -> bool {
+        !client.client.is_closed()
+    }
+
+    async fn settle(&self, client: &PgClient) -> Result<(), EvictReason> {
+        self.bring_back(client).await
+    }
+}
+
+impl Postgres {
+    /// The startup (SCRAM) over `stream`, through the wire tap; the client and its driver.
+    async fn start<S>(
+        &self,
+        stream: S,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<(PgClient, Driver), SetupError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (stream, session) = tap::Tap::new(stream);
         let (client, connection) = self
             .config
             .connect_raw(stream, tokio_postgres::NoTls)
@@ -487,11 +660,7 @@ impl Driven for Postgres {
         ))
     }
 
-    fn has_heartbeat(&self) -> bool {
-        true
-    }
-
-    async fn heartbeat(&self, client: &PgClient) -> Result<(), HeartbeatError> {
+    async fn ping(&self, client: &PgClient) -> Result<(), HeartbeatError> {
         client.client.check_connection().await.map_err(|e| {
             if e.is_closed() {
                 HeartbeatError::closed()
@@ -503,21 +672,17 @@ impl Driven for Postgres {
         })
     }
 
-    fn is_clean(&self, client: &PgClient) -> bool {
+    fn clean(&self, client: &PgClient) -> bool {
         !client.client.is_closed()
             && client.session.is_idle()
             && self.reset_sql(&client.session).is_none()
-    }
-
-    fn can_settle(&self, client: &PgClient) -> bool {
-        !client.client.is_closed()
     }
 
     /// Brings a returned connection back: a reply not read yet is waited for; a query the
     /// server still runs (its caller gave up) is cancelled on a connection of our own, and
     /// only once the server has closed that connection (so the cancel cannot land on a later
     /// query) is its answer awaited; a transaction left open is rolled back.
-    async fn settle(&self, client: &PgClient) -> Result<(), EvictReason> {
+    async fn bring_back(&self, client: &PgClient) -> Result<(), EvictReason> {
         let session = &client.session;
         if !session.answered(ANSWER_GRACE).await {
             let peer = client.peer.ok_or(EvictReason::NotClean)?;

@@ -452,10 +452,11 @@ async fn session_state_never_reaches_the_next_caller() {
 
     // Control: without a reset, the next caller inherits it all.
     let pool: Pool = livepool::Pool::builder(cluster.addr())
-        .protocol(Postgres::with_reset(
-            config(&cluster),
-            livepool_postgres::Reset::Never,
-        ))
+        .protocol(
+            Postgres::builder(config(&cluster))
+                .reset(livepool_postgres::Reset::Never)
+                .build(),
+        )
         .max_size(1)
         .build()
         .unwrap();

@@ -145,6 +145,49 @@ impl PgCluster {
         }
     }
 
+    /// Turns TLS on with this certificate and key (PEM files) and makes it required for TCP
+    /// connections (`hostssl` only in `pg_hba.conf`), then restarts the server. Blocks.
+    pub fn require_tls(&mut self, cert: &Path, key: &Path) {
+        let data = self.data();
+        std::fs::copy(cert, data.join("server.crt")).expect("copy the certificate");
+        std::fs::copy(key, data.join("server.key")).expect("copy the key");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod the key");
+        if self.as_postgres {
+            let out = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key"))
+                .output()
+                .expect("run chown");
+            assert!(out.status.success(), "chown failed: {}", text(&out));
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        use std::io::Write as _;
+        writeln!(
+            conf,
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
+        )
+        .expect("write postgresql.conf");
+        let hba = std::fs::read_to_string(data.join("pg_hba.conf")).expect("read pg_hba.conf");
+        let hba: String = hba
+            .lines()
+            .map(|l| match l.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}\n"),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        self.restart();
+    }
+
     /// Stops (fast mode) and starts the server again on the same port. Blocks.
     pub fn restart(&mut self) {
         self.stop();
