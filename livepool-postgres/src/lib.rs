@@ -63,7 +63,12 @@
 //! (`SSLRequest`) and verifies the server's certificate and name with rustls (re-exported by
 //! livepool). The TLS runs below the wire tap; SCRAM runs inside it.
 //!
-//! Not yet: a listener (notifications as a stream, re-`LISTEN` after a reconnect).
+//! # Notifications
+//!
+//! [`PgListener`] holds a connection of its own, hands out notifications and listens again
+//! by itself after a reconnect, reporting the gap. A pooled connection's notifications are
+//! dropped, and `UNLISTEN *` is part of the reset: another caller's `LISTEN` never reaches
+//! you.
 
 #![deny(unsafe_code)]
 #![warn(
@@ -74,6 +79,7 @@
     rustdoc::broken_intra_doc_links
 )]
 
+mod listener;
 mod tap;
 
 use std::fmt;
@@ -82,6 +88,7 @@ use std::sync::Arc;
 use livepool::{Driven, Driver, EvictReason, HeartbeatError, Hosted, Io, SetupError};
 use tokio_postgres::error::SqlState;
 
+pub use listener::{ListenerError, ListenerMessage, PgListener};
 pub use tokio_postgres;
 
 /// A pool of tokio-postgres clients.
@@ -107,6 +114,9 @@ pub struct PgClient {
     /// The server's address, for a cancel request on a connection of its own (none over a
     /// Unix socket: a query still running there is not cancelled, the connection closes).
     peer: Option<std::net::SocketAddr>,
+    /// Where the driver sends notifications (`LISTEN`), when someone listens (a
+    /// [`PgListener`]); otherwise they are dropped, as tokio-postgres's own driver does.
+    notifications: Arc<std::sync::Mutex<Option<NotificationSink>>>,
     /// Statements prepared through [`PgClient::prepare_cached`], by their text: they live as
     /// long as the connection, across checkouts.
     statements: std::sync::Mutex<std::collections::HashMap<String, tokio_postgres::Statement>>,
@@ -648,12 +658,44 @@ impl Postgres {
             .connect_raw(stream, tokio_postgres::NoTls)
             .await
             .map_err(|e| self.setup_error(&e))?;
-        let driver = Driver::new(async move { end_reason(connection.await) });
+        let notifications: Arc<std::sync::Mutex<Option<NotificationSink>>> = Arc::default();
+        let sink = notifications.clone();
+        let mut connection = connection;
+        let driver = Driver::new(async move {
+            let res = std::future::poll_fn(|cx| {
+                loop {
+                    match connection.poll_message(cx) {
+                        std::task::Poll::Ready(Some(Ok(
+                            tokio_postgres::AsyncMessage::Notification(n),
+                        ))) => {
+                            let sink = sink
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            if let Some(tx) = sink.as_ref() {
+                                // A listener that does not keep up loses notifications rather
+                                // than growing this queue without bound.
+                                let _ = tx.try_send(n);
+                            }
+                        }
+                        // Notices (warnings the server sends): nobody asked for them.
+                        std::task::Poll::Ready(Some(Ok(_))) => {}
+                        std::task::Poll::Ready(Some(Err(e))) => {
+                            return std::task::Poll::Ready(Err(e));
+                        }
+                        std::task::Poll::Ready(None) => return std::task::Poll::Ready(Ok(())),
+                        std::task::Poll::Pending => return std::task::Poll::Pending,
+                    }
+                }
+            })
+            .await;
+            end_reason(res)
+        });
         Ok((
             PgClient {
                 client,
                 session,
                 peer,
+                notifications,
                 statements: Default::default(),
             },
             driver,
@@ -721,6 +763,9 @@ impl Postgres {
         }
     }
 }
+
+/// Where a connection's driver sends notifications.
+type NotificationSink = tokio::sync::mpsc::Sender<tokio_postgres::Notification>;
 
 /// How long a returned connection's owed reply may take to arrive before the query is taken
 /// to be still running (a reply in flight arrives in microseconds on a LAN).

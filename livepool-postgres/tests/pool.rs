@@ -468,3 +468,86 @@ async fn session_state_never_reaches_the_next_caller() {
     assert_eq!(inherited.user, "other", "{inherited:?}");
     assert_eq!(inherited.listening, 1, "{inherited:?}");
 }
+
+/// Waits (bounded) for the next notification, skipping nothing else: a reconnect here fails.
+async fn next_notification(listener: &mut livepool_postgres::PgListener) -> (String, String) {
+    match within(10, "a notification", listener.recv()).await {
+        Ok(livepool_postgres::ListenerMessage::Notification(n)) => {
+            (n.channel().to_owned(), n.payload().to_owned())
+        }
+        other => panic!("expected a notification, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_listener_listens_again_after_a_restart() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut cluster) = PgCluster::start().await else {
+        return;
+    };
+    let listener_pool: Pool = builder(&cluster).max_size(1).build().unwrap();
+    let mut listener = livepool_postgres::PgListener::new(listener_pool);
+    listener.listen("jobs").await.expect("listen");
+    listener.listen("weird \"name\"").await.expect("listen");
+
+    let notify = |admin: tokio_postgres::Client, channel: &'static str, payload: &'static str| async move {
+        admin
+            .query_one("SELECT pg_notify($1, $2)", &[&channel, &payload])
+            .await
+            .expect("notify");
+        admin
+    };
+    let admin_client = admin(&cluster).await;
+    let admin_client = notify(admin_client, "jobs", "one").await;
+    let admin_client = notify(admin_client, "weird \"name\"", "two").await;
+    assert_eq!(
+        next_notification(&mut listener).await,
+        ("jobs".into(), "one".into())
+    );
+    assert_eq!(
+        next_notification(&mut listener).await,
+        ("weird \"name\"".into(), "two".into())
+    );
+    // A pooled connection of another pool, not listening, hears nothing; the listener hears
+    // only its channels.
+    let admin_client = notify(admin_client, "other", "not for us").await;
+    drop(admin_client);
+
+    cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart();
+        cluster
+    })
+    .await
+    .expect("restart");
+    // The listener notices, reconnects through its pool and says how long it was away.
+    let gap = within(30, "the listener reconnects", async {
+        loop {
+            match listener.recv().await {
+                Ok(livepool_postgres::ListenerMessage::Reconnected { gap }) => break gap,
+                Ok(other) => panic!("before the reconnect: {other:?}"),
+                // The server is still starting: the pool's breaker paces the attempts.
+                Err(e) => {
+                    let wait = match &e {
+                        livepool_postgres::ListenerError::Connect(e) => e.retry_after(),
+                        _ => None,
+                    };
+                    tokio::time::sleep(wait.unwrap_or(50 * MS)).await
+                }
+            }
+        }
+    })
+    .await;
+    assert!(gap > Duration::ZERO);
+    // Both channels are listened to again.
+    let admin_client = admin(&cluster).await;
+    let admin_client = notify(admin_client, "weird \"name\"", "three").await;
+    let _admin = notify(admin_client, "jobs", "four").await;
+    assert_eq!(
+        next_notification(&mut listener).await,
+        ("weird \"name\"".into(), "three".into())
+    );
+    assert_eq!(
+        next_notification(&mut listener).await,
+        ("jobs".into(), "four".into())
+    );
+}
