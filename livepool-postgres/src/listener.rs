@@ -96,6 +96,7 @@ impl std::error::Error for ListenerError {
 ///     match listener.recv().await {
 ///         Ok(ListenerMessage::Notification(n)) => println!("{}: {}", n.channel(), n.payload()),
 ///         Ok(ListenerMessage::Reconnected { gap }) => println!("lost {gap:?} of notifications"),
+///         Ok(_) => {}
 ///         Err(e) => eprintln!("{e}; trying again"),
 ///     }
 /// }
