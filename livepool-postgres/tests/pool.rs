@@ -551,3 +551,98 @@ async fn the_listener_listens_again_after_a_restart() {
         ("jobs".into(), "four".into())
     );
 }
+
+#[tokio::test]
+async fn a_restart_with_queries_in_flight_gives_no_wrong_row_and_no_hang() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut cluster) = PgCluster::start().await else {
+        return;
+    };
+    let pool: Pool = builder(&cluster).max_size(8).build().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed, wrong, hung) = (
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    );
+    let ok_after = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let restarted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..8i64 {
+        let pool = pool.clone();
+        let (stop, ok, failed, wrong, hung, ok_after, restarted) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            wrong.clone(),
+            hung.clone(),
+            ok_after.clone(),
+            restarted.clone(),
+        );
+        workers.spawn(async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            let mut i = 0i64;
+            // Bounded: the test stops it, and at most 100,000 requests per worker.
+            while !stop.load(Relaxed) && i < 100_000 {
+                i += 1;
+                let token = w * 1_000_000 + i;
+                let request = async {
+                    let conn = pool.get().await.map_err(|e| e.to_string())?;
+                    let row = conn
+                        .query_one("SELECT $1::int8, pg_sleep(0.002)::text", &[&token])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<i64, String>(row.get(0))
+                };
+                match tokio::time::timeout(Duration::from_secs(10), request).await {
+                    Ok(Ok(got)) if got == token => {
+                        ok.fetch_add(1, Relaxed);
+                        if restarted.load(Relaxed) {
+                            ok_after.fetch_add(1, Relaxed);
+                        }
+                    }
+                    Ok(Ok(_)) => {
+                        wrong.fetch_add(1, Relaxed);
+                    }
+                    Ok(Err(_)) => {
+                        failed.fetch_add(1, Relaxed);
+                        tokio::time::sleep(5 * MS).await;
+                    }
+                    Err(_) => {
+                        hung.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    wait_until(20, "requests flowing", || ok.load(Relaxed) >= 200).await;
+    cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart();
+        cluster
+    })
+    .await
+    .expect("restart");
+    restarted.store(true, Relaxed);
+    wait_until(30, "requests flowing after the restart", || {
+        ok_after.load(Relaxed) >= 200
+    })
+    .await;
+    stop.store(true, Relaxed);
+    within(20, "workers stop", async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    let (ok, failed, wrong, hung) = (
+        ok.load(Relaxed),
+        failed.load(Relaxed),
+        wrong.load(Relaxed),
+        hung.load(Relaxed),
+    );
+    println!(
+        "restart with queries in flight: {ok} ok, {failed} failed, {wrong} wrong, {hung} hung"
+    );
+    assert_eq!((wrong, hung), (0, 0), "{ok} ok, {failed} failed");
+    drop(cluster);
+}
