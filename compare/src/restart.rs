@@ -60,6 +60,7 @@
 //! or `/usr/lib/postgresql/*/bin`); says which is missing and exits non-zero otherwise. Servers
 //! and their temp dirs are removed on exit, also after an error or Ctrl-C.
 
+mod report;
 mod servers;
 
 use std::collections::HashMap;
@@ -73,6 +74,7 @@ use livepool::postgres::{PgConfig, Postgres};
 use livepool::redis::{Redis, RedisConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use report::{livepool_commit, markdown};
 use servers::{PG_USER, PgCluster, RedisServer};
 
 /// Each worker stops after this many requests in a round, whatever else happens.
@@ -928,43 +930,6 @@ fn first_ok_text(d: Option<Duration>, limit: Duration) -> String {
     }
 }
 
-/// A Markdown table with padded columns; all but the first two right-aligned.
-fn markdown(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (w, c) in width.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| format!("| {} |\n", cells.join(" | "));
-    let pad = |i: usize, c: &str| {
-        if i < 2 {
-            format!("{c:<w$}", w = width[i])
-        } else {
-            format!("{c:>w$}", w = width[i])
-        }
-    };
-    let mut out = line(header.iter().enumerate().map(|(i, h)| pad(i, h)).collect());
-    out += &line(
-        width
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                let dashes = "-".repeat(w.saturating_sub(1).max(2));
-                if i < 2 {
-                    format!("{dashes}-")
-                } else {
-                    format!("{dashes}:")
-                }
-            })
-            .collect(),
-    );
-    for r in rows {
-        out += &line(r.iter().enumerate().map(|(i, c)| pad(i, c)).collect());
-    }
-    out
-}
-
 fn print_group(g: &Group, title: &str, o: &Options) {
     let header = [
         "outage",
@@ -995,7 +960,7 @@ fn print_group(g: &Group, title: &str, o: &Options) {
         })
         .collect();
     println!("### {title}\n");
-    print!("{}", markdown(&header, &rows));
+    print!("{}", markdown(&header, &rows, 2));
     println!();
     for n in &g.notes {
         println!("- {n}");
@@ -1014,27 +979,6 @@ fn print_group(g: &Group, title: &str, o: &Options) {
         println!("- {}, {}: {}", secs(r.outage), r.pool, top.join("; "));
     }
     println!();
-}
-
-/// `git rev-parse --short HEAD` of the livepool checkout this was built from, marked when its
-/// `src/` has uncommitted changes (they are compiled in).
-fn livepool_commit() -> String {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    match git(&["status", "--porcelain", "--", "src", "Cargo.toml"]) {
-        Some(s) if !s.is_empty() => format!("{head} + uncommitted changes in src/"),
-        _ => head,
-    }
 }
 
 fn version_line(cmd: &str, arg: &str) -> String {
@@ -1089,7 +1033,7 @@ async fn run(o: Arc<Options>) -> Result<(), String> {
     println!("## Recovery after a restart\n");
     println!(
         "livepool {}; its default BreakerConfig: {:?}",
-        livepool_commit(),
+        livepool_commit(&["src", "Cargo.toml"]),
         livepool::BreakerConfig::default()
     );
     let redis_v = if o.redis {

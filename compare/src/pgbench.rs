@@ -1,0 +1,753 @@
+//! Throughput and latency of a one-row `SELECT $1::int8` through livepool-postgres next to
+//! deadpool-postgres, against one real PostgreSQL cluster (issue 19, item 9).
+//!
+//! The program starts a throwaway cluster on a free port of 127.0.0.1 (`initdb`,
+//! SCRAM-SHA-256; as root run as the `postgres` user; see `servers.rs`) and builds two pools
+//! against it, each with its documented defaults plus `max_size` 16, from one
+//! `tokio_postgres::Config` (user, password, database `postgres`; host 127.0.0.1 and the
+//! port, which deadpool-postgres connects to and livepool ignores: its address is the pool's):
+//!
+//! - livepool-postgres: `livepool::Pool::builder(addr).protocol(Postgres::new(config))
+//!   .max_size(16).build()`;
+//! - deadpool-postgres: `Pool::builder(Manager::from_config(config, NoTls,
+//!   ManagerConfig::default())).max_size(16).build()` (its README's example; the default
+//!   recycling method is `Fast`: no query in `get()`).
+//!
+//! The two crates must share one tokio-postgres: the same `Config` value goes to both, so a
+//! second version would not compile (with 0.7.18 in `Cargo.lock`, there is one).
+//!
+//! # The workload
+//!
+//! N tasks (default N = 1 and N = 16) in a closed loop, each request: `get()`, one query whose
+//! parameter is a token unique to the request, the connection dropped (returned); the reply's
+//! `int8` must equal the token (a mismatch counts as *wrong*; there must be none). A request's
+//! latency runs from before `get()` to after the return. Three statement kinds:
+//!
+//! | kind           | call on the client                                     | wire, per request |
+//! |----------------|--------------------------------------------------------|-------------------|
+//! | `unnamed`      | `query_typed_one("SELECT $1::int8", &[(&token, INT8)])` | Parse (unnamed) / Bind / Describe / Execute / Sync: one round trip |
+//! | `prepared`     | `query_one(&stmt, &[&token])`, `stmt` prepared once per connection | Bind / Execute / Sync: one round trip |
+//! | `prepare-each` | `query_one("SELECT $1::int8", &[&token])`              | Parse / Describe / Sync, then Bind / Execute / Sync (two round trips); the statement's drop queues Close / Sync, not awaited |
+//!
+//! For `prepared`, deadpool-postgres uses its own per-connection cache, `prepare_cached`.
+//! tokio-postgres's `Client` has no cache and livepool-postgres none yet, so each livepool task
+//! keeps a map from `Conn::id()` (stable for the connection's life) to the `Statement` it
+//! prepared there, preparing on a miss; the maps outlive the rounds, so after the warm-up
+//! neither pool prepares again (livepool's misses in the measured rounds are counted:
+//! `prepares`; deadpool's cache keeps every statement it prepared and is not probed, so that
+//! its path stays exactly the documented one).
+//! `prepare-each` is what `client.query_one("…", …)` costs in tokio-postgres. Its Close is
+//! queued to the connection's driver when the statement drops, just before the return; if
+//! the driver has written it by then, livepool-postgres's wire tap sees a reply owed and the
+//! return goes through the pool's settle step, otherwise the Close simply runs ahead of the
+//! next caller's request. The program counts the returns the tap saw as not idle
+//! (`unclean returns`, `PgClient::is_idle` read just before the drop), for every kind.
+//!
+//! The pools differ in which idle connection `get()` hands out: livepool the most recently
+//! returned one, deadpool (default `QueueMode::Fifo`) the least recently returned one, so
+//! with N = 1 and 16 open connections deadpool cycles through all 16 sessions (16 driver
+//! tasks, 16 server processes) where livepool reuses one. `--deadpool-queue lifo` runs
+//! deadpool with `QueueMode::Lifo` to take that difference out.
+//!
+//! # Rows in turns
+//!
+//! A configuration is (pool, N, kind). After a warm-up of every configuration (default
+//! 0.5 s each: connections opened, statements prepared), the measurement runs in rounds
+//! (default 8 rounds of 1 s per configuration): in each round, for each (N, kind), livepool
+//! and deadpool run back to back, livepool first in even rounds and deadpool first in odd
+//! ones, so that noise from the machine hits both alike. Both pools stay up for the whole
+//! run; only one runs traffic at a time.
+//!
+//! Per configuration: requests/s (median of the rounds, and all requests over all measured
+//! time), p50/p99/p99.9 of the request latency over all measured requests, wrong replies,
+//! errors; then livepool/deadpool ratios per (N, kind): throughput (the median of the
+//! per-round ratios, each round's pair ran back to back, and its range) and p99. With the
+//! defaults (12 configurations) the run takes under 2 minutes. Progress goes to stderr, the
+//! tables (Markdown) to stdout. `--pools livepool` (or `deadpool`) runs one pool alone, for a
+//! profiler.
+//!
+//! ```sh
+//! cargo run --release --manifest-path compare/Cargo.toml --bin pgbench
+//! cargo run --release --manifest-path compare/Cargo.toml --bin pgbench -- --help
+//! ```
+//!
+//! Needs PostgreSQL's `initdb`/`pg_ctl` (PATH, `pg_config --bindir` or
+//! `/usr/lib/postgresql/*/bin`). Traffic stays on 127.0.0.1; the cluster and its temp dir are
+//! removed on exit, also after an error or Ctrl-C.
+
+mod report;
+// Shared with `restart`, which uses the Redis server and the restarts as well.
+#[allow(dead_code)]
+mod servers;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use livepool_postgres::tokio_postgres::{self, NoTls, Statement, types::Type};
+
+use report::{livepool_commit, markdown};
+use servers::{PG_USER, PgCluster};
+
+const SQL: &str = "SELECT $1::int8";
+
+const USAGE: &str = "\
+Throughput and latency of SELECT $1::int8: livepool-postgres next to deadpool-postgres.
+
+USAGE: pgbench [OPTIONS]
+
+  --tasks LIST      concurrent tasks per configuration, comma-separated (default 1,16)
+  --kinds LIST      unnamed,prepared,prepare-each (default all three)
+  --rounds N        measured rounds (default 8)
+  --round-ms MS     length of one configuration's turn in a round (default 1000)
+  --warmup-ms MS    warm-up per configuration before the rounds (default 500)
+  --max-size N      max_size of both pools (default 16)
+  --deadpool-queue fifo|lifo
+                    deadpool's QueueMode (default fifo, its default; livepool hands
+                    out the most recently returned connection first, like lifo)
+  --pools LIST      livepool,deadpool (default both; one alone is for profiling, without
+                    the ratio table)
+  -h, --help        this text
+";
+
+// ---------------------------------------------------------------------------------------------
+// Options
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Unnamed,
+    Prepared,
+    PrepareEach,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Unnamed => "unnamed",
+            Kind::Prepared => "prepared",
+            Kind::PrepareEach => "prepare-each",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Which {
+    Livepool,
+    Deadpool,
+}
+
+impl Which {
+    fn name(self) -> &'static str {
+        match self {
+            Which::Livepool => "livepool-postgres",
+            Which::Deadpool => "deadpool-postgres",
+        }
+    }
+}
+
+struct Options {
+    tasks: Vec<usize>,
+    kinds: Vec<Kind>,
+    rounds: usize,
+    round: Duration,
+    warmup: Duration,
+    max_size: usize,
+    dp_queue: deadpool::managed::QueueMode,
+    pools: Vec<Which>,
+}
+
+fn parse_options() -> Result<Option<Options>, String> {
+    let mut o = Options {
+        tasks: vec![1, 16],
+        kinds: vec![Kind::Unnamed, Kind::Prepared, Kind::PrepareEach],
+        rounds: 8,
+        round: Duration::from_millis(1000),
+        warmup: Duration::from_millis(500),
+        max_size: 16,
+        dp_queue: deadpool::managed::QueueMode::default(),
+        pools: vec![Which::Livepool, Which::Deadpool],
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "-h" || flag == "--help" {
+            return Ok(None);
+        }
+        let value = args
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value (see --help)"))?;
+        let num = |v: &str| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("{flag}: {v:?} is not a whole number"))
+        };
+        match flag.as_str() {
+            "--tasks" => {
+                o.tasks = value
+                    .split(',')
+                    .map(|v| num(v).map(|n| n.clamp(1, 1024) as usize))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--kinds" => {
+                o.kinds = value
+                    .split(',')
+                    .map(|k| match k.trim() {
+                        "unnamed" => Ok(Kind::Unnamed),
+                        "prepared" => Ok(Kind::Prepared),
+                        "prepare-each" => Ok(Kind::PrepareEach),
+                        other => Err(format!("--kinds: unknown kind {other:?}")),
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "--rounds" => o.rounds = num(&value)?.clamp(1, 1000) as usize,
+            "--round-ms" => o.round = Duration::from_millis(num(&value)?.clamp(10, 600_000)),
+            "--warmup-ms" => o.warmup = Duration::from_millis(num(&value)?.min(600_000)),
+            "--max-size" => o.max_size = num(&value)?.clamp(1, 1000) as usize,
+            "--pools" => {
+                o.pools = Vec::new();
+                for p in value.split(',') {
+                    let which = match p.trim() {
+                        "livepool" => Which::Livepool,
+                        "deadpool" => Which::Deadpool,
+                        other => return Err(format!("--pools: unknown pool {other:?}")),
+                    };
+                    if !o.pools.contains(&which) {
+                        o.pools.push(which);
+                    }
+                }
+            }
+            "--deadpool-queue" => {
+                o.dp_queue = match value.as_str() {
+                    "fifo" => deadpool::managed::QueueMode::Fifo,
+                    "lifo" => deadpool::managed::QueueMode::Lifo,
+                    other => {
+                        return Err(format!("--deadpool-queue: {other:?} is not fifo or lifo"));
+                    }
+                };
+            }
+            other => return Err(format!("unknown option {other:?} (see --help)")),
+        }
+    }
+    if o.tasks.is_empty() || o.kinds.is_empty() || o.pools.is_empty() {
+        return Err("nothing to run".into());
+    }
+    Ok(Some(o))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pools and one request through each
+// ---------------------------------------------------------------------------------------------
+
+struct Pools {
+    lp: livepool_postgres::Pool,
+    dp: deadpool_postgres::Pool,
+}
+
+/// An error with its sources, each one that its message does not already contain.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// What one task counts besides its latencies.
+#[derive(Default)]
+struct Counts {
+    requests: u64,
+    wrong: u64,
+    errors: u64,
+    first_error: Option<String>,
+    /// Statements prepared on a cache miss (`prepared` rows).
+    prepares: u64,
+    /// livepool-postgres returns with a reply still owed or a transaction open.
+    unclean: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.requests += other.requests;
+        self.wrong += other.wrong;
+        self.errors += other.errors;
+        self.prepares += other.prepares;
+        self.unclean += other.unclean;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// livepool-postgres: one checkout, one query, the return. The reply's value.
+async fn lp_request(
+    pool: &livepool_postgres::Pool,
+    kind: Kind,
+    token: i64,
+    statements: &mut HashMap<u64, Statement>,
+    counts: &mut Counts,
+) -> Result<i64, String> {
+    let conn = pool.get().await.map_err(|e| describe(&e))?;
+    let row = match kind {
+        Kind::Unnamed => conn.query_typed_one(SQL, &[(&token, Type::INT8)]).await,
+        Kind::Prepared => {
+            let stmt = match statements.get(&conn.id()) {
+                Some(s) => s.clone(),
+                None => {
+                    counts.prepares += 1;
+                    let s = conn.prepare(SQL).await.map_err(|e| describe(&e))?;
+                    statements.insert(conn.id(), s.clone());
+                    s
+                }
+            };
+            conn.query_one(&stmt, &[&token]).await
+        }
+        Kind::PrepareEach => conn.query_one(SQL, &[&token]).await,
+    }
+    .map_err(|e| describe(&e))?;
+    if !conn.is_idle() {
+        counts.unclean += 1;
+    }
+    drop(conn);
+    row.try_get::<_, i64>(0).map_err(|e| describe(&e))
+}
+
+/// deadpool-postgres: one checkout, one query, the return. The reply's value.
+async fn dp_request(pool: &deadpool_postgres::Pool, kind: Kind, token: i64) -> Result<i64, String> {
+    let client = pool.get().await.map_err(|e| describe(&e))?;
+    let row = match kind {
+        Kind::Unnamed => client.query_typed_one(SQL, &[(&token, Type::INT8)]).await,
+        Kind::Prepared => {
+            let stmt = client.prepare_cached(SQL).await.map_err(|e| describe(&e))?;
+            client.query_one(&stmt, &[&token]).await
+        }
+        Kind::PrepareEach => client.query_one(SQL, &[&token]).await,
+    }
+    .map_err(|e| describe(&e))?;
+    drop(client);
+    row.try_get::<_, i64>(0).map_err(|e| describe(&e))
+}
+
+/// A task's result: its counts, its latencies (ns) and its statement map back.
+struct TaskOut {
+    counts: Counts,
+    latencies: Vec<u64>,
+    statements: HashMap<u64, Statement>,
+    finished: Instant,
+}
+
+/// Requests in a closed loop until `end`.
+async fn task(
+    pools: Arc<Pools>,
+    which: Which,
+    kind: Kind,
+    base: i64,
+    end: Instant,
+    mut statements: HashMap<u64, Statement>,
+) -> TaskOut {
+    let mut counts = Counts::default();
+    let mut latencies = Vec::with_capacity(16 * 1024);
+    let mut seq: i64 = 0;
+    loop {
+        let start = Instant::now();
+        if start >= end {
+            break;
+        }
+        seq += 1;
+        let token = base + seq;
+        let res = match which {
+            Which::Livepool => {
+                lp_request(&pools.lp, kind, token, &mut statements, &mut counts).await
+            }
+            Which::Deadpool => dp_request(&pools.dp, kind, token).await,
+        };
+        latencies.push(start.elapsed().as_nanos() as u64);
+        counts.requests += 1;
+        match res {
+            Ok(v) if v == token => {}
+            Ok(_) => counts.wrong += 1,
+            Err(e) => {
+                counts.errors += 1;
+                counts.first_error.get_or_insert(e);
+            }
+        }
+    }
+    TaskOut {
+        counts,
+        latencies,
+        statements,
+        finished: Instant::now(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configurations, rounds and figures
+// ---------------------------------------------------------------------------------------------
+
+/// One configuration's record over the run.
+struct Series {
+    which: Which,
+    tasks: usize,
+    kind: Kind,
+    /// Each measured round: requests and elapsed time.
+    rounds: Vec<(u64, Duration)>,
+    latencies: Vec<u64>,
+    counts: Counts,
+    /// livepool `prepared`: each task's statement map, kept across rounds.
+    statements: Vec<HashMap<u64, Statement>>,
+}
+
+/// One configuration's turn of `length`; `measured` keeps its figures.
+async fn turn(
+    pools: &Arc<Pools>,
+    s: &mut Series,
+    index: usize,
+    length: Duration,
+    measured: bool,
+) -> Result<(), String> {
+    let start = Instant::now();
+    let end = start + length;
+    let mut handles = Vec::with_capacity(s.tasks);
+    for t in 0..s.tasks {
+        // Tokens differ between configurations, tasks and requests.
+        let base = ((index as i64) << 48) | ((t as i64) << 32);
+        let statements = std::mem::take(&mut s.statements[t]);
+        handles.push(tokio::spawn(task(
+            pools.clone(),
+            s.which,
+            s.kind,
+            base,
+            end,
+            statements,
+        )));
+    }
+    let mut finished = start;
+    let mut counts = Counts::default();
+    for (t, h) in handles.into_iter().enumerate() {
+        let out = h.await.map_err(|e| format!("task: {e}"))?;
+        s.statements[t] = out.statements;
+        finished = finished.max(out.finished);
+        if measured {
+            s.latencies.extend_from_slice(&out.latencies);
+        }
+        counts.add(out.counts);
+    }
+    if counts.requests == counts.errors {
+        return Err(format!(
+            "{} N={} {}: no successful request ({})",
+            s.which.name(),
+            s.tasks,
+            s.kind.name(),
+            counts.first_error.as_deref().unwrap_or("no request ran")
+        ));
+    }
+    if measured {
+        s.rounds.push((counts.requests, finished - start));
+        s.counts.add(counts);
+    } else if let Some(e) = counts.first_error {
+        eprintln!(
+            "  warm-up {} N={} {}: {} errors, first: {e}",
+            s.which.name(),
+            s.tasks,
+            s.kind.name(),
+            counts.errors
+        );
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Nearest-rank percentile of sorted `v`, in µs.
+fn percentile_us(v: &[u64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1] as f64 / 1000.0
+}
+
+impl Series {
+    fn rate(&self, round: usize) -> f64 {
+        let (n, d) = self.rounds[round];
+        n as f64 / d.as_secs_f64()
+    }
+
+    fn median_rate(&self) -> f64 {
+        median((0..self.rounds.len()).map(|r| self.rate(r)).collect())
+    }
+
+    fn overall_rate(&self) -> f64 {
+        let n: u64 = self.rounds.iter().map(|r| r.0).sum();
+        let d: Duration = self.rounds.iter().map(|r| r.1).sum();
+        n as f64 / d.as_secs_f64()
+    }
+}
+
+fn fmt_rate(r: f64) -> String {
+    format!("{:.0}", r)
+}
+
+fn fmt_us(us: f64) -> String {
+    if us < 100.0 {
+        format!("{us:.1}")
+    } else {
+        format!("{us:.0}")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+// ---------------------------------------------------------------------------------------------
+
+fn build_pools(addr: SocketAddr, password: &str, o: &Options) -> Result<Pools, String> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .user(PG_USER)
+        .password(password)
+        .dbname("postgres")
+        .host(addr.ip().to_string())
+        .port(addr.port());
+    let lp = livepool::Pool::builder(addr)
+        .protocol(livepool_postgres::Postgres::new(config.clone()))
+        .max_size(o.max_size)
+        .build()
+        .map_err(|e| format!("livepool build: {e}"))?;
+    // The same `Config` type: deadpool-postgres and livepool-postgres share one tokio-postgres.
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        NoTls,
+        deadpool_postgres::ManagerConfig::default(),
+    );
+    let dp = deadpool_postgres::Pool::builder(manager)
+        .max_size(o.max_size)
+        .queue_mode(o.dp_queue)
+        .build()
+        .map_err(|e| format!("deadpool-postgres build: {e}"))?;
+    Ok(Pools { lp, dp })
+}
+
+async fn run(o: Options) -> Result<bool, String> {
+    let wall = Instant::now();
+    eprintln!("starting a PostgreSQL cluster (initdb, pg_ctl start)");
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .map_err(|e| format!("postgres start thread: {e}"))??;
+    let pools = Arc::new(build_pools(cluster.addr(), cluster.password(), &o)?);
+    let server_version = {
+        let c = pools.dp.get().await.map_err(|e| describe(&e))?;
+        let row = c
+            .query_one("SHOW server_version", &[])
+            .await
+            .map_err(|e| describe(&e))?;
+        row.get::<_, String>(0)
+    };
+
+    // Configurations in turn order: per (N, kind), livepool then deadpool.
+    let mut series = Vec::new();
+    for &tasks in &o.tasks {
+        for &kind in &o.kinds {
+            for &which in &o.pools {
+                series.push(Series {
+                    which,
+                    tasks,
+                    kind,
+                    rounds: Vec::new(),
+                    latencies: Vec::new(),
+                    counts: Counts::default(),
+                    statements: (0..tasks).map(|_| HashMap::new()).collect(),
+                });
+            }
+        }
+    }
+
+    eprintln!("warm-up: {} configurations × {:?}", series.len(), o.warmup);
+    for (i, s) in series.iter_mut().enumerate() {
+        turn(&pools, s, i, o.warmup, false).await?;
+    }
+    for r in 0..o.rounds {
+        eprintln!("round {}/{}", r + 1, o.rounds);
+        for first in (0..series.len()).step_by(o.pools.len()) {
+            // The pools of one (N, kind) back to back: livepool first in even rounds,
+            // deadpool first in odd ones.
+            let mut order: Vec<usize> = (first..first + o.pools.len()).collect();
+            if r % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                turn(&pools, &mut series[i], i, o.round, true).await?;
+            }
+        }
+    }
+    let lp_stats = pools.lp.statistics();
+    let dp_status = pools.dp.status();
+
+    // Figures.
+    let mut rows = Vec::new();
+    let mut wrong = 0;
+    for s in series.iter_mut() {
+        s.latencies.sort_unstable();
+        wrong += s.counts.wrong;
+        rows.push(vec![
+            s.which.name().to_string(),
+            s.tasks.to_string(),
+            s.kind.name().to_string(),
+            fmt_rate(s.median_rate()),
+            fmt_rate(s.overall_rate()),
+            fmt_us(percentile_us(&s.latencies, 0.50)),
+            fmt_us(percentile_us(&s.latencies, 0.99)),
+            fmt_us(percentile_us(&s.latencies, 0.999)),
+            s.counts.requests.to_string(),
+            s.counts.wrong.to_string(),
+            s.counts.errors.to_string(),
+            match s.which {
+                Which::Livepool => s.counts.prepares.to_string(),
+                Which::Deadpool => "–".to_string(),
+            },
+            match s.which {
+                Which::Livepool => s.counts.unclean.to_string(),
+                Which::Deadpool => "–".to_string(),
+            },
+        ]);
+    }
+    let mut ratios = Vec::new();
+    for pair in series.chunks(2).filter(|_| o.pools.len() == 2) {
+        let (lp, dp) = (&pair[0], &pair[1]);
+        let per_round: Vec<f64> = (0..lp.rounds.len())
+            .map(|r| lp.rate(r) / dp.rate(r))
+            .collect();
+        let lo = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        ratios.push(vec![
+            lp.tasks.to_string(),
+            lp.kind.name().to_string(),
+            format!("{:.2}", median(per_round)),
+            format!("{lo:.2}–{hi:.2}"),
+            format!("{:.2}", lp.overall_rate() / dp.overall_rate()),
+            format!(
+                "{:.2}",
+                percentile_us(&lp.latencies, 0.50) / percentile_us(&dp.latencies, 0.50)
+            ),
+            format!(
+                "{:.2}",
+                percentile_us(&lp.latencies, 0.99) / percentile_us(&dp.latencies, 0.99)
+            ),
+        ]);
+    }
+
+    println!("## PostgreSQL throughput: livepool-postgres vs deadpool-postgres\n");
+    println!(
+        "livepool {}; PostgreSQL {server_version}; tokio-postgres shared by both pools; \
+         max_size {} each, deadpool's queue mode {:?}; {} rounds × {:?} per configuration \
+         after a {:?} warm-up each; {} tokio worker threads on {} CPUs.\n",
+        livepool_commit(&["src", "Cargo.toml", "livepool-postgres"]),
+        o.max_size,
+        o.dp_queue,
+        o.rounds,
+        o.round,
+        o.warmup,
+        tokio::runtime::Handle::current().metrics().num_workers(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    let header = [
+        "pool",
+        "tasks",
+        "statement",
+        "req/s (median of rounds)",
+        "req/s (overall)",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "requests",
+        "wrong",
+        "errors",
+        "prepares",
+        "unclean returns",
+    ];
+    print!("{}", markdown(&header, &rows, 3));
+    println!();
+    let header = [
+        "tasks",
+        "statement",
+        "throughput lp/dp (median of round pairs)",
+        "range over rounds",
+        "overall",
+        "p50 lp/dp",
+        "p99 lp/dp",
+    ];
+    if !ratios.is_empty() {
+        print!("{}", markdown(&header, &ratios, 2));
+        println!();
+    }
+    println!(
+        "- livepool-postgres: {} connections opened, {} connect errors, {} checkouts, {} \
+         heartbeats; deadpool-postgres: {} connections in the pool at the end.",
+        lp_stats.created,
+        lp_stats.connect_errors,
+        lp_stats.checkouts,
+        lp_stats.heartbeats,
+        dp_status.size
+    );
+    for s in &series {
+        if let Some(e) = &s.counts.first_error {
+            println!(
+                "- {} N={} {}: {} errors, first: {e}",
+                s.which.name(),
+                s.tasks,
+                s.kind.name(),
+                s.counts.errors
+            );
+        }
+    }
+    println!("\nTotal wall time: {:.1} s", wall.elapsed().as_secs_f64());
+    pools.lp.close();
+    pools.dp.close();
+    drop(cluster);
+    Ok(wrong == 0)
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let o = match parse_options() {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            print!("{USAGE}");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let res = tokio::select! {
+        r = run(o) => r,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+    };
+    match res {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("error: wrong replies (see the table)");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
