@@ -20,6 +20,10 @@ pub struct PgCluster {
     pg_ctl: PathBuf,
     as_postgres: bool,
     port: u16,
+    /// The network namespace the server runs in (`None`: this process's) and the address it
+    /// listens on.
+    netns: Option<String>,
+    ip: std::net::Ipv4Addr,
     password: String,
     running: bool,
 }
@@ -28,6 +32,17 @@ impl PgCluster {
     /// Creates and starts a cluster. `None` (after `skip_without` printed why) when the
     /// PostgreSQL binaries are not installed.
     pub async fn start() -> Option<PgCluster> {
+        Self::start_at(None, std::net::Ipv4Addr::LOCALHOST).await
+    }
+
+    /// Creates and starts a cluster whose server runs in network namespace `netns`,
+    /// listening on `ip` (an address of that namespace): for blackholing it (root only; the
+    /// caller made the namespace).
+    pub async fn start_in(netns: &str, ip: std::net::Ipv4Addr) -> Option<PgCluster> {
+        Self::start_at(Some(netns.to_owned()), ip).await
+    }
+
+    async fn start_at(netns: Option<String>, ip: std::net::Ipv4Addr) -> Option<PgCluster> {
         let Some((initdb, pg_ctl)) = find_binaries() else {
             super::skip_without(false, "PostgreSQL (initdb, pg_ctl)");
             return None;
@@ -37,14 +52,21 @@ impl PgCluster {
             super::skip_without(false, "a `postgres` user to run initdb as when root");
             return None;
         }
-        let cluster =
-            tokio::task::spawn_blocking(move || PgCluster::create(initdb, pg_ctl, as_postgres))
-                .await
-                .expect("cluster setup thread");
+        let cluster = tokio::task::spawn_blocking(move || {
+            PgCluster::create(initdb, pg_ctl, as_postgres, netns, ip)
+        })
+        .await
+        .expect("cluster setup thread");
         Some(cluster)
     }
 
-    fn create(initdb: PathBuf, pg_ctl: PathBuf, as_postgres: bool) -> PgCluster {
+    fn create(
+        initdb: PathBuf,
+        pg_ctl: PathBuf,
+        as_postgres: bool,
+        netns: Option<String>,
+        ip: std::net::Ipv4Addr,
+    ) -> PgCluster {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let base = std::env::temp_dir().join(format!("livepool-pg-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
@@ -60,6 +82,8 @@ impl PgCluster {
             pg_ctl,
             as_postgres,
             port: 0,
+            netns,
+            ip,
             password,
             running: false,
         };
@@ -90,6 +114,13 @@ impl PgCluster {
         let out = initdb.output().expect("run initdb");
         assert!(out.status.success(), "initdb failed: {}", text(&out));
 
+        if cluster.netns.is_some() {
+            // Clients come from the other end of the namespace's link, not from loopback.
+            let hba = cluster.data().join("pg_hba.conf");
+            let mut lines = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+            lines.push_str("host all all samenet scram-sha-256\n");
+            std::fs::write(&hba, lines).expect("write pg_hba.conf");
+        }
         // A free port can be taken by someone else before the server binds it: try a few.
         let mut last = String::new();
         for _ in 0..5 {
@@ -107,7 +138,7 @@ impl PgCluster {
 
     /// The server's loopback TCP address.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::from((self.ip, self.port))
     }
 
     /// The superuser name.
@@ -197,9 +228,10 @@ impl PgCluster {
     fn launch(&mut self) -> Result<(), String> {
         assert!(!self.running, "server already running");
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses={} -c fsync=off",
             self.port,
-            self.base.display()
+            self.base.display(),
+            self.ip
         );
         let log = self.base.join("log");
         let log = log.to_str().expect("utf-8 temp path");
@@ -214,7 +246,14 @@ impl PgCluster {
             ));
         }
         self.running = true;
-        if std::net::TcpStream::connect(self.addr()).is_err() {
+        let addr = self.addr();
+        let reachable = match &self.netns {
+            Some(ns) => {
+                super::netns::Netns::exec_in(ns, move || std::net::TcpStream::connect(addr).is_ok())
+            }
+            None => std::net::TcpStream::connect(addr).is_ok(),
+        };
+        if !reachable {
             self.stop();
             return Err(format!("server does not accept TCP on {}", self.addr()));
         }
@@ -227,15 +266,19 @@ impl PgCluster {
         cmd.output().expect("run pg_ctl")
     }
 
-    /// `prog` as a command, run as `postgres` when we are root.
+    /// `prog` as a command: in the server's network namespace if it has one, as `postgres`
+    /// when we are root.
     fn command(&self, prog: &Path) -> Command {
-        let mut cmd = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(prog);
-            c
-        } else {
-            Command::new(prog)
-        };
+        let mut words: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(ns) = &self.netns {
+            words.extend(["ip", "netns", "exec", ns.as_str()].map(Into::into));
+        }
+        if self.as_postgres {
+            words.extend(["runuser", "-u", "postgres", "--"].map(Into::into));
+        }
+        words.push(prog.into());
+        let mut cmd = Command::new(&words[0]);
+        cmd.args(&words[1..]);
         cmd.stdin(Stdio::null());
         cmd
     }
