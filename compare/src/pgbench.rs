@@ -29,19 +29,22 @@
 //! | `prepared`     | `query_one(&stmt, &[&token])`, `stmt` prepared once per connection | Bind / Execute / Sync: one round trip |
 //! | `prepare-each` | `query_one("SELECT $1::int8", &[&token])`              | Parse / Describe / Sync, then Bind / Execute / Sync (two round trips); the statement's drop queues Close / Sync, not awaited |
 //!
-//! For `prepared`, deadpool-postgres uses its own per-connection cache, `prepare_cached`.
-//! tokio-postgres's `Client` has no cache and livepool-postgres none yet, so each livepool task
-//! keeps a map from `Conn::id()` (stable for the connection's life) to the `Statement` it
-//! prepared there, preparing on a miss; the maps outlive the rounds, so after the warm-up
-//! neither pool prepares again (livepool's misses in the measured rounds are counted:
-//! `prepares`; deadpool's cache keeps every statement it prepared and is not probed, so that
-//! its path stays exactly the documented one).
+//! For `prepared`, each pool uses its own per-connection statement cache: deadpool-postgres's
+//! `ClientWrapper::prepare_cached`, livepool-postgres's `PgClient::prepare_cached` (both keep
+//! the statement for the connection's life, so after the warm-up neither prepares again; the
+//! caches are not probed, so that both paths stay the documented ones).
+//! `--livepool-statements task-map` replaces livepool's cache by what a caller of a pool
+//! without one would do: each task keeps a map from `Conn::id()` (stable for the connection's
+//! life) to the `Statement` it prepared there, preparing on a miss; the maps outlive the
+//! rounds, and their misses in the measured rounds are counted (`prepares`).
 //! `prepare-each` is what `client.query_one("…", …)` costs in tokio-postgres. Its Close is
 //! queued to the connection's driver when the statement drops, just before the return; if
 //! the driver has written it by then, livepool-postgres's wire tap sees a reply owed and the
 //! return goes through the pool's settle step, otherwise the Close simply runs ahead of the
 //! next caller's request. The program counts the returns the tap saw as not idle
-//! (`unclean returns`, `PgClient::is_idle` read just before the drop), for every kind.
+//! (`unclean returns`, `PgClient::is_idle` read just before the drop), for every kind. None
+//! of these statements makes livepool-postgres reset the session on return (its default,
+//! `Reset::WhenChanged`, looks for `SET`, `PREPARE`, … in the statement texts).
 //!
 //! The pools differ in which idle connection `get()` hands out: livepool the most recently
 //! returned one, deadpool (default `QueueMode::Fifo`) the least recently returned one, so
@@ -106,6 +109,9 @@ USAGE: pgbench [OPTIONS]
   --deadpool-queue fifo|lifo
                     deadpool's QueueMode (default fifo, its default; livepool hands
                     out the most recently returned connection first, like lifo)
+  --livepool-statements cache|task-map
+                    livepool's `prepared` rows: PgClient::prepare_cached (default), or
+                    a map Conn::id() -> Statement per task, preparing on a miss
   --pools LIST      livepool,deadpool (default both; one alone is for profiling, without
                     the ratio table)
   -h, --help        this text
@@ -156,6 +162,7 @@ struct Options {
     max_size: usize,
     dp_queue: deadpool::managed::QueueMode,
     pools: Vec<Which>,
+    lp_task_map: bool,
 }
 
 fn parse_options() -> Result<Option<Options>, String> {
@@ -168,6 +175,7 @@ fn parse_options() -> Result<Option<Options>, String> {
         max_size: 16,
         dp_queue: deadpool::managed::QueueMode::default(),
         pools: vec![Which::Livepool, Which::Deadpool],
+        lp_task_map: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -217,6 +225,17 @@ fn parse_options() -> Result<Option<Options>, String> {
                     }
                 }
             }
+            "--livepool-statements" => {
+                o.lp_task_map = match value.as_str() {
+                    "cache" => false,
+                    "task-map" => true,
+                    other => {
+                        return Err(format!(
+                            "--livepool-statements: {other:?} is not cache or task-map"
+                        ));
+                    }
+                };
+            }
             "--deadpool-queue" => {
                 o.dp_queue = match value.as_str() {
                     "fifo" => deadpool::managed::QueueMode::Fifo,
@@ -242,6 +261,8 @@ fn parse_options() -> Result<Option<Options>, String> {
 struct Pools {
     lp: livepool_postgres::Pool,
     dp: deadpool_postgres::Pool,
+    /// livepool `prepared` through per-task maps instead of `PgClient::prepare_cached`.
+    lp_task_map: bool,
 }
 
 /// An error with its sources, each one that its message does not already contain.
@@ -288,6 +309,7 @@ impl Counts {
 async fn lp_request(
     pool: &livepool_postgres::Pool,
     kind: Kind,
+    task_map: bool,
     token: i64,
     statements: &mut HashMap<u64, Statement>,
     counts: &mut Counts,
@@ -295,6 +317,10 @@ async fn lp_request(
     let conn = pool.get().await.map_err(|e| describe(&e))?;
     let row = match kind {
         Kind::Unnamed => conn.query_typed_one(SQL, &[(&token, Type::INT8)]).await,
+        Kind::Prepared if !task_map => {
+            let stmt = conn.prepare_cached(SQL).await.map_err(|e| describe(&e))?;
+            conn.query_one(&stmt, &[&token]).await
+        }
         Kind::Prepared => {
             let stmt = match statements.get(&conn.id()) {
                 Some(s) => s.clone(),
@@ -362,7 +388,15 @@ async fn task(
         let token = base + seq;
         let res = match which {
             Which::Livepool => {
-                lp_request(&pools.lp, kind, token, &mut statements, &mut counts).await
+                lp_request(
+                    &pools.lp,
+                    kind,
+                    pools.lp_task_map,
+                    token,
+                    &mut statements,
+                    &mut counts,
+                )
+                .await
             }
             Which::Deadpool => dp_request(&pools.dp, kind, token).await,
         };
@@ -540,7 +574,11 @@ fn build_pools(addr: SocketAddr, password: &str, o: &Options) -> Result<Pools, S
         .queue_mode(o.dp_queue)
         .build()
         .map_err(|e| format!("deadpool-postgres build: {e}"))?;
-    Ok(Pools { lp, dp })
+    Ok(Pools {
+        lp,
+        dp,
+        lp_task_map: o.lp_task_map,
+    })
 }
 
 async fn run(o: Options) -> Result<bool, String> {
@@ -616,9 +654,9 @@ async fn run(o: Options) -> Result<bool, String> {
             s.counts.requests.to_string(),
             s.counts.wrong.to_string(),
             s.counts.errors.to_string(),
-            match s.which {
-                Which::Livepool => s.counts.prepares.to_string(),
-                Which::Deadpool => "–".to_string(),
+            match (s.which, s.kind) {
+                (Which::Livepool, Kind::Prepared) if o.lp_task_map => s.counts.prepares.to_string(),
+                _ => "–".to_string(),
             },
             match s.which {
                 Which::Livepool => s.counts.unclean.to_string(),
@@ -654,11 +692,17 @@ async fn run(o: Options) -> Result<bool, String> {
     println!("## PostgreSQL throughput: livepool-postgres vs deadpool-postgres\n");
     println!(
         "livepool {}; PostgreSQL {server_version}; tokio-postgres shared by both pools; \
-         max_size {} each, deadpool's queue mode {:?}; {} rounds × {:?} per configuration \
-         after a {:?} warm-up each; {} tokio worker threads on {} CPUs.\n",
+         max_size {} each, deadpool's queue mode {:?}, livepool's `prepared` through {}; \
+         {} rounds × {:?} per configuration after a {:?} warm-up each; {} tokio worker \
+         threads on {} CPUs.\n",
         livepool_commit(&["src", "Cargo.toml", "livepool-postgres"]),
         o.max_size,
         o.dp_queue,
+        if o.lp_task_map {
+            "per-task maps"
+        } else {
+            "PgClient::prepare_cached"
+        },
         o.rounds,
         o.round,
         o.warmup,
