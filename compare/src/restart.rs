@@ -9,7 +9,7 @@
 //! | Redis    | `livepool raw`           | RESP `ECHO <token>` written and read by hand |
 //! | Redis    | `livepool::redis`        | `ECHO <token>` through `livepool::redis::Redis` |
 //! | Redis    | `deadpool-redis`         | `ECHO <token>` through its `MultiplexedConnection` |
-//! | Postgres | `livepool::postgres`     | `SELECT <token>` (simple query)             |
+//! | Postgres | `livepool-postgres`      | `SELECT <token>` (simple query)             |
 //! | Postgres | `deadpool-postgres`      | `SELECT <token>` (simple query)             |
 //!
 //! Every pool runs with its defaults: livepool with only the address and the protocol's
@@ -70,8 +70,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{Manager, Metrics, RecycleResult};
-use livepool::postgres::{PgConfig, Postgres};
 use livepool::redis::{Redis, RedisConfig};
+use livepool_postgres::Postgres;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use report::{livepool_commit, markdown};
@@ -235,7 +235,7 @@ enum Pool {
     LpRaw(livepool::Pool),
     LpRedis(livepool::Pool<Redis>),
     DpRedis(DpRedis),
-    LpPostgres(livepool::Pool<Postgres>),
+    LpPostgres(livepool_postgres::Pool),
     DpPostgres(DpPostgres),
 }
 
@@ -332,10 +332,21 @@ impl Pool {
                     Err(e) => return Outcome::Failed(describe(&e)),
                 };
                 match conn.simple_query(&format!("SELECT {token}")).await {
-                    Ok(rows) if rows == [[Some(token.to_string())]] => Outcome::Ok,
-                    Ok(rows) => {
-                        conn.mark_broken();
-                        Outcome::Wrong(format!("{rows:?}"))
+                    Ok(msgs) => {
+                        use livepool_postgres::tokio_postgres::SimpleQueryMessage;
+                        let values: Vec<Option<String>> = msgs
+                            .iter()
+                            .filter_map(|m| match m {
+                                SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned)),
+                                _ => None,
+                            })
+                            .collect();
+                        if values == [Some(token.to_string())] {
+                            Outcome::Ok
+                        } else {
+                            conn.mark_broken();
+                            Outcome::Wrong(format!("{values:?}"))
+                        }
                     }
                     Err(e) => Outcome::Failed(describe(&e)),
                 }
@@ -490,17 +501,18 @@ impl Server {
             }
             Server::Postgres(pg) => {
                 let pg_cfg = || {
-                    Postgres::new(
-                        PgConfig::new(PG_USER)
-                            .password(pg.password())
-                            .database("postgres"),
-                    )
+                    let mut config = livepool_postgres::tokio_postgres::Config::new();
+                    config
+                        .user(PG_USER)
+                        .password(pg.password())
+                        .dbname("postgres");
+                    Postgres::new(config)
                 };
                 let lp = livepool::Pool::builder(addr)
                     .protocol(pg_cfg())
                     .build()
                     .map_err(build)?;
-                pools.push(("livepool::postgres".to_string(), Pool::LpPostgres(lp)));
+                pools.push(("livepool-postgres".to_string(), Pool::LpPostgres(lp)));
                 let mut cfg = deadpool_postgres::Config::new();
                 cfg.host = Some(addr.ip().to_string());
                 cfg.port = Some(addr.port());
@@ -527,7 +539,7 @@ impl Server {
                         .breaker(breaker(d))
                         .build()
                         .map_err(build)?;
-                    let name = format!("livepool::postgres, open_for {} ms", d.as_millis());
+                    let name = format!("livepool-postgres, open_for {} ms", d.as_millis());
                     pools.push((name, Pool::LpPostgres(lp)));
                 }
             }

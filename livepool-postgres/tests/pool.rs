@@ -646,3 +646,115 @@ async fn a_restart_with_queries_in_flight_gives_no_wrong_row_and_no_hang() {
     assert_eq!((wrong, hung), (0, 0), "{ok} ok, {failed} failed");
     drop(cluster);
 }
+
+#[tokio::test]
+async fn refill_authenticates_members_heartbeats_keep_them_and_a_notify_is_harmless() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = PgCluster::start().await else {
+        return;
+    };
+    let pool: Pool = builder(&cluster)
+        .min_idle(2)
+        .max_size(4)
+        .heartbeat_interval(300 * MS)
+        .heartbeat_timeout(200 * MS)
+        .heartbeat_jitter(0.0)
+        .build()
+        .unwrap();
+    let mut events = pool.events();
+    // The refill opens both members in the background, SCRAM included: the server lists two
+    // authenticated sessions of ours before anyone called get().
+    wait_until(20, "refill to min_idle 2", || pool.status().idle == 2).await;
+    let admin = admin(&cluster).await;
+    let ours: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'livepool-postgres-test' \
+             AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ours, 2);
+    let stats = pool.statistics();
+    assert_eq!((stats.created, stats.connect_errors), (2, 0), "{stats:?}");
+
+    // Idle members are pinged through the client every 300 ms, and stay.
+    let before = pool.statistics().heartbeats;
+    wait_until(20, "four more heartbeats", || {
+        pool.statistics().heartbeats >= before + 4
+    })
+    .await;
+
+    // A member listening on a channel gets a notification while idle: its driver reads it
+    // (no one is listening through it, so it is dropped), the member stays.
+    let conn = pool.get().await.expect("get");
+    conn.batch_execute("LISTEN ch").await.unwrap();
+    let id = conn.id();
+    drop(conn);
+    admin.batch_execute("NOTIFY ch, 'x'").await.unwrap();
+    let before = pool.statistics().heartbeats;
+    wait_until(20, "heartbeats after the notification", || {
+        pool.statistics().heartbeats >= before + 4
+    })
+    .await;
+    let (a, b) = (pool.get().await.unwrap(), pool.get().await.unwrap());
+    assert!(
+        a.id() == id || b.id() == id,
+        "the member that was notified is gone"
+    );
+    for c in [&a, &b] {
+        let n: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+        assert_eq!(n, 1);
+    }
+    drop((a, b));
+    let stats = pool.statistics();
+    assert_eq!(stats.evicted_total(), 0, "{:?}", stats.evictions());
+    assert_eq!(stats.created, 2, "{stats:?}");
+    assert!(events.try_recv().expect("events").is_none(), "an eviction");
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_password_is_a_config_error_not_the_endpoints() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = PgCluster::start().await else {
+        return;
+    };
+    let wrong = "Wr0ng-Pa55word-xyzzy";
+    let mut bad = config(&cluster);
+    bad.password(wrong);
+    let mut none = Config::new();
+    none.user(cluster.user()).dbname("postgres");
+    for (cfg, words) in [(bad, "28P01"), (none, "password missing")] {
+        // Breaker defaults.
+        let pool: Pool = livepool::Pool::builder(cluster.addr())
+            .protocol(Postgres::new(cfg))
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut fresh = 0u64;
+        for i in 0..20 {
+            let e = within(15, "get with a bad password", pool.get())
+                .await
+                .expect_err("a bad password must not give a connection");
+            let shown = format!("{e} / {e:?}");
+            assert!(!shown.contains(wrong), "the password leaked: {shown}");
+            assert!(!shown.contains(cluster.password()), "a password leaked");
+            assert!(
+                shown.contains(words),
+                "get #{i}: not the real cause: {shown}"
+            );
+            assert!(e.is_config() && !e.is_circuit_open(), "get #{i}: {shown}");
+            fresh += u64::from(e.retry_after().is_none());
+        }
+        let elapsed = started.elapsed();
+        // Paced: at most one connect a second (plus the first), without the breaker.
+        assert!(
+            fresh >= 1 && fresh <= elapsed.as_secs() + 2,
+            "{fresh} in {elapsed:?}"
+        );
+        let stats = pool.statistics();
+        assert_eq!(stats.breaker_state, BreakerState::Closed, "{stats:?}");
+        assert_eq!((stats.config_errors, stats.connect_errors), (fresh, 0));
+    }
+}

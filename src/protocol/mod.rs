@@ -17,8 +17,6 @@
 
 pub(crate) mod heartbeat;
 pub(crate) mod hosted;
-#[cfg(feature = "postgres")]
-pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 
