@@ -204,6 +204,26 @@ pub(crate) fn effects(sql: &[u8]) -> u8 {
     found
 }
 
+/// How many statement texts a tap remembers the effects of.
+const REMEMBERED: usize = 16;
+
+/// [`effects`] of `text`, from `seen` if it was looked at lately (moved to the front), else
+/// scanned and remembered (the least recent forgotten).
+fn remembered(seen: &mut Vec<(Vec<u8>, u8)>, text: &[u8]) -> u8 {
+    if let Some(i) = seen.iter().position(|(t, _)| t.as_slice() == text) {
+        let hit = seen.remove(i);
+        let found = hit.1;
+        seen.insert(0, hit);
+        return found;
+    }
+    let found = effects(text);
+    if seen.len() == REMEMBERED {
+        seen.pop();
+    }
+    seen.insert(0, (text.to_vec(), found));
+    found
+}
+
 /// The words of a statement, comments skipped.
 fn words(statement: &str) -> impl Iterator<Item = &str> {
     statement
@@ -224,6 +244,9 @@ pub(crate) struct Tap<S> {
     statement: Vec<u8>,
     /// The statement outgrew `MAX_STATEMENT`.
     statement_too_long: bool,
+    /// The last statement texts looked at and what they do (an application sends the same
+    /// few statements over and over: comparing bytes is cheaper than scanning them).
+    seen: Vec<(Vec<u8>, u8)>,
 }
 
 impl<S> Tap<S> {
@@ -237,6 +260,7 @@ impl<S> Tap<S> {
                 session: session.clone(),
                 statement: Vec::new(),
                 statement_too_long: false,
+                seen: Vec::new(),
             },
             session,
         )
@@ -246,6 +270,7 @@ impl<S> Tap<S> {
         let session = &self.session;
         let statement = &mut self.statement;
         let too_long = &mut self.statement_too_long;
+        let seen = &mut self.seen;
         self.sent.feed(bytes, |ev| match ev {
             // Query and Sync each elicit one ReadyForQuery.
             Event::Start(b'Q' | b'S') => {
@@ -263,7 +288,11 @@ impl<S> Tap<S> {
                 // Query: the text, then a NUL. Parse: the statement's name, a NUL, the text.
                 let skip = usize::from(kind == b'P');
                 let text = statement.split(|&b| b == 0).nth(skip).unwrap_or_default();
-                let found = if *too_long { CHANGED } else { effects(text) };
+                let found = if *too_long {
+                    CHANGED
+                } else {
+                    remembered(seen, text)
+                };
                 if found != 0 {
                     session.changes.fetch_or(found, Ordering::AcqRel);
                 }
@@ -463,6 +492,31 @@ mod tests {
             assert_eq!(session.changes(), CHANGED | PREPARED, "chunk {chunk}");
             session.clear_changes();
             assert_eq!(session.changes(), 0);
+        }
+    }
+
+    #[test]
+    fn remembered_effects_match_a_fresh_scan() {
+        let mut seen = Vec::new();
+        let texts: Vec<String> = (0..40)
+            .map(|i| {
+                if i % 3 == 0 {
+                    format!("SET x.y = {i}")
+                } else {
+                    format!("SELECT {i}")
+                }
+            })
+            .collect();
+        for round in 0..3 {
+            for t in texts.iter().chain(texts.iter().take(5)) {
+                assert_eq!(
+                    remembered(&mut seen, t.as_bytes()),
+                    effects(t.as_bytes()),
+                    "{t} ({round})"
+                );
+                assert!(seen.len() <= REMEMBERED);
+                assert_eq!(seen[0].0, t.as_bytes(), "the latest is first");
+            }
         }
     }
 

@@ -6,6 +6,7 @@ pub(crate) mod connect;
 pub(crate) mod probe;
 pub(crate) mod runtime;
 pub(crate) mod socket;
+mod sys;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
 

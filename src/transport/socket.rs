@@ -107,10 +107,6 @@ impl Socket {
         matches!(ready.poll(&mut cx), Poll::Ready(Err(_)))
     }
 
-    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        each!(self, s => s.try_read(buf))
-    }
-
     pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         each!(self, s => s.try_write(buf))
     }
@@ -161,8 +157,11 @@ impl Socket {
         self.as_tcp().is_some()
     }
 
-    /// Owner-side read: waits for readiness, then a real `recv`; WouldBlock clears tokio's
-    /// readiness and registers for the next wake-up.
+    /// Owner-side read: waits for readiness, then a real `recv` into the uninitialised part
+    /// of `buf`. A WouldBlock clears tokio's readiness and registers for the next wake-up;
+    /// so does a short read (the kernel had no more), so that the next read waits for new
+    /// bytes instead of paying a `recv` that finds nothing. (tokio clears readiness only up
+    /// to the event it has seen: bytes that arrive meanwhile wake the reader again.)
     pub(crate) fn poll_read_owner(
         &self,
         cx: &mut Context<'_>,
@@ -170,13 +169,22 @@ impl Socket {
     ) -> Poll<io::Result<()>> {
         loop {
             std::task::ready!(self.poll_read_ready(cx))?;
-            match self.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+            let mut read = None;
+            let res = self.try_io(Interest::READABLE, || {
+                let n = super::sys::recv_uninit(self, buf)?;
+                read = Some(n);
+                if n > 0 && buf.remaining() > 0 {
+                    // Short: drained. Keep the bytes, clear the readiness.
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+            });
+            match (read, res) {
+                (Some(_), _) => return Poll::Ready(Ok(())),
+                (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                (None, Err(e)) => return Poll::Ready(Err(e)),
+                (None, Ok(())) => return Poll::Ready(Ok(())),
             }
         }
     }
@@ -226,9 +234,7 @@ impl AsyncRead for SockIo {
 /// One real `recv` into the unfilled part of `buf`.
 #[cfg_attr(not(feature = "tls"), allow(dead_code))]
 pub(crate) fn recv_into(sock: &Socket, buf: &mut ReadBuf<'_>) -> io::Result<()> {
-    let n = sock.recv_now(buf.initialize_unfilled())?;
-    buf.advance(n);
-    Ok(())
+    super::sys::recv_uninit(sock, buf).map(drop)
 }
 
 impl AsyncWrite for SockIo {
