@@ -44,7 +44,8 @@
 //! a round trip. A clean connection goes back at once.
 //!
 //! Otherwise the connection is *settled* off the caller's path before anyone else gets it
-//! (the member stays busy meanwhile; a `get()` that pops it waits, bounded): a reply still
+//! (a task of the pool's holds it meanwhile, still counted in use: a `get()` takes another
+//! member or opens one, it never waits for this one): a reply still
 //! in flight is awaited, a query the server still runs is cancelled on a connection of the
 //! pool's own (and the pool waits until the server has closed that connection, so the cancel
 //! cannot land on the next caller's query), an open transaction is rolled back, and session
@@ -768,8 +769,10 @@ impl Postgres {
 type NotificationSink = tokio::sync::mpsc::Sender<tokio_postgres::Notification>;
 
 /// How long a returned connection's owed reply may take to arrive before the query is taken
-/// to be still running (a reply in flight arrives in microseconds on a LAN).
-const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+/// to be still running (a reply in flight arrives in microseconds on a LAN; on a slower
+/// path a needless cancel is harmless: the server ignores it for an idle session, and the
+/// pool waits until the server has acted on it).
+const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Sends a cancel request for `client`'s running query on a new connection to `peer`, and
 /// waits until the server has closed it: by then the server has signalled the backend. `None`

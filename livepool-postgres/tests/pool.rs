@@ -467,6 +467,36 @@ async fn session_state_never_reaches_the_next_caller() {
     let inherited = leftovers(&conn).await;
     assert_eq!(inherited.user, "other", "{inherited:?}");
     assert_eq!(inherited.listening, 1, "{inherited:?}");
+    // Let go of the inherited advisory lock before the next pool wants it.
+    conn.batch_execute("SELECT pg_advisory_unlock_all()")
+        .await
+        .unwrap();
+    drop(conn);
+    pool.close();
+
+    // Reset::Always: every return is reset, the connection kept.
+    let pool: Pool = livepool::Pool::builder(cluster.addr())
+        .protocol(
+            Postgres::builder(config(&cluster))
+                .reset(livepool_postgres::Reset::Always)
+                .build(),
+        )
+        .max_size(1)
+        .build()
+        .unwrap();
+    let conn = pool.get().await.expect("get");
+    let id = conn.id();
+    drop(conn);
+    for _ in 0..3 {
+        let conn = within(10, "get", pool.get()).await.expect("get");
+        assert_eq!(conn.id(), id, "reset, not reconnected");
+        leave_state(&conn, false).await;
+        drop(conn);
+    }
+    let conn = within(10, "get", pool.get()).await.expect("get");
+    assert_eq!(leftovers(&conn).await, clean);
+    let stats = pool.statistics();
+    assert_eq!((stats.created, stats.evicted_total()), (1, 0), "{stats:?}");
 }
 
 /// Waits (bounded) for the next notification, skipping nothing else: a reconnect here fails.

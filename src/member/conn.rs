@@ -244,7 +244,7 @@ impl<P: Protocol> fmt::Debug for Conn<P> {
 impl<P: Protocol> Drop for Conn<P> {
     fn drop(&mut self) {
         let reason = self.dirty_reason();
-        let Some(mut obj) = self.obj.take() else {
+        let Some(obj) = self.obj.take() else {
             return;
         };
         let now = Instant::now();
@@ -254,50 +254,86 @@ impl<P: Protocol> Drop for Conn<P> {
                 .lifetime_over(now_ns)
                 .then_some(EvictReason::MaxLifetime)
         });
-        // Not clean, but the protocol can bring it back off the caller's path: the member
-        // stays busy in the queue until it has (a checkout that pops it waits, bounded).
+        // Not clean, but the protocol can bring it back: a task does that off the caller's
+        // path, holding the member (still in use, so no checkout waits for it: they take
+        // another idle member or a new connection), then gives it back.
         if reason == Some(EvictReason::NotClean)
             && let Some(conn) = obj.conn.as_deref()
             && obj.shared.protocol.can_settle(conn)
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
-            if let Some(o) = &obj.shared.pool.config.observer {
-                o.request(None);
-            }
-            let conn = obj.conn.take().expect("checked above");
-            obj.shared.put_conn(conn);
-            if obj.shared.begin_settle(now_ns) {
-                rt.spawn(super::settle(obj.shared.clone()));
-            }
-            drop(obj);
+            rt.spawn(settle(Settling(Some(obj))));
             return;
         }
-        if let Some(o) = &obj.shared.pool.config.observer {
-            o.request(reason);
+        give_back(obj, reason, now);
+    }
+}
+
+/// The end of every checkout: back to the idle queue when `reason` is `None`, otherwise
+/// closed and counted (or kept as a husk for the refill).
+fn give_back<P: Protocol>(mut obj: Object<Manager<P>>, reason: Option<EvictReason>, now: Instant) {
+    if let Some(o) = &obj.shared.pool.config.observer {
+        o.request(reason);
+    }
+    match (reason, obj.conn.take()) {
+        (None, Some(mut conn)) => {
+            // Checked clean just now: the next holder starts from a clean slate.
+            P::io_mut(&mut conn).clear_pending();
+            obj.shared.put_conn(conn);
+            obj.shared.release(obj.shared.pool.ns(now));
+            drop(obj);
         }
-        match (reason, obj.conn.take()) {
-            (None, Some(mut conn)) => {
-                // Checked clean just now: the next holder starts from a clean slate.
-                P::io_mut(&mut conn).clear_pending();
-                obj.shared.put_conn(conn);
-                obj.shared.release(now_ns);
+        (reason, conn) => {
+            let reason = reason.unwrap_or(EvictReason::PoolClosed);
+            // Closed now, before the eviction is recorded.
+            drop(conn);
+            let pool = &obj.shared.pool;
+            if pool.members() <= pool.min_idle() && obj.shared.evict_on_return(reason) {
+                // The refill will want an entry to revive: return it as a husk.
                 drop(obj);
-            }
-            (reason, conn) => {
-                let reason = reason.unwrap_or(EvictReason::PoolClosed);
-                // Closed now, before the eviction is recorded.
-                drop(conn);
-                let pool = &obj.shared.pool;
-                if pool.members() <= pool.min_idle() && obj.shared.evict_on_return(reason) {
-                    // The refill will want an entry to revive: return it as a husk.
-                    drop(obj);
-                } else {
-                    obj.shared.condemn(reason, now);
-                    drop(Object::take(obj));
-                }
+            } else {
+                obj.shared.condemn(reason, now);
+                drop(Object::take(obj));
             }
         }
     }
+}
+
+/// A returned member being settled (see [`Protocol::settle`]): given back when the task
+/// finishes, closed if the task is dropped first (its runtime shut down).
+struct Settling<P: Protocol>(Option<Object<Manager<P>>>);
+
+impl<P: Protocol> Drop for Settling<P> {
+    fn drop(&mut self) {
+        if let Some(obj) = self.0.take() {
+            give_back(obj, Some(EvictReason::Cancelled), Instant::now());
+        }
+    }
+}
+
+/// Settles a returned member, bounded by the heartbeat timeout: back to the idle queue if
+/// the protocol brought it to a clean state, else closed.
+async fn settle<P: Protocol>(mut job: Settling<P>) {
+    let obj = job.0.as_mut().expect("a new job holds its member");
+    let timeout = obj.shared.pool.config.heartbeat_timeout;
+    let protocol = obj.shared.protocol.clone();
+    let reason = match obj.conn.as_deref_mut() {
+        Some(conn) => match tokio::time::timeout(timeout, protocol.settle(conn)).await {
+            Ok(Ok(())) => P::io(conn).dirty_reason(false),
+            Ok(Err(reason)) => Some(reason),
+            Err(_) => Some(EvictReason::NotClean),
+        },
+        None => Some(EvictReason::NotClean),
+    };
+    if let Some(reason) = reason {
+        tracing::debug!(
+            conn.id = obj.shared.id(),
+            reason = reason.as_str(),
+            "a returned connection could not be settled"
+        );
+    }
+    let obj = job.0.take().expect("taken only here");
+    give_back(obj, reason, Instant::now());
 }
 
 impl<P: Protocol> AsyncRead for Conn<P>

@@ -425,15 +425,6 @@ impl<P: Protocol> Shared<P> {
         }
     }
 
-    /// In use → busy: a return whose connection the protocol settles first (see
-    /// [`Protocol::settle`]); stamps the return like `release`. False if the member is not in
-    /// use (it was condemned meanwhile).
-    pub(crate) fn begin_settle(&self, ns: u64) -> bool {
-        self.returned_ns.store(ns, Ordering::Relaxed);
-        self.last_alive_ns.store(ns, Ordering::Relaxed);
-        self.state.settle()
-    }
-
     /// The first heartbeat after a return (or a revival) falls anywhere in the interval (a
     /// fresh draw per checkout), so that members returned together are not pinged together.
     fn spread_first_beat(&self, ns: u64) {
@@ -623,39 +614,4 @@ fn deadline_ns(pool: &PoolShared, id: u64, now: Instant) -> u64 {
     pool.config
         .lifetime_for(id)
         .map_or(0, |l| pool.ns(now + l).max(1))
-}
-
-/// Settles a returned member off the caller's path (see [`Protocol::settle`]), bounded by
-/// the heartbeat timeout: idle again if the protocol brought it back to a clean state, else
-/// evicted in place.
-async fn settle<P: Protocol>(sh: Arc<Shared<P>>) {
-    let Some(mut conn) = sh.take_conn() else {
-        sh.end_busy(Some(EvictReason::NotClean));
-        return;
-    };
-    let timeout = sh.pool.config.heartbeat_timeout;
-    let res = tokio::time::timeout(timeout, sh.protocol.settle(&mut conn)).await;
-    let failure = match res {
-        Ok(Ok(())) => P::io(&conn)
-            .dirty_reason(false)
-            .or_else(|| (!sh.protocol.is_clean(&conn)).then_some(EvictReason::NotClean)),
-        Ok(Err(reason)) => Some(reason),
-        Err(_) => Some(EvictReason::NotClean),
-    };
-    match failure {
-        None => {
-            P::io_mut(&mut conn).clear_pending();
-            sh.put_conn(conn);
-            sh.end_busy(None);
-        }
-        Some(reason) => {
-            tracing::debug!(
-                conn.id = sh.id(),
-                reason = reason.as_str(),
-                "a returned connection could not be settled"
-            );
-            drop(conn);
-            sh.end_busy(Some(reason));
-        }
-    }
 }

@@ -80,22 +80,11 @@ impl StateWord {
     /// In use → idle (the return). Sequentially consistent: it pairs with the watcher's
     /// parked flag (see `Shared::park_watcher`).
     pub(crate) fn release(&self) -> bool {
-        self.leave_in_use(IDLE)
-    }
-
-    /// In use → busy (a return that the protocol settles off the caller's path first).
-    /// Sequentially consistent, like `release`.
-    pub(crate) fn settle(&self) -> bool {
-        self.leave_in_use(BUSY)
-    }
-
-    /// In use → `kind`, sequentially consistent.
-    fn leave_in_use(&self, kind: u64) -> bool {
         let st = State(self.0.load(Ordering::SeqCst));
         st.kind() == Kind::InUse
             && self
                 .0
-                .compare_exchange(st.0, st.with(kind), Ordering::SeqCst, Ordering::SeqCst)
+                .compare_exchange(st.0, st.with(IDLE), Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
     }
 

@@ -138,9 +138,10 @@ pub trait Protocol: Send + Sync + 'static {
 
     /// Brings a returned connection back to a clean state off the caller's path: drain a
     /// reply still owed, cancel what the server still runs, roll back a transaction left
-    /// open, reset session state. The member stays busy meanwhile (a checkout that pops it
-    /// waits for the outcome, bounded); the pool bounds the call with `heartbeat_timeout`
-    /// and checks [`Protocol::is_clean`] again after it.
+    /// open, reset session state. A task of the pool's runs it while the member still counts
+    /// as in use (checkouts meanwhile take another member); the pool bounds the call with
+    /// `heartbeat_timeout`. `Ok` puts the member back in the idle queue (unless its [`Io`]
+    /// saw an error meanwhile).
     ///
     /// # Errors
     /// The reason to evict the member with.
