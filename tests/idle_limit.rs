@@ -25,8 +25,15 @@ use tokio::net::TcpListener;
 
 const MS: Duration = Duration::from_millis(1);
 
-/// What every idle-limit warning says.
-const WARNING: &str = "closes idle connections after about";
+/// One test at a time: each captures this thread's tracing output, and tracing's per-callsite
+/// interest cache is rebuilt whenever another test's capture starts or ends; with the
+/// captures one after the other a warning can only go to the one listening.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What every idle-limit warning carries, whichever clock found the limit (its wording
+/// differs between "after about X without traffic" and "idle for about X although heartbeats
+/// were answered"; which one a loaded machine shows depends on timing).
+const WARNING: &str = "server_idle_limit_ms=";
 
 /// A loopback server that closes (FIN) every connection on which it has read nothing for
 /// `limit` since the accept or the last frame. It answers `FrameHeartbeat` pings with their
@@ -123,6 +130,7 @@ async fn detect_and_warn_once(pool: &Pool, log: &Captured, limit: Duration, secs
 
 #[tokio::test]
 async fn a_proxy_idle_limit_is_detected_and_warned_about_once() {
+    let _serial = SERIAL.lock().await;
     let (log, _guard) = capture_logs(tracing::Level::WARN);
     let limit = 300 * MS;
     let (addr, closed) = idle_closing_server(limit).await;
@@ -151,6 +159,7 @@ async fn a_proxy_idle_limit_is_detected_and_warned_about_once() {
 /// is nothing to detect (and no warning) however long they stay idle.
 #[tokio::test]
 async fn no_limit_is_reported_while_heartbeats_keep_members_open() {
+    let _serial = SERIAL.lock().await;
     let (log, _guard) = capture_logs(tracing::Level::WARN);
     let limit = 1_000 * MS;
     let (addr, closed) = idle_closing_server(limit).await;
@@ -177,6 +186,7 @@ async fn no_limit_is_reported_while_heartbeats_keep_members_open() {
 /// in whole seconds, so it closes after 1 to about 2 s.
 #[tokio::test]
 async fn redis_timeout_is_detected_and_warned_about_once() {
+    let _serial = SERIAL.lock().await;
     let (log, _guard) = capture_logs(tracing::Level::WARN);
     let Some(redis) = RedisServer::start_with(RedisOptions::new().arg("--timeout").arg("1")).await
     else {
