@@ -90,7 +90,7 @@ use std::time::{Duration, Instant};
 
 use livepool_postgres::tokio_postgres::{self, NoTls, Statement, types::Type};
 
-use report::{livepool_commit, markdown};
+use report::{describe, fmt_us, livepool_commit, markdown, median, percentile_us};
 use servers::{PG_USER, PgCluster};
 
 const SQL: &str = "SELECT $1::int8";
@@ -263,20 +263,6 @@ struct Pools {
     dp: deadpool_postgres::Pool,
     /// livepool `prepared` through per-task maps instead of `PgClient::prepare_cached`.
     lp_task_map: bool,
-}
-
-/// An error with its sources, each one that its message does not already contain.
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// What one task counts besides its latencies.
@@ -495,28 +481,6 @@ async fn turn(
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// Nearest-rank percentile of sorted `v`, in µs.
-fn percentile_us(v: &[u64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1] as f64 / 1000.0
-}
-
 impl Series {
     fn rate(&self, round: usize) -> f64 {
         let (n, d) = self.rounds[round];
@@ -536,14 +500,6 @@ impl Series {
 
 fn fmt_rate(r: f64) -> String {
     format!("{:.0}", r)
-}
-
-fn fmt_us(us: f64) -> String {
-    if us < 100.0 {
-        format!("{us:.1}")
-    } else {
-        format!("{us:.0}")
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -768,30 +724,5 @@ async fn run(o: Options) -> Result<bool, String> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let o = match parse_options() {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            print!("{USAGE}");
-            return std::process::ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let res = tokio::select! {
-        r = run(o) => r,
-        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
-    };
-    match res {
-        Ok(true) => std::process::ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("error: wrong replies (see the table)");
-            std::process::ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    report::main(parse_options(), USAGE, run, "wrong replies (see the table)").await
 }

@@ -91,7 +91,7 @@ use deadpool_postgres::{ManagerConfig, RecyclingMethod};
 use livepool_postgres::tokio_postgres::{self, NoTls};
 use livepool_postgres::{Postgres, Reset};
 
-use report::{livepool_commit, markdown};
+use report::{fmt_us, livepool_commit, markdown, median, percentile_us};
 use servers::{PG_USER, PgCluster};
 
 const USAGE: &str = "\
@@ -182,15 +182,7 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     {
         text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
     }
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = s.source();
-    }
-    text
+    report::chain(text, e)
 }
 
 fn pg_config(addr: SocketAddr, password: &str) -> tokio_postgres::Config {
@@ -265,28 +257,6 @@ async fn select1(client: &tokio_postgres::Client) -> Result<(), String> {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// Nearest-rank percentile of sorted `v` (ns), in µs.
-fn percentile_us(v: &[u64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1] as f64 / 1000.0
-}
-
 fn fmt_ms(us: f64) -> String {
     let ms = us / 1000.0;
     if ms.is_nan() {
@@ -297,16 +267,6 @@ fn fmt_ms(us: f64) -> String {
         format!("{ms:.1}")
     } else {
         format!("{ms:.0}")
-    }
-}
-
-fn fmt_us(us: f64) -> String {
-    if us.is_nan() {
-        "–".into()
-    } else if us < 100.0 {
-        format!("{us:.1}")
-    } else {
-        format!("{us:.0}")
     }
 }
 
@@ -1065,30 +1025,6 @@ async fn run(o: Options) -> Result<bool, String> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let o = match parse_options() {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            print!("{USAGE}");
-            return std::process::ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let res = tokio::select! {
-        r = run(o) => r,
-        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
-    };
-    match res {
-        Ok(true) => std::process::ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("error: errors or wrong replies (see the tables)");
-            std::process::ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let failure = "errors or wrong replies (see the tables)";
+    report::main(parse_options(), USAGE, run, failure).await
 }

@@ -1,5 +1,7 @@
-//! Output helpers shared by the comparison binaries: padded Markdown tables and the livepool
-//! commit a run was built from.
+//! Helpers shared by the comparison binaries: padded Markdown tables, the livepool commit a
+//! run was built from, error texts, percentiles, and the common `main`.
+// Each binary includes this module and uses only part of it.
+#![allow(dead_code)]
 
 /// A Markdown table with padded columns: the first `left` columns left-aligned, the others
 /// right-aligned.
@@ -65,5 +67,98 @@ pub fn livepool_commit(paths: &[&str]) -> String {
             format!("{head} + uncommitted changes in {}", files.join(", "))
         }
         _ => head,
+    }
+}
+
+/// An error with its chain of sources, each cause once.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    chain(e.to_string(), e)
+}
+
+/// `text` followed by the sources of `e` that it does not already say.
+pub fn chain(mut text: String, e: &(dyn std::error::Error + 'static)) -> String {
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// The median (NaN for no values).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The nearest-rank `q` percentile of sorted nanosecond samples, in microseconds (NaN for
+/// no samples).
+pub fn percentile_us(v: &[u64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1] as f64 / 1000.0
+}
+
+/// Microseconds for a table: one decimal below 100, "–" for none.
+pub fn fmt_us(us: f64) -> String {
+    if us.is_nan() {
+        "–".into()
+    } else if us < 100.0 {
+        format!("{us:.1}")
+    } else {
+        format!("{us:.0}")
+    }
+}
+
+/// The `main` of every comparison binary: parse the options (print `usage` when asked for
+/// it), run until done or interrupted, and say how it ended. `run` returns whether every
+/// reply was right; `failure` says where to look when one was not.
+pub async fn main<O, F>(
+    parsed: Result<Option<O>, String>,
+    usage: &str,
+    run: impl FnOnce(O) -> F,
+    failure: &str,
+) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = Result<bool, String>>,
+{
+    let o = match parsed {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            print!("{usage}");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let res = tokio::select! {
+        r = run(o) => r,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+    };
+    match res {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("error: {failure}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

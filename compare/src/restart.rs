@@ -74,7 +74,7 @@ use livepool::redis::{Redis, RedisConfig};
 use livepool_postgres::Postgres;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use report::{livepool_commit, markdown};
+use report::{describe, livepool_commit, markdown};
 use servers::{PG_USER, PgCluster, RedisServer};
 
 /// Each worker stops after this many requests in a round, whatever else happens.
@@ -245,20 +245,6 @@ enum Outcome {
     Wrong(String),
 }
 
-/// An error with its sources, each one that its message does not already contain.
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = s.source();
-    }
-    text
-}
-
 fn lp_connects(s: livepool::Statistics) -> u64 {
     s.created + s.connect_errors
 }
@@ -333,14 +319,7 @@ impl Pool {
                 };
                 match conn.simple_query(&format!("SELECT {token}")).await {
                     Ok(msgs) => {
-                        use livepool_postgres::tokio_postgres::SimpleQueryMessage;
-                        let values: Vec<Option<String>> = msgs
-                            .iter()
-                            .filter_map(|m| match m {
-                                SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned)),
-                                _ => None,
-                            })
-                            .collect();
+                        let values = first_column(&msgs);
                         if values == [Some(token.to_string())] {
                             Outcome::Ok
                         } else {
@@ -358,14 +337,7 @@ impl Pool {
                 };
                 match client.simple_query(&format!("SELECT {token}")).await {
                     Ok(msgs) => {
-                        use deadpool_postgres::tokio_postgres::SimpleQueryMessage;
-                        let values: Vec<Option<String>> = msgs
-                            .iter()
-                            .filter_map(|m| match m {
-                                SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned)),
-                                _ => None,
-                            })
-                            .collect();
+                        let values = first_column(&msgs);
                         if values == [Some(token.to_string())] {
                             Outcome::Ok
                         } else {
@@ -1078,28 +1050,22 @@ async fn run(o: Arc<Options>) -> Result<(), String> {
     Ok(())
 }
 
+/// The first column of each row of a simple query's result. (livepool-postgres and
+/// deadpool-postgres re-export the same tokio-postgres.)
+fn first_column(
+    msgs: &[livepool_postgres::tokio_postgres::SimpleQueryMessage],
+) -> Vec<Option<String>> {
+    use livepool_postgres::tokio_postgres::SimpleQueryMessage;
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned)),
+            _ => None,
+        })
+        .collect()
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let o = match parse_options() {
-        Ok(Some(o)) => Arc::new(o),
-        Ok(None) => {
-            print!("{USAGE}");
-            return std::process::ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let res = tokio::select! {
-        r = run(o) => r,
-        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
-    };
-    match res {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let run = |o| async move { run(Arc::new(o)).await.map(|()| true) };
+    report::main(parse_options(), USAGE, run, "").await
 }
