@@ -354,7 +354,7 @@ fn new_entry<P: Protocol>(
     let health = ejector.join(endpoint);
     match b.salt_jitter_seed(salt).observer(health.clone()).build() {
         Ok(pool) => {
-            health.set_kick(pool.refill_kicker());
+            health.set_kick(pool.on_return_from_ejection());
             Ok(Entry {
                 pool,
                 health,

@@ -539,7 +539,7 @@ impl<P: Protocol> Pool<P> {
     /// refill now, without keeping the pool alive (the balancer calls it when an ejection
     /// ends: the endpoint is probed at once, not after the rest of an open period or a
     /// refill backoff grown during the outage).
-    pub(crate) fn refill_kicker(&self) -> impl Fn() + Send + Sync + 'static {
+    pub(crate) fn on_return_from_ejection(&self) -> impl Fn() + Send + Sync + 'static {
         let shared = Arc::downgrade(&self.inner.shared);
         move || {
             if let Some(s) = shared.upgrade() {
