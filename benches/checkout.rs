@@ -29,8 +29,6 @@
 //! peek):
 //! - `livepool-tls` (feature `tls`): the raw protocol over TLS 1.3 to the same server behind
 //!   rustls (its own listener on the server thread);
-//! - `livepool-redis` (feature `redis`): the Redis protocol (no AUTH, db 0: its setup sends
-//!   nothing, so the frame server serves it); checkout and return add its clean check.
 //!
 //! Balancer rows (target: selection adds at most 1.2x over a single pool, i.e.
 //! `balancer-3 / livepool` <= 1.2 both uncontended and contended; `balancer-1` separates the
@@ -53,9 +51,9 @@
 //! `Balancer::pool`, and asserts that every endpoint has them idle (and that `get()` reaches
 //! every endpoint) before timing.
 //!
-//! Run: `cargo bench --bench checkout --features tls,redis`. Rows in turns (the ratio to
+//! Run: `cargo bench --bench checkout --features tls`. Rows in turns (the ratio to
 //! trust on a shared machine, see `paired`): `LIVEPOOL_PAIRED=1 cargo bench --bench checkout
-//! --features tls,redis -- paired-only` (the filter matches no criterion row). Results and
+//! --features tls -- paired-only` (the filter matches no criterion row). Results and
 //! findings: BENCHMARKS.md.
 
 mod common;
@@ -392,8 +390,6 @@ fn livepool_pool(addr: SocketAddr, which: Lp) -> livepool::Pool {
 #[derive(Clone)]
 enum AnyPool {
     Live(livepool::Pool),
-    #[cfg(feature = "redis")]
-    LiveRedis(livepool::Pool<livepool::redis::Redis>),
     Dead(DpPool),
     Bb8(bb8::Pool<Bb8Manager>),
     Balancer(livepool::Balancer),
@@ -405,8 +401,6 @@ impl AnyPool {
     async fn get_drop(&self) {
         match self {
             AnyPool::Live(p) => drop(black_box(p.get().await.expect("livepool get"))),
-            #[cfg(feature = "redis")]
-            AnyPool::LiveRedis(p) => drop(black_box(p.get().await.expect("livepool get"))),
             AnyPool::Dead(p) => drop(black_box(p.get().await.expect("deadpool get"))),
             AnyPool::Bb8(p) => drop(black_box(p.get().await.expect("bb8 get"))),
             AnyPool::Balancer(b) => drop(black_box(b.get().await.expect("balancer get"))),
@@ -424,16 +418,6 @@ impl AnyPool {
                 }
                 drop(held);
                 // Let the reaper register its watchers before timing starts.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                assert_eq!(p.status().idle, n, "livepool not warm");
-            }
-            #[cfg(feature = "redis")]
-            AnyPool::LiveRedis(p) => {
-                let mut held = Vec::new();
-                for _ in 0..n {
-                    held.push(p.get().await.expect("warm livepool"));
-                }
-                drop(held);
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 assert_eq!(p.status().idle, n, "livepool not warm");
             }
@@ -493,8 +477,6 @@ enum Config {
     Livepool(Lp),
     #[cfg(feature = "tls")]
     LivepoolTls,
-    #[cfg(feature = "redis")]
-    LivepoolRedis,
     Deadpool(Dp),
     Bb8 {
         ping: bool,
@@ -509,8 +491,6 @@ const CONFIGS: &[(&str, Config)] = &[
     ("livepool", Config::Livepool(Lp::Default)),
     #[cfg(feature = "tls")]
     ("livepool-tls", Config::LivepoolTls),
-    #[cfg(feature = "redis")]
-    ("livepool-redis", Config::LivepoolRedis),
     ("deadpool-noop", Config::Deadpool(Dp::Noop)),
     ("bb8-no-test", Config::Bb8 { ping: false }),
     ("bb8-ping", Config::Bb8 { ping: true }),
@@ -547,16 +527,6 @@ fn make_pool(rt: &Runtime, server: &Server, cfg: Config, warm: usize) -> AnyPool
                     .tls(tls_client, "localhost")
                     .build()
                     .expect("livepool tls"),
-            ),
-            #[cfg(feature = "redis")]
-            Config::LivepoolRedis => AnyPool::LiveRedis(
-                livepool::Pool::builder(addr)
-                    .max_size(POOL_SIZE)
-                    .protocol(livepool::redis::Redis::new(
-                        livepool::redis::RedisConfig::new(),
-                    ))
-                    .build()
-                    .expect("livepool redis"),
             ),
             Config::Deadpool(which) => AnyPool::Dead(deadpool_pool(addr, which)),
             Config::Bb8 { ping } => AnyPool::Bb8(bb8_pool(addr, ping).await),

@@ -260,6 +260,15 @@ impl Io {
         }
     }
 
+    /// A cancelled read is all that condemns the connection (no write cut short, nothing
+    /// unsent inside TLS, no error): a protocol that follows its replies can finish it.
+    pub(crate) fn only_read_pending(&self) -> bool {
+        let f = self.flags;
+        f & READ_PENDING != 0
+            && f & (WRITE_PENDING | IO_ERROR | BROKEN | EOF) == 0
+            && !(f & USED != 0 && self.stream.has_unsent())
+    }
+
     /// After the reaper's own exchange (heartbeat, idle bytes) kept the member: what that
     /// exchange left pending or unanswered is not the next caller's.
     pub(crate) fn clear_pending(&mut self) {

@@ -32,8 +32,6 @@ pub use member::Conn;
 pub use pool::builder::{Builder, IntoAddr};
 pub use pool::error::{BuildError, Error, TimeoutPhase};
 pub use pool::{Pool, Status};
-#[cfg(feature = "redis")]
-pub use protocol::redis;
 pub use protocol::{
     Driven, Driver, DriverEnd, FrameHeartbeat, Heartbeat, HeartbeatError, Hosted, HostedConn,
     IdleVerdict, Protocol, Raw, RedisHeartbeat, SetupError, discard_idle,

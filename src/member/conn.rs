@@ -257,7 +257,14 @@ impl<P: Protocol> Drop for Conn<P> {
         // Not clean, but the protocol can bring it back: a task does that off the caller's
         // path, holding the member (still in use, so no checkout waits for it: they take
         // another idle member or a new connection), then gives it back.
-        if reason == Some(EvictReason::NotClean)
+        // A read cut short by a cancelled call is the protocol's to finish when it follows
+        // its replies (it says so with `can_settle`).
+        if (reason == Some(EvictReason::NotClean)
+            || (reason == Some(EvictReason::Cancelled)
+                && obj
+                    .conn
+                    .as_deref()
+                    .is_some_and(|c| P::io(c).only_read_pending())))
             && let Some(conn) = obj.conn.as_deref()
             && obj.shared.protocol.can_settle(conn)
             && let Ok(rt) = tokio::runtime::Handle::try_current()
@@ -318,11 +325,15 @@ async fn settle<P: Protocol>(mut job: Settling<P>) {
     let timeout = obj.shared.pool.config.heartbeat_timeout;
     let protocol = obj.shared.protocol.clone();
     let reason = match obj.conn.as_deref_mut() {
-        Some(conn) => match tokio::time::timeout(timeout, protocol.settle(conn)).await {
-            Ok(Ok(())) => P::io(conn).dirty_reason(false),
-            Ok(Err(reason)) => Some(reason),
-            Err(_) => Some(EvictReason::NotClean),
-        },
+        Some(conn) => {
+            // A read the last holder's call left pending is now the protocol's to finish.
+            P::io_mut(conn).clear_read_pending();
+            match tokio::time::timeout(timeout, protocol.settle(conn)).await {
+                Ok(Ok(())) => P::io(conn).dirty_reason(false),
+                Ok(Err(reason)) => Some(reason),
+                Err(_) => Some(EvictReason::NotClean),
+            }
+        }
         None => Some(EvictReason::NotClean),
     };
     if let Some(reason) = reason {
@@ -379,5 +390,34 @@ where
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(self.get_mut().inner_mut()).poll_shutdown(cx)
+    }
+}
+
+/// The redis crate's typed API on a pooled connection whose protocol speaks it (as
+/// `livepool-redis` does): `redis::pipe().query_async(&mut conn)` and `AsyncCommands`.
+#[cfg(feature = "redis")]
+impl<P: Protocol> redis::aio::ConnectionLike for Conn<P>
+where
+    P::Conn: redis::aio::ConnectionLike,
+{
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        self.inner_mut().req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.inner_mut()
+            .req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner().get_db()
     }
 }

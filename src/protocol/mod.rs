@@ -17,8 +17,6 @@
 
 pub(crate) mod heartbeat;
 pub(crate) mod hosted;
-#[cfg(feature = "redis")]
-pub mod redis;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -129,7 +127,9 @@ pub trait Protocol: Send + Sync + 'static {
 
     /// On return, when the connection is not clean ([`Protocol::is_clean`] said no): whether
     /// [`Protocol::settle`] may bring it back instead of closing it. Checked after the pool's
-    /// own rules (a connection with an I/O error or a pending operation is closed anyway).
+    /// own rules: a connection with an I/O error, a write cut short or bytes unsent inside
+    /// TLS is closed anyway; one whose only fault is a read cut short by a cancelled call is
+    /// offered here, for a protocol that follows its replies and can read the rest.
     /// Default: false.
     fn can_settle(&self, conn: &Self::Conn) -> bool {
         let _ = conn;

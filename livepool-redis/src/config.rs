@@ -1,0 +1,235 @@
+//! [`RedisConfig`]: how every connection is set up (credentials, database, protocol
+//! version, client name, extra setup commands). It is also the session "as set up" that a
+//! returned connection is brought back to.
+
+use std::fmt;
+
+/// How [`RedisConnection::setup`](crate::RedisConnection::setup) prepares a new connection: credentials, database, protocol
+/// version and client name.
+///
+/// The password is a secret: `Debug` prints it as `"<redacted>"`, and it never appears in
+/// errors or tracing output.
+///
+/// ```
+/// use livepool_redis::RedisConfig;
+///
+/// let cfg = RedisConfig::new()
+///     .username("app")
+///     .password("hunter2")
+///     .db(5)
+///     .resp3(true)
+///     .client_name("worker-1");
+/// assert_eq!(cfg.database(), 5);
+/// let shown = format!("{cfg:?}");
+/// assert!(shown.contains("<redacted>") && !shown.contains("hunter2"));
+/// ```
+#[derive(Clone, Default)]
+pub struct RedisConfig {
+    username: Option<String>,
+    password: Option<String>,
+    db: u32,
+    resp3: bool,
+    client_name: Option<String>,
+    /// Extra commands of the setup, part of the session "as set up".
+    on_connect: Vec<Vec<Vec<u8>>>,
+}
+
+impl RedisConfig {
+    /// No credentials, database 0, RESP2, no client name.
+    ///
+    /// ```
+    /// let cfg = livepool_redis::RedisConfig::new();
+    /// assert_eq!(cfg.database(), 0);
+    /// assert!(!cfg.is_resp3());
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The ACL user to authenticate as (with [`password`](Self::password)); without one,
+    /// the `default` user.
+    ///
+    /// ```
+    /// let cfg = livepool_redis::RedisConfig::new().username("app").password("pw");
+    /// assert_eq!(cfg.user(), Some("app"));
+    /// ```
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// The password (for `requirepass` or the ACL user). Authentication is sent only when a
+    /// password is set.
+    ///
+    /// ```
+    /// let cfg = livepool_redis::RedisConfig::new().password("pw");
+    /// assert!(cfg.has_password());
+    /// ```
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// The database to `SELECT` after authenticating (0, the default, sends nothing).
+    ///
+    /// ```
+    /// let cfg = livepool_redis::RedisConfig::new().db(3);
+    /// assert_eq!(cfg.database(), 3);
+    /// ```
+    pub fn db(mut self, db: u32) -> Self {
+        self.db = db;
+        self
+    }
+
+    /// Speak RESP3 (`HELLO 3`), which enables push frames such as client-tracking
+    /// invalidations.
+    ///
+    /// ```
+    /// let cfg = livepool_redis::RedisConfig::new().resp3(true);
+    /// assert!(cfg.is_resp3());
+    /// ```
+    pub fn resp3(mut self, on: bool) -> Self {
+        self.resp3 = on;
+        self
+    }
+
+    /// A name for `CLIENT SETNAME` (shown by `CLIENT LIST`).
+    ///
+    /// ```
+    /// let cfg = livepool_redis::RedisConfig::new().client_name("worker-1");
+    /// assert_eq!(cfg.name(), Some("worker-1"));
+    /// ```
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = Some(name.into());
+        self
+    }
+
+    /// One more command of every connection's setup (after AUTH/HELLO and before SELECT),
+    /// for session state that every caller should find: `CLIENT TRACKING on` (client-side
+    /// caching; its invalidation pushes need `resp3(true)` and are benign on an idle
+    /// member), `CLIENT NO-EVICT on`, … An error reply fails the setup. The same commands
+    /// sent by a caller change the session and make the connection not clean.
+    ///
+    /// ```
+    /// let cfg = livepool_redis::RedisConfig::new()
+    ///     .resp3(true)
+    ///     .on_connect(&["CLIENT", "TRACKING", "on"]);
+    /// # let _ = cfg;
+    /// ```
+    pub fn on_connect(mut self, args: &[&str]) -> Self {
+        self.on_connect
+            .push(args.iter().map(|a| a.as_bytes().to_vec()).collect());
+        self
+    }
+
+    /// The configured ACL user, if any.
+    ///
+    /// ```
+    /// assert_eq!(livepool_redis::RedisConfig::new().user(), None);
+    /// ```
+    pub fn user(&self) -> Option<&str> {
+        self.username.as_deref()
+    }
+
+    /// Whether a password is configured (the password itself is not readable back).
+    ///
+    /// ```
+    /// assert!(!livepool_redis::RedisConfig::new().has_password());
+    /// ```
+    pub fn has_password(&self) -> bool {
+        self.password.is_some()
+    }
+
+    /// The database `setup` selects.
+    ///
+    /// ```
+    /// assert_eq!(livepool_redis::RedisConfig::new().db(7).database(), 7);
+    /// ```
+    pub fn database(&self) -> u32 {
+        self.db
+    }
+
+    /// Whether `setup` sends `HELLO 3`.
+    ///
+    /// ```
+    /// assert!(!livepool_redis::RedisConfig::new().is_resp3());
+    /// ```
+    pub fn is_resp3(&self) -> bool {
+        self.resp3
+    }
+
+    /// The configured client name, if any.
+    ///
+    /// ```
+    /// assert_eq!(livepool_redis::RedisConfig::new().name(), None);
+    /// ```
+    pub fn name(&self) -> Option<&str> {
+        self.client_name.as_deref()
+    }
+
+    /// Replaces every occurrence of the password in `text` (belt and braces: servers do not
+    /// echo passwords, but an error message must never carry one).
+    /// The commands of a connection's setup, in order, each with a name for messages:
+    /// `HELLO 3 [AUTH user pass] [SETNAME name]` when RESP3 is configured, else
+    /// `AUTH [user] pass` (when a password is set) and `CLIENT SETNAME`; then the
+    /// [`on_connect`](Self::on_connect) commands, then `SELECT db` when the database is not 0.
+    pub(crate) fn setup_steps(&self) -> Vec<(&'static str, Vec<Vec<u8>>)> {
+        let b = |s: &str| s.as_bytes().to_vec();
+        let mut steps: Vec<(&'static str, Vec<Vec<u8>>)> = Vec::new();
+        if self.resp3 {
+            let mut hello = vec![b("HELLO"), b("3")];
+            if let Some(pw) = &self.password {
+                let user = self.username.as_deref().unwrap_or("default");
+                hello.extend([b("AUTH"), b(user), b(pw)]);
+            }
+            if let Some(name) = &self.client_name {
+                hello.extend([b("SETNAME"), b(name)]);
+            }
+            steps.push(("HELLO", hello));
+        } else {
+            if let Some(pw) = &self.password {
+                let mut auth = vec![b("AUTH")];
+                if let Some(user) = &self.username {
+                    auth.push(b(user));
+                }
+                auth.push(b(pw));
+                steps.push(("AUTH", auth));
+            }
+            if let Some(name) = &self.client_name {
+                steps.push(("CLIENT SETNAME", vec![b("CLIENT"), b("SETNAME"), b(name)]));
+            }
+        }
+        for cmd in &self.on_connect {
+            steps.push(("on_connect", cmd.clone()));
+        }
+        if self.db != 0 {
+            steps.push((
+                "SELECT",
+                vec![b("SELECT"), self.db.to_string().into_bytes()],
+            ));
+        }
+        steps
+    }
+
+    pub(crate) fn scrub(&self, text: String) -> String {
+        match &self.password {
+            Some(p) if !p.is_empty() && text.contains(p.as_str()) => {
+                text.replace(p.as_str(), "<redacted>")
+            }
+            _ => text,
+        }
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("db", &self.db)
+            .field("resp3", &self.resp3)
+            .field("client_name", &self.client_name)
+            .field("on_connect", &self.on_connect.len())
+            .finish()
+    }
+}
