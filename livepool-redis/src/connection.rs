@@ -294,6 +294,8 @@ pub struct RedisConnection<S = livepool::Io> {
     pushes: VecDeque<Value>,
     /// An I/O or protocol failure: the stream must not be used again.
     broken: Option<String>,
+    /// Given over to pub/sub ([`Subscriber`](crate::Subscriber)): never clean again.
+    subscribed: bool,
     config: Arc<RedisConfig>,
 }
 
@@ -335,6 +337,7 @@ impl<S> RedisConnection<S> {
             && self.db == i64::from(self.config.database())
             && !self.tainted
             && self.broken.is_none()
+            && !self.subscribed
     }
 
     /// How many replies are owed (by calls dropped before their reply was read).
@@ -406,6 +409,7 @@ impl<S> RedisConnection<S> {
     pub(crate) fn can_settle(&self) -> bool {
         !self.writing
             && self.broken.is_none()
+            && !self.subscribed
             && !self.pending.iter().any(|o| o.block == Block::Forever)
     }
 
@@ -559,6 +563,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
             tainted: false,
             pushes: VecDeque::new(),
             broken: None,
+            subscribed: false,
             config,
         };
         let steps = conn.config.setup_steps();
@@ -749,6 +754,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
             Ok(_) => Ok(()),
             Err(e) => Err(self.fail(e.into())),
         }
+    }
+
+    /// Gives the connection over to pub/sub: from now on it is never clean (a pool closes
+    /// it when it comes back), and [`write_unowed`](Self::write_unowed) and
+    /// [`next_frame`](Self::next_frame) are its only use.
+    pub(crate) fn enter_pubsub(&mut self) {
+        self.subscribed = true;
+    }
+
+    /// Pub/sub: writes packed commands whose replies are not counted (the subscriber reads
+    /// every frame itself). Cut short, the connection is out of step.
+    pub(crate) async fn write_unowed(&mut self, out: &[u8]) -> RedisResult<()> {
+        self.write(out, 0, Effect::None).await
+    }
+
+    /// Pub/sub: the next frame of any kind (push or not), built. Cancel safe: a frame that
+    /// arrived in part stays buffered for the next call.
+    pub(crate) async fn next_frame(&mut self) -> RedisResult<Value> {
+        self.check_usable()?;
+        let frame = loop {
+            match self.scan.next(&self.buf) {
+                Ok(Some(f)) => break f,
+                Ok(None) => self.fill().await?,
+                Err(msg) => return Err(self.fail(protocol(msg))),
+            }
+        };
+        let value = self.parse(frame)?;
+        self.compact();
+        Ok(value)
     }
 
     /// Brings a returned connection back to its setup state: reads and drops the replies
