@@ -1,0 +1,187 @@
+//! A cancelled command costs no reconnect and never hands a stale reply to anyone (a real
+//! `redis-server` the tests start): the replies it still owes are read and dropped off the
+//! caller's path (or by the holder's next call), within the pool's bound; a command that
+//! may block forever is not waited for (its connection is closed). And a large reply does
+//! not stay resident in an idle member.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use livepool::EvictReason;
+use livepool_redis::redis::{self, AsyncCommands};
+use livepool_redis::{Conn, Pool, Redis, RedisConfig, RedisConnection};
+use support::redis_server::RedisServer;
+use support::within;
+use tokio::net::TcpStream;
+
+const CANCELLED: usize = 50;
+
+fn pool_of_one(redis: &RedisServer) -> Pool {
+    livepool::Pool::builder(redis.addr())
+        .protocol(Redis::new(RedisConfig::new()))
+        .max_size(1)
+        .connect_timeout(Some(Duration::from_secs(5)))
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .build()
+        .expect("build the pool")
+}
+
+async fn get(pool: &Pool) -> Conn {
+    within(10, "get", pool.get()).await.expect("a connection")
+}
+
+async fn direct(redis: &RedisServer) -> RedisConnection<TcpStream> {
+    let tcp = within(5, "connect", TcpStream::connect(redis.addr()))
+        .await
+        .expect("connect");
+    within(5, "setup", RedisConnection::setup(tcp, &RedisConfig::new()))
+        .await
+        .expect("setup")
+}
+
+/// Polls `fut` until it is parked waiting for the server (so that dropping it cancels a
+/// command that was sent and not answered), at most a few polls.
+async fn cancel_once_parked<F: std::future::Future>(fut: F) {
+    let mut fut = std::pin::pin!(fut);
+    // One poll writes the command and parks on the reply.
+    let polled = futures_util::poll!(fut.as_mut());
+    assert!(polled.is_pending(), "answered before it could be cancelled");
+}
+
+/// 50 `BLPOP`s, each cancelled while the server holds it: half end by their own timeout
+/// (a nil reply owed), half receive a value pushed after the cancel (an array reply owed).
+/// Each next caller on the same (only) connection gets its own reply, and one connection
+/// served all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_cancelled_blpops_make_one_connection_and_no_stale_reply() {
+    let Some(server) = RedisServer::start().await else {
+        return;
+    };
+    let pool = pool_of_one(&server);
+    let mut pusher = direct(&server).await;
+    for i in 0..CANCELLED {
+        let mut conn = get(&pool).await;
+        let list = format!("cancel-list-{i}");
+        cancel_once_parked(conn.blpop::<_, Option<(String, String)>>(&list, 0.05)).await;
+        assert_eq!(conn.owed(), 1, "the BLPOP's reply is owed");
+        drop(conn);
+        if i % 2 == 1 {
+            // The cancelled BLPOP may still be blocked: a value for it is part of the reply
+            // owed (or, if it timed out already, stays in the list).
+            let _: () = pusher.rpush(&list, format!("value-{i}")).await.unwrap();
+        }
+        let mut next = get(&pool).await;
+        let token = format!("token-{i}");
+        let echoed: String = redis::cmd("ECHO")
+            .arg(&token)
+            .query_async(&mut next)
+            .await
+            .unwrap();
+        assert_eq!(echoed, token, "iteration {i}: a stale reply");
+        assert!(next.is_clean());
+    }
+    let stats = pool.statistics();
+    println!(
+        "connections created for {CANCELLED} cancelled BLPOPs: {} (evicted {})",
+        stats.created,
+        stats.evicted_total()
+    );
+    assert_eq!(stats.created, 1);
+    assert_eq!(stats.evicted_total(), 0);
+}
+
+/// The holder's own next call drops what its cancelled call owed: a pipeline of three
+/// dropped after it was sent, then a command on the same checkout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_call_of_the_same_holder_drops_the_replies_owed() {
+    let Some(server) = RedisServer::start().await else {
+        return;
+    };
+    let pool = pool_of_one(&server);
+    let mut conn = get(&pool).await;
+    let _: () = conn.set("k", "mine").await.unwrap();
+    {
+        let mut pipe = redis::pipe();
+        pipe.cmd("BLPOP").arg("nothing").arg(0.05).get("k").get("k");
+        cancel_once_parked(pipe.query_async::<redis::Value>(&mut conn)).await;
+    }
+    assert_eq!(conn.owed(), 3);
+    let n: i64 = conn.incr("n", 7).await.unwrap();
+    assert_eq!(n, 7, "its own reply, not the BLPOP's nil or k's value");
+    assert_eq!(conn.owed(), 0);
+    assert!(conn.is_clean());
+}
+
+/// A command that may block forever (`BLPOP … 0`) is not waited for: the connection is
+/// closed and the next caller gets a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_command_that_may_block_forever_closes_the_connection() {
+    let Some(server) = RedisServer::start().await else {
+        return;
+    };
+    let pool = pool_of_one(&server);
+    let mut conn = get(&pool).await;
+    cancel_once_parked(conn.blpop::<_, Option<(String, String)>>("forever", 0.0)).await;
+    drop(conn);
+    let mut next = get(&pool).await;
+    let pong: String = redis::cmd("PING").query_async(&mut next).await.unwrap();
+    assert_eq!(pong, "PONG");
+    let stats = pool.statistics();
+    assert_eq!(stats.created, 2);
+    assert_eq!(
+        stats.evicted(EvictReason::Cancelled),
+        1,
+        "{:?}",
+        stats.evictions()
+    );
+}
+
+/// After one 64 MiB reply, the member goes back with its read buffer shrunk: the process
+/// holds no copy of the reply once the caller dropped its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_reply_does_not_stay_resident_in_an_idle_member() {
+    let Some(server) = RedisServer::start().await else {
+        return;
+    };
+    const SIZE: usize = 64 << 20;
+    let mut loader = direct(&server).await;
+    let _: () = loader.set("big", vec![b'x'; SIZE]).await.unwrap();
+    drop(loader);
+    let pool = pool_of_one(&server);
+    let mut conn = get(&pool).await;
+    let small = conn.buffer_capacity();
+    let rss_before = resident_bytes();
+    let big: Vec<u8> = conn.get("big").await.unwrap();
+    assert_eq!(big.len(), SIZE);
+    drop(big);
+    assert!(
+        conn.buffer_capacity() <= small.max(64 << 10),
+        "buffer kept {} bytes",
+        conn.buffer_capacity()
+    );
+    drop(conn);
+    let mut conn = get(&pool).await;
+    assert!(conn.buffer_capacity() <= 64 << 10);
+    let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    assert_eq!(pong, "PONG");
+    if let (Some(before), Some(after)) = (rss_before, resident_bytes()) {
+        let kept = after.saturating_sub(before);
+        println!(
+            "resident memory kept after one {} MiB reply: {:.1} MiB",
+            SIZE >> 20,
+            kept as f64 / (1 << 20) as f64
+        );
+        // Freed, not merely unused: well under the reply's size (the allocator may keep
+        // some pages; it must not keep the reply).
+        assert!(kept < SIZE as u64 / 4, "kept {kept} bytes resident");
+    }
+}
+
+/// The process's resident set (Linux), in bytes.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
