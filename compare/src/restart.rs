@@ -4,13 +4,13 @@
 //! throwaway PostgreSQL cluster (`initdb`, SCRAM-SHA-256; as root run as the `postgres` user)
 //! — and points several pools at them at the same time, so that one restart hits them all:
 //!
-//! | server   | pool                     | request (checked reply)                     |
-//! |----------|--------------------------|---------------------------------------------|
-//! | Redis    | `livepool raw`           | RESP `ECHO <token>` written and read by hand |
-//! | Redis    | `livepool::redis`        | `ECHO <token>` through `livepool::redis::Redis` |
-//! | Redis    | `deadpool-redis`         | `ECHO <token>` through its `MultiplexedConnection` |
-//! | Postgres | `livepool-postgres`      | `SELECT <token>` (simple query)             |
-//! | Postgres | `deadpool-postgres`      | `SELECT <token>` (simple query)             |
+//! | server   | pool                | request (checked reply)                            |
+//! |----------|---------------------|----------------------------------------------------|
+//! | Redis    | `livepool raw`      | RESP `ECHO <token>` written and read by hand       |
+//! | Redis    | `livepool-redis`    | `ECHO <token>` through the redis crate's typed API |
+//! | Redis    | `deadpool-redis`    | `ECHO <token>` through its `MultiplexedConnection` |
+//! | Postgres | `livepool-postgres` | `SELECT <token>` (simple query)                    |
+//! | Postgres | `deadpool-postgres` | `SELECT <token>` (simple query)                    |
 //!
 //! Every pool runs with its defaults: livepool with only the address and the protocol's
 //! credentials (its breaker as the source it is built from defines it), deadpool-redis and
@@ -70,8 +70,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{Manager, Metrics, RecycleResult};
-use livepool::redis::{Redis, RedisConfig};
 use livepool_postgres::Postgres;
+use livepool_redis::redis::{self, Value};
+use livepool_redis::{Redis, RedisConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use report::{describe, livepool_commit, markdown};
@@ -233,7 +234,7 @@ type DpPostgres = deadpool::managed::Pool<Counting<deadpool_postgres::Manager>>;
 
 enum Pool {
     LpRaw(livepool::Pool),
-    LpRedis(livepool::Pool<Redis>),
+    LpRedis(livepool_redis::Pool),
     DpRedis(DpRedis),
     LpPostgres(livepool_postgres::Pool),
     DpPostgres(DpPostgres),
@@ -281,9 +282,13 @@ impl Pool {
                     Err(e) => return Outcome::Failed(describe(&e)),
                 };
                 let tok = format!("t{token}");
-                match conn.cmd(&[b"ECHO", tok.as_bytes()]).await {
-                    Ok(livepool::redis::Value::Bulk(Some(b))) if b == tok.as_bytes() => Outcome::Ok,
-                    Ok(v) if v.is_error() => Outcome::Failed(format!("server error: {v:?}")),
+                // An error reply comes back as an error (`query_async` extracts it).
+                let reply = redis::cmd("ECHO")
+                    .arg(&tok)
+                    .query_async::<Value>(&mut conn)
+                    .await;
+                match reply {
+                    Ok(Value::BulkString(b)) if b == tok.as_bytes() => Outcome::Ok,
                     Ok(v) => {
                         conn.mark_broken();
                         Outcome::Wrong(format!("{v:?}"))
@@ -450,7 +455,7 @@ impl Server {
                     .protocol(redis())
                     .build()
                     .map_err(build)?;
-                pools.push(("livepool::redis".to_string(), Pool::LpRedis(lp)));
+                pools.push(("livepool-redis".to_string(), Pool::LpRedis(lp)));
                 let url = format!("redis://{addr}");
                 let cfg = deadpool_redis::Config::from_url(url.clone());
                 let manager = deadpool_redis::Manager::new(url.as_str())
@@ -467,7 +472,7 @@ impl Server {
                         .breaker(breaker(d))
                         .build()
                         .map_err(build)?;
-                    let name = format!("livepool::redis, open_for {} ms", d.as_millis());
+                    let name = format!("livepool-redis, open_for {} ms", d.as_millis());
                     pools.push((name, Pool::LpRedis(lp)));
                 }
             }
