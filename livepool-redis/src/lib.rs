@@ -37,6 +37,7 @@
 mod config;
 mod connection;
 mod scan;
+mod subscriber;
 
 use std::io;
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use std::sync::Arc;
 pub use config::RedisConfig;
 pub use connection::RedisConnection;
 pub use redis;
+pub use subscriber::{Subscriber, SubscriberError, SubscriberMessage};
 
 use connection::{IdleOutcome, SetupFailure, io_kind};
 
