@@ -2,28 +2,8 @@
 //! (`redis::aio::ConnectionLike`), and that knows, at every moment, whether it is as it was
 //! set up.
 //!
-//! Why this shape rather than hosting the redis crate's `MultiplexedConnection`: that
-//! connection reads its socket from a task of its own, so a pool can only watch the task end;
-//! it cannot count the replies a cancelled caller still owes, tell a RESP3 push on an idle
-//! member from a stray reply, or see `WATCH`, `SELECT` or `MULTI` left behind. Here the
-//! commands the typed API packs go through this type, which writes them, reads exactly the
-//! replies owed (skipping those of a cancelled call), follows the session state the replies
-//! confirm, and leaves the values to the redis crate's parser.
-//!
-//! The checks that apply to a pooled connection:
-//! - **replies owed** are counted per command; a call cancelled mid-way leaves its replies
-//!   owed, and they are read and dropped (never handed to a later call): by the next call
-//!   of the same holder, or off the caller's path when the connection goes back;
-//! - **session state** confirmed by the server (`MULTI`, `WATCH`, `SELECT`, `CLIENT
-//!   TRACKING`, `HELLO`, `AUTH`, `CLIENT SETNAME`, `RESET`, `READONLY`) is undone before the
-//!   next caller (`DISCARD`, `UNWATCH`, `SELECT`, or `RESET` plus the setup again);
-//! - **commands that would break request/reply** (`SUBSCRIBE` and friends, `MONITOR`,
-//!   `CLIENT REPLY`, `SYNC`) are refused before they are sent (use
-//!   [`Subscriber`](crate::Subscriber) for pub/sub);
-//! - **bytes on an idle member**: RESP3 pushes are queued ([`take_pushes`]
-//!   (RedisConnection::take_pushes)) and benign; anything else evicts it;
-//! - **memory**: the read buffer grown by a large reply is given back once the reply is
-//!   consumed.
+//! What it checks, and why this shape rather than hosting the redis crate's
+//! `MultiplexedConnection`: the crate docs, "What the pool checks".
 
 use std::collections::VecDeque;
 use std::fmt;

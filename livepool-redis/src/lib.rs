@@ -26,9 +26,36 @@
 //!
 //! The crate re-exports [`redis`], so no second version needs matching. A pooled
 //! connection ([`Conn`]) implements `redis::aio::ConnectionLike` (through livepool's `redis`
-//! feature) and derefs to [`RedisConnection`], which says what the pool checks: see its
-//! module's list in [`RedisConnection`]'s docs. For pub/sub, a [`Subscriber`] holds its own
+//! feature) and derefs to [`RedisConnection`]. For pub/sub, a [`Subscriber`] holds its own
 //! connection and subscribes again after a reconnect.
+//!
+//! # What the pool checks
+//!
+//! The typed API packs each command; the connection writes it, reads exactly the replies
+//! owed, and follows the session state the server confirms. The redis crate builds the
+//! values; a frame scanner of this crate finds where a frame ends, and whether it is a RESP3
+//! push, before anything is built (what counting, draining and classifying need).
+//! - **Checkout**: one `recv(MSG_PEEK)`; a closed, reset or chattering idle member is never
+//!   handed out. An idle member the server kills (`CLIENT KILL`, its `timeout`) is evicted at
+//!   once, without a checkout.
+//! - **Replies owed** are counted per command. A call dropped before its reply (a
+//!   `tokio::time::timeout` around a `BLPOP`) leaves them owed: they are read and dropped by
+//!   the holder's next call, or off the caller's path when the connection goes back (bounded
+//!   by the pool's `heartbeat_timeout`; a command that may block forever, such as
+//!   `BLPOP … 0`, closes the connection instead). No reconnect, never a stale reply.
+//! - **Session state** the server confirmed is undone before the next caller, on the same
+//!   connection: `DISCARD` for an open `MULTI`, `UNWATCH`, `SELECT` of the setup's database,
+//!   and for `CLIENT TRACKING`, `CLIENT SETNAME`, `HELLO`, `AUTH`, `READONLY`: `RESET` and
+//!   the setup again, in one round trip.
+//! - **Commands that would break request/reply** (`SUBSCRIBE` and friends, `MONITOR`,
+//!   `CLIENT REPLY`, `SYNC`) are refused before they are sent (`ErrorKind::Client`).
+//! - **Bytes on an idle member**: RESP3 pushes (tracking invalidations) are benign and
+//!   queued ([`RedisConnection::take_pushes`]); anything else evicts the member.
+//! - **Memory**: a read buffer grown by a large reply shrinks back once it is consumed.
+//!
+//! Hosting the redis crate's `MultiplexedConnection` instead (its reader runs in a task of
+//! its own, as [`livepool::Hosted`] allows) would give up the reply counting, the push
+//! classification and the session tracking: the pool could only watch the task end.
 //!
 //! Blocking commands (`BLPOP`, `XREAD BLOCK`, `WAIT`) take as long as their own timeout says:
 //! there is no response timeout of the pool's to cut them short (bound a call yourself with
