@@ -108,6 +108,11 @@ pub struct PgListener {
     channels: Vec<String>,
     /// When the last connection was found gone (reported with the next reconnect).
     lost_at: Option<Instant>,
+    /// A reconnect made by a call other than `recv` (`listen`), not reported yet.
+    reconnected: Option<Duration>,
+    /// The pool said when a connect may go through (its breaker is open): the next
+    /// connect waits until then instead of failing again at once.
+    retry_at: Option<Instant>,
     ping_interval: Duration,
     ping_timeout: Duration,
     next_ping: Instant,
@@ -129,6 +134,8 @@ impl PgListener {
             conn: None,
             channels: Vec::new(),
             lost_at: None,
+            reconnected: None,
+            retry_at: None,
             // The pool's default heartbeat interval and timeout.
             ping_interval: Duration::from_secs(30),
             ping_timeout: Duration::from_secs(5),
@@ -224,8 +231,8 @@ impl PgListener {
     ///
     /// # Errors
     /// [`ListenerError::Connect`] while no connection can be had (call again: the pool's
-    /// breaker paces the attempts; [`livepool::Error::retry_after`] says when one may go
-    /// through), [`ListenerError::Query`] if `LISTEN` failed on the new connection.
+    /// breaker paces the attempts, and the next call waits out the
+    /// [`livepool::Error::retry_after`] it gave, so a loop calling again does not spin), [`ListenerError::Query`] if `LISTEN` failed on the new connection.
     ///
     /// # Cancel safety
     /// Cancel safe: a notification is taken from the queue only when it is returned.
@@ -241,11 +248,9 @@ impl PgListener {
         loop {
             if self.conn.is_none() {
                 self.connect().await?;
-                if let Some(lost) = self.lost_at.take() {
-                    return Ok(ListenerMessage::Reconnected {
-                        gap: lost.elapsed(),
-                    });
-                }
+            }
+            if let Some(gap) = self.reconnected.take() {
+                return Ok(ListenerMessage::Reconnected { gap });
             }
             let (conn, rx) = self.conn.as_mut().expect("connected above");
             let end = conn.driver_end().clone();
@@ -277,8 +282,19 @@ impl PgListener {
 
     /// Takes a connection from the pool, has its driver forward notifications here, and
     /// listens to every channel on it.
+    /// A reconnect (after a loss) is reported by the next `recv`, whichever call made it.
     async fn connect(&mut self) -> Result<(), ListenerError> {
-        let conn = self.pool.get().await.map_err(ListenerError::Connect)?;
+        if let Some(at) = self.retry_at {
+            tokio::time::sleep_until(at).await;
+            self.retry_at = None;
+        }
+        let conn = match self.pool.get().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.retry_at = e.retry_after().map(|d| Instant::now() + d);
+                return Err(ListenerError::Connect(e));
+            }
+        };
         let (tx, rx) = mpsc::channel(QUEUE);
         *conn
             .notifications
@@ -296,6 +312,9 @@ impl PgListener {
         }
         self.next_ping = Instant::now() + self.ping_interval;
         self.conn = Some((conn, rx));
+        if let Some(lost) = self.lost_at.take() {
+            self.reconnected = Some(lost.elapsed());
+        }
         Ok(())
     }
 }

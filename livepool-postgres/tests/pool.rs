@@ -582,6 +582,70 @@ async fn the_listener_listens_again_after_a_restart() {
     );
 }
 
+/// The listener finds its connection gone while the server is down, then `listen` (not
+/// `recv`) is what reconnects: the next `recv` still reports the reconnect first, and every
+/// channel, old and new, is listened to.
+#[tokio::test]
+async fn a_reconnect_made_by_listen_is_reported_by_the_next_recv() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut cluster) = PgCluster::start().await else {
+        return;
+    };
+    let listener_pool: Pool = builder(&cluster)
+        .max_size(1)
+        .connect_timeout(Some(Duration::from_secs(2)))
+        .build()
+        .unwrap();
+    let mut listener = livepool_postgres::PgListener::new(listener_pool);
+    listener.listen("before").await.expect("listen");
+    cluster = tokio::task::spawn_blocking(move || {
+        cluster.stop();
+        cluster
+    })
+    .await
+    .expect("stop");
+    // recv finds the connection gone and cannot make a new one while the server is down.
+    match within(30, "recv while the server is down", listener.recv()).await {
+        Err(livepool_postgres::ListenerError::Connect(_)) => {}
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+    cluster = tokio::task::spawn_blocking(move || {
+        cluster.start_again();
+        cluster
+    })
+    .await
+    .expect("start again");
+    within(30, "listen reconnects", async {
+        loop {
+            match listener.listen("after").await {
+                Ok(()) => break,
+                Err(livepool_postgres::ListenerError::Connect(e)) => {
+                    tokio::time::sleep(e.retry_after().unwrap_or(50 * MS)).await
+                }
+                Err(e) => panic!("listen: {e}"),
+            }
+        }
+    })
+    .await;
+    match within(10, "the reconnect is reported", listener.recv()).await {
+        Ok(livepool_postgres::ListenerMessage::Reconnected { gap }) => {
+            assert!(gap > Duration::ZERO)
+        }
+        other => panic!("expected Reconnected first, got {other:?}"),
+    }
+    let admin_client = admin(&cluster).await;
+    for channel in ["before", "after"] {
+        admin_client
+            .query_one("SELECT pg_notify($1, 'x')", &[&channel])
+            .await
+            .expect("notify");
+        assert_eq!(
+            next_notification(&mut listener).await,
+            (channel.to_string(), "x".to_string())
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_restart_with_queries_in_flight_gives_no_wrong_row_and_no_hang() {
     let _serial = SERIAL.lock().await;
