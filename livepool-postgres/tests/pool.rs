@@ -852,3 +852,44 @@ async fn a_wrong_or_missing_password_is_a_config_error_not_the_endpoints() {
         assert_eq!((stats.config_errors, stats.connect_errors), (fresh, 0));
     }
 }
+
+/// Postgres' own idle limit (`idle_session_timeout`, which ends a session with `57P05`) under
+/// a longer heartbeat: the pool's idle-limit detector finds it from the terminations.
+#[tokio::test]
+async fn idle_session_timeout_is_detected_as_the_servers_idle_limit() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = PgCluster::start().await else {
+        return;
+    };
+    let mut cfg = config(&cluster);
+    cfg.options("-c idle_session_timeout=1000");
+    let pool: Pool = livepool::Pool::builder(cluster.addr())
+        .protocol(Postgres::new(cfg))
+        .connect_timeout(Some(Duration::from_secs(10)))
+        .min_idle(2)
+        .heartbeat_interval(Duration::from_secs(5))
+        .heartbeat_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let figure = within(60, "the idle limit is detected", async {
+        loop {
+            if let Some(limit) = pool.statistics().server_idle_limit {
+                break limit;
+            }
+            tokio::time::sleep(50 * MS).await;
+        }
+    })
+    .await;
+    let stats = pool.statistics();
+    assert!(
+        stats.evicted(EvictReason::Terminated) >= 3,
+        "{:?}",
+        stats.evictions()
+    );
+    // The pool cannot see a close before it happens, nor much later than the server's
+    // timer: half the limit to three times it, whatever the machine's load.
+    assert!(
+        figure >= Duration::from_millis(500) && figure <= Duration::from_secs(3),
+        "detected {figure:?} for a 1 s idle_session_timeout"
+    );
+}

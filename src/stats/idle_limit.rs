@@ -9,7 +9,8 @@
 //! DEBUG; the pattern is what the operator needs to hear about.
 //!
 //! **What is fed.** Only evictions by the idle watch of an *idle* member with reason
-//! `peer_closed` or `reset` ([`counts`]), each as a [`Sample`]: how long the member had been
+//! `peer_closed`, `reset` or `terminated` (a session the server ended with its reason, such as
+//! Postgres' `idle_session_timeout`, `57P05`) ([`counts`]), each as a [`Sample`]: how long the member had been
 //! quiet (since its last traffic: its return to the pool, its creation, or an answered
 //! heartbeat), how long since its last return (or creation), and when the close was seen.
 //! A close less than [`MIN_AGE`] after the last traffic is not fed: that is a server closing
@@ -60,9 +61,13 @@ pub(crate) const MIN_SPREAD: Duration = Duration::from_secs(1);
 /// A changed figure is warned about again at most this often.
 pub(crate) const REWARN_AFTER: Duration = Duration::from_secs(600);
 
-/// Whether an idle eviction for `reason` is the peer closing the connection.
+/// Whether an idle eviction for `reason` is the peer closing the connection (or ending the
+/// session with its reason).
 pub(crate) fn counts(reason: EvictReason) -> bool {
-    matches!(reason, EvictReason::PeerClosed | EvictReason::Reset)
+    matches!(
+        reason,
+        EvictReason::PeerClosed | EvictReason::Reset | EvictReason::Terminated
+    )
 }
 
 /// One idle close, in nanoseconds.
@@ -249,7 +254,7 @@ pub(crate) fn message(f: &Finding, s: &Settings) -> String {
         Since::Traffic => format!(
             "the server closed {} idle connections in a row after {range} without traffic: it \
              closes idle connections after about {limit} (a server-side idle timeout such as \
-             Redis `timeout`, or a proxy's idle limit), and the pool replaces them only to have \
+             Redis `timeout` or Postgres' `idle_session_timeout`, or a proxy's idle limit), and the pool replaces them only to have \
              them closed again",
             f.closes
         ),
