@@ -353,11 +353,15 @@ mod tests {
     }
 
     #[test]
-    fn only_closes_and_resets_count() {
+    fn only_closes_resets_and_terminations_count() {
         assert!(counts(EvictReason::PeerClosed));
         assert!(counts(EvictReason::Reset));
+        assert!(counts(EvictReason::Terminated));
         for r in EvictReason::ALL {
-            if !matches!(r, EvictReason::PeerClosed | EvictReason::Reset) {
+            if !matches!(
+                r,
+                EvictReason::PeerClosed | EvictReason::Reset | EvictReason::Terminated
+            ) {
                 assert!(!counts(r), "{r}");
             }
         }
