@@ -194,8 +194,9 @@ pub(crate) fn classify(cmd: &Cmd) -> RedisResult<(Effect, Block)> {
 /// Why a connection's setup failed.
 #[derive(Debug)]
 pub(crate) enum SetupFailure {
-    /// The server refused a step, in its own words (password scrubbed).
-    Refused(String),
+    /// The server refused a step, in its own words (password scrubbed); the server's error
+    /// itself when it did not carry the password.
+    Refused(String, Option<redis::ServerError>),
     Io(io::Error),
     Protocol(String),
 }
@@ -451,6 +452,9 @@ impl<S> RedisConnection<S> {
                     self.queued.clear();
                 }
             }
+            // Refused outside a transaction (`EXEC without MULTI`): the server keeps any
+            // WATCH, and so does the tracking.
+            Effect::Exec | Effect::Discard if !self.in_multi => {}
             Effect::Exec => {
                 let queued = std::mem::take(&mut self.queued);
                 if self.in_multi
@@ -519,7 +523,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
         Self::open(stream, Arc::new(config.clone()))
             .await
             .map_err(|e| match e {
-                SetupFailure::Refused(text) => {
+                SetupFailure::Refused(_, Some(server)) => RedisError::from(server),
+                SetupFailure::Refused(text, None) => {
                     let mut words = text.splitn(2, ' ');
                     let code = words.next().unwrap_or_default().to_string();
                     redis::make_extension_error(code, words.next().map(str::to_string))
@@ -554,8 +559,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
             steps = steps.len(),
             "redis connection setup"
         );
-        if let Some(refused) = conn.run_steps(&steps).await? {
-            return Err(SetupFailure::Refused(refused));
+        if let Some((text, server)) = conn.run_steps(&steps).await? {
+            return Err(SetupFailure::Refused(text, server));
         }
         Ok(conn)
     }
@@ -565,7 +570,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
     async fn run_steps(
         &mut self,
         steps: &[(&'static str, Vec<Vec<u8>>)],
-    ) -> Result<Option<String>, SetupFailure> {
+    ) -> Result<Option<(String, Option<redis::ServerError>)>, SetupFailure> {
         if steps.is_empty() {
             return Ok(None);
         }
@@ -591,13 +596,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
             if let Value::ServerError(e) = reply
                 && refused.is_none()
             {
-                let text = match e.details() {
+                let said = match e.details() {
                     Some(d) => format!("{} {d}", e.code()),
                     None => e.code().to_string(),
                 };
-                let text = self.config.scrub(text);
+                let text = self.config.scrub(said.clone());
                 tracing::debug!(step = *name, error = %text, "redis setup step refused");
-                refused = Some(text);
+                // The server's own error keeps its kind (`BusyLoading`, `NoPerm`, …) unless
+                // it echoed the password.
+                refused = Some((text.clone(), (text == said).then_some(e)));
             }
         }
         Ok(refused)
@@ -800,12 +807,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
             }
         }
         let refused = self.run_steps(&steps).await.map_err(|e| match e {
-            SetupFailure::Refused(t) | SetupFailure::Protocol(t) => t,
+            SetupFailure::Refused(t, _) | SetupFailure::Protocol(t) => t,
             SetupFailure::Io(e) => e.to_string(),
         })?;
-        if let Some(text) = refused {
+        if let Some((text, _)) = refused {
             self.broken = Some(format!("reset refused: {text}"));
             return Err(text);
+        }
+        if self.tainted {
+            // Pushes the last holder's own tracking brought (its keys) are not the next one's.
+            self.pushes.clear();
         }
         self.in_multi = false;
         self.queued.clear();

@@ -185,7 +185,7 @@ impl livepool::Protocol for Redis {
         RedisConnection::open(io, self.config.clone())
             .await
             .map_err(|e| match e {
-                SetupFailure::Refused(text) => setup_refusal(text),
+                SetupFailure::Refused(text, _) => setup_refusal(text),
                 SetupFailure::Io(e) => livepool::SetupError::io(e),
                 SetupFailure::Protocol(detail) => livepool::SetupError::protocol(detail),
             })
