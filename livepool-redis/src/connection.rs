@@ -107,7 +107,6 @@ pub(crate) fn classify(cmd: &Cmd) -> RedisResult<(Effect, Block)> {
     let sub = args.next();
     let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
     let sub_is = |n: &str| sub.is_some_and(|s| s.eq_ignore_ascii_case(n.as_bytes()));
-    let shown = String::from_utf8_lossy(name).to_ascii_uppercase();
     if [
         "SUBSCRIBE",
         "PSUBSCRIBE",
@@ -122,6 +121,7 @@ pub(crate) fn classify(cmd: &Cmd) -> RedisResult<(Effect, Block)> {
     .iter()
     .any(|n| is(n))
     {
+        let shown = String::from_utf8_lossy(name).to_ascii_uppercase();
         return Err(usage(
             "not on a pooled connection",
             format!("{shown} breaks request/reply; use livepool_redis::Subscriber for pub/sub"),
@@ -262,6 +262,8 @@ pub struct RedisConnection<S = livepool::Io> {
     stream: S,
     buf: Vec<u8>,
     scan: Scanner,
+    /// The redis crate's parser, kept so that its buffer is reused from reply to reply.
+    parser: redis::Parser,
     /// One entry per reply owed, oldest first.
     pending: VecDeque<Owed>,
     /// A write was started and has not finished (its call was dropped): out of step.
@@ -436,7 +438,13 @@ impl<S> RedisConnection<S> {
     }
 
     fn parse(&mut self, f: Frame) -> RedisResult<Value> {
-        match redis::parse_redis_value(&self.buf[f.start..f.end]) {
+        let parsed = self.parser.parse_value(&self.buf[f.start..f.end]);
+        if parsed.is_err() || f.end - f.start > KEEP_BUFFER {
+            // A parser that failed may hold a partial state, and one that read a large
+            // reply holds a buffer as large: a fresh one.
+            self.parser = redis::Parser::new();
+        }
+        match parsed {
             Ok(v) => Ok(v),
             Err(e) => Err(self.fail(protocol(e.to_string()))),
         }
@@ -539,6 +547,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
             stream,
             buf: Vec::with_capacity(INITIAL_BUFFER),
             scan: Scanner::default(),
+            parser: redis::Parser::new(),
             pending: VecDeque::new(),
             writing: false,
             in_multi: false,

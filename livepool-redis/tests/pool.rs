@@ -21,7 +21,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use admin::{AdminSession, admin_run, bulk, ok, text};
-use livepool::{BreakerState, Builder, Events, EvictReason, EvictionEvent};
+#[cfg(feature = "tls")]
+use livepool::EvictReason;
+use livepool::{BreakerState, Builder, Events, EvictionEvent};
 use livepool_redis::redis::{self, AsyncCommands, PushKind, Value};
 use livepool_redis::{Conn, Pool, Redis, RedisConfig};
 use support::redis_server::{RedisOptions, RedisServer};
