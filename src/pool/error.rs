@@ -19,8 +19,6 @@ pub enum TimeoutPhase {
     Wait,
     /// Opening a new connection.
     Connect,
-    /// Checking an idle member (waiting for its running heartbeat).
-    Recycle,
 }
 
 impl TimeoutPhase {
@@ -33,7 +31,6 @@ impl TimeoutPhase {
         match self {
             TimeoutPhase::Wait => "wait",
             TimeoutPhase::Connect => "connect",
-            TimeoutPhase::Recycle => "recycle",
         }
     }
 }
@@ -394,9 +391,6 @@ impl fmt::Display for Error {
         match &self.kind {
             Kind::Timeout(TimeoutPhase::Wait) => {
                 f.write_str("timed out waiting for a free connection")?
-            }
-            Kind::Timeout(TimeoutPhase::Recycle) => {
-                f.write_str("timed out checking an idle connection")?
             }
             Kind::Timeout(TimeoutPhase::Connect) => f.write_str("timed out connecting")?,
             Kind::Closed => return f.write_str("pool is closed"),

@@ -585,7 +585,8 @@ fn map_error(shared: &PoolShared, e: PoolError<Error>) -> Error {
             Error::timeout(TimeoutPhase::Wait, addr)
         }
         PoolError::Timeout(TimeoutType::Create) => Error::timeout(TimeoutPhase::Connect, addr),
-        PoolError::Timeout(TimeoutType::Recycle) => Error::timeout(TimeoutPhase::Recycle, addr),
+        // No recycle timeout is configured (the checkout's checks do not wait): cannot happen.
+        PoolError::Timeout(TimeoutType::Recycle) => Error::timeout(TimeoutPhase::Wait, addr),
         _ => Error::closed(),
     }
 }

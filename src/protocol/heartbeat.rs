@@ -160,16 +160,6 @@ impl HeartbeatError {
     pub fn is_bad_reply(&self) -> bool {
         matches!(self.kind, Kind::BadReply(_))
     }
-
-    /// A short, stable label for metrics and logs (e.g. an eviction reason).
-    #[allow(dead_code)] // used by the pool's eviction bookkeeping
-    pub(crate) fn reason(&self) -> &'static str {
-        match self.kind {
-            Kind::Io(_) => "heartbeat_io",
-            Kind::Closed => "heartbeat_closed",
-            Kind::BadReply(_) => "heartbeat_bad_reply",
-        }
-    }
 }
 
 impl fmt::Debug for HeartbeatError {
@@ -545,17 +535,14 @@ mod tests {
     fn error_kinds_and_display() {
         let io = HeartbeatError::io(io::Error::from(io::ErrorKind::ConnectionReset));
         assert!(io.is_io() && !io.is_closed() && !io.is_bad_reply());
-        assert_eq!(io.reason(), "heartbeat_io");
         assert!(io.source().is_some());
 
         let closed = HeartbeatError::closed();
         assert!(closed.is_closed() && !closed.is_io() && !closed.is_bad_reply());
-        assert_eq!(closed.reason(), "heartbeat_closed");
         assert!(closed.source().is_none());
 
         let bad = HeartbeatError::bad_reply("nope");
         assert!(bad.is_bad_reply() && !bad.is_io() && !bad.is_closed());
-        assert_eq!(bad.reason(), "heartbeat_bad_reply");
         assert!(bad.source().is_none());
 
         for e in [io, closed, bad] {
