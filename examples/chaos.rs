@@ -59,9 +59,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use livepool::{
-    Balancer, BalancerEvent, BalancerEventKind, BalancerEvents, BreakerConfig, BreakerEvent,
-    BreakerEvents, BreakerState, Builder, Conn, Ejection, EndpointStatus, Events, EventsError,
-    EvictReason, FrameHeartbeat, Pool, Statistics,
+    Balancer, BalancerEvent, BalancerEventKind, BreakerConfig, BreakerEvent, BreakerState, Builder,
+    Conn, Ejection, EndpointStatus, Events, EventsError, EvictReason, FrameHeartbeat, Pool,
+    Statistics,
 };
 use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -788,35 +788,19 @@ fn report(chaos: &Chaos, stats: &Totals, evictions: &[Eviction], lagged: u64, se
     }
 }
 
-/// An event stream: the balancer's, or a pool's breaker transitions.
-trait Stream {
-    type Item;
-    fn next(&mut self) -> impl Future<Output = Result<Self::Item, EventsError>> + Send;
-}
-
-impl Stream for BalancerEvents {
-    type Item = BalancerEvent;
-    fn next(&mut self) -> impl Future<Output = Result<BalancerEvent, EventsError>> + Send {
-        self.recv()
-    }
-}
-
-impl Stream for BreakerEvents {
-    type Item = BreakerEvent;
-    fn next(&mut self) -> impl Future<Output = Result<BreakerEvent, EventsError>> + Send {
-        self.recv()
-    }
-}
-
 /// Collects a stream's events until `stop`; returns them and the number missed.
-async fn gather<S: Stream>(mut events: S, mut stop: watch::Receiver<bool>) -> (Vec<S::Item>, u64) {
+async fn gather<T, S>(mut events: S, mut stop: watch::Receiver<bool>) -> (Vec<T>, u64)
+where
+    S: futures_util::Stream<Item = Result<T, EventsError>> + Unpin,
+{
+    use futures_util::StreamExt;
     let (mut out, mut lagged) = (Vec::new(), 0);
     loop {
         tokio::select! {
             ev = events.next() => match ev {
-                Ok(ev) => out.push(ev),
-                Err(EventsError::Lagged(n)) => lagged += n,
-                Err(_) => break,
+                Some(Ok(ev)) => out.push(ev),
+                Some(Err(EventsError::Lagged(n))) => lagged += n,
+                Some(Err(_)) | None => break,
             },
             _ = stop.changed() => break,
         }

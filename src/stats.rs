@@ -16,9 +16,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use futures_util::{FutureExt, Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 /// Why a connection left the pool.
 ///
@@ -191,12 +194,20 @@ impl EvictionEvent {
 ///
 /// Events are buffered (1,024); a subscriber that falls behind gets
 /// [`EventsError::Lagged`] with the number it missed, then continues. Same methods and errors
-/// as [`BreakerEvents`].
+/// as [`BreakerEvents`] (and the balancer's events). Each is also a `futures::Stream` of
+/// `Result<event, EventsError>` that ends when the pool is gone and every event was
+/// delivered.
 ///
 /// ```no_run
+/// use futures_util::StreamExt;
 /// # async fn demo(pool: livepool::Pool) {
 /// let mut events = pool.events();
 /// let ev = events.recv().await.unwrap();
+/// // Or as a stream:
+/// let mut stream = pool.events();
+/// while let Some(Ok(ev)) = stream.next().await {
+///     println!("{} evicted: {}", ev.id, ev.reason);
+/// }
 /// # }
 /// ```
 #[derive(Debug)]
@@ -230,34 +241,73 @@ impl fmt::Display for EventsError {
 
 impl std::error::Error for EventsError {}
 
-/// The one implementation behind [`Events`] and [`BreakerEvents`]: a broadcast receiver with
-/// its errors mapped to [`EventsError`].
+/// The one implementation behind [`Events`], [`BreakerEvents`] and the balancer's events: a
+/// broadcast receiver (as a `Stream`, so that the subscriptions are streams too) with its
+/// errors mapped to [`EventsError`].
 #[derive(Debug)]
 pub(crate) struct Subscription<T> {
-    rx: broadcast::Receiver<T>,
+    stream: BroadcastStream<T>,
 }
 
-impl<T: Clone> Subscription<T> {
+fn lagged(e: BroadcastStreamRecvError) -> EventsError {
+    match e {
+        BroadcastStreamRecvError::Lagged(n) => EventsError::Lagged(n),
+    }
+}
+
+impl<T: Clone + Send + 'static> Subscription<T> {
     pub(crate) fn new(tx: &broadcast::Sender<T>) -> Self {
-        Subscription { rx: tx.subscribe() }
+        Subscription {
+            stream: BroadcastStream::new(tx.subscribe()),
+        }
     }
 
     pub(crate) async fn recv(&mut self) -> Result<T, EventsError> {
-        self.rx.recv().await.map_err(|e| match e {
-            broadcast::error::RecvError::Closed => EventsError::Closed,
-            broadcast::error::RecvError::Lagged(n) => EventsError::Lagged(n),
-        })
+        match self.stream.next().await {
+            Some(item) => item.map_err(lagged),
+            None => Err(EventsError::Closed),
+        }
     }
 
     pub(crate) fn try_recv(&mut self) -> Result<Option<T>, EventsError> {
-        match self.rx.try_recv() {
-            Ok(ev) => Ok(Some(ev)),
-            Err(broadcast::error::TryRecvError::Empty) => Ok(None),
-            Err(broadcast::error::TryRecvError::Closed) => Err(EventsError::Closed),
-            Err(broadcast::error::TryRecvError::Lagged(n)) => Err(EventsError::Lagged(n)),
+        match self.stream.next().now_or_never() {
+            None => Ok(None),
+            Some(Some(item)) => item.map(Some).map_err(lagged),
+            Some(None) => Err(EventsError::Closed),
         }
     }
+
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<T, EventsError>>> {
+        std::pin::Pin::new(&mut self.stream)
+            .poll_next(cx)
+            .map(|item| item.map(|r| r.map_err(lagged)))
+    }
 }
+
+/// A subscription as a `futures::Stream`: each item is an event, or
+/// [`EventsError::Lagged`] when events were missed; the stream ends when the source is gone
+/// and every event was delivered.
+macro_rules! subscription_stream {
+    ($name:ty, $item:ty) => {
+        impl futures_util::Stream for $name {
+            type Item = Result<$item, crate::stats::EventsError>;
+
+            fn poll_next(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Self::Item>> {
+                self.get_mut().inner.poll_next(cx)
+            }
+        }
+    };
+}
+pub(crate) use subscription_stream;
+
+subscription_stream!(Events, EvictionEvent);
+subscription_stream!(BreakerEvents, BreakerEvent);
 
 impl Events {
     /// Waits for the next eviction event.

@@ -241,6 +241,8 @@ pub struct BalancerEvents {
     inner: Subscription<BalancerEvent>,
 }
 
+crate::stats::subscription_stream!(BalancerEvents, BalancerEvent);
+
 impl BalancerEvents {
     /// Waits for the next event.
     ///
