@@ -186,14 +186,10 @@ impl Io {
     }
 
     /// True when the bookkeeping already condemns the connection: marked broken, an I/O
-    /// error, end of stream, or a read or write left pending by a cancelled future.
-    ///
-    /// ```no_run
-    /// # async fn demo(pool: livepool::Pool) { let conn = pool.get().await.unwrap();
-    /// assert!(!conn.is_broken());
-    /// # }
-    /// ```
-    pub fn is_broken(&self) -> bool {
+    /// error, end of stream, or a read or write left pending by a cancelled future. (The
+    /// public answer is [`Conn::is_broken`](crate::Conn::is_broken), which also asks the
+    /// protocol: one question, one answer.)
+    pub(crate) fn is_broken(&self) -> bool {
         self.dirty_reason(false).is_some()
     }
 
