@@ -455,22 +455,16 @@ impl Subject for Manager {
 // Tests against a real redis-server
 // ---------------------------------------------------------------------------------------------
 
-// The launcher the other comparisons use (a `redis-server` child on a free port), for the
-// test alone (`main.rs` may not declare `servers`; this copy is the test's). It allows its
-// own dead code (each binary uses only part of it).
-#[cfg(test)]
-#[path = "../servers.rs"]
-mod test_servers;
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::harness::{Control, Figures, drive};
+    use crate::servers::RedisServer;
 
     /// A started `redis-server`, or `None` (after saying why) when it is not installed and
     /// `LIVEPOOL_REQUIRE_ALL=1` is not set.
-    fn redis_server() -> Option<test_servers::RedisServer> {
-        match test_servers::RedisServer::start() {
+    fn redis_server() -> Option<RedisServer> {
+        match RedisServer::start() {
             Ok(s) => Some(s),
             Err(e) if std::env::var("LIVEPOOL_REQUIRE_ALL").as_deref() == Ok("1") => {
                 panic!("redis-server is required (LIVEPOOL_REQUIRE_ALL=1): {e}")
