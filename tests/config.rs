@@ -157,3 +157,39 @@ async fn names_are_not_resolved_at_build() {
         .expect("nothing is resolved at build()");
     assert_eq!(pool.status().size, 0);
 }
+
+/// A protocol of the test's own (no heartbeat): the raw bytes with a different type.
+#[derive(Clone, Debug, Default)]
+struct Plain;
+
+impl livepool::Protocol for Plain {
+    type Conn = livepool::Io;
+    fn io(conn: &livepool::Io) -> &livepool::Io {
+        conn
+    }
+    fn io_mut(conn: &mut livepool::Io) -> &mut livepool::Io {
+        conn
+    }
+    async fn setup(&self, io: livepool::Io) -> Result<livepool::Io, livepool::SetupError> {
+        Ok(io)
+    }
+}
+
+/// `.heartbeat(h).protocol(X)` would run without the ping asked for: refused, not dropped.
+#[tokio::test]
+async fn a_raw_heartbeat_replaced_by_a_protocol_is_refused() {
+    let err = b()
+        .heartbeat(FrameHeartbeat::new())
+        .protocol(Plain)
+        .build()
+        .expect_err("the heartbeat would be dropped silently");
+    assert_eq!(err.field(), "heartbeat", "{err}");
+    // Replaced by the raw protocol again (with its own heartbeat, or none): as asked.
+    assert!(
+        b().heartbeat(FrameHeartbeat::new())
+            .protocol(livepool::Raw::new())
+            .build()
+            .is_ok()
+    );
+    assert!(b().protocol(Plain).build().is_ok());
+}

@@ -101,6 +101,9 @@ pub struct Builder<P: Protocol = Raw> {
     endpoint: Result<Endpoint, String>,
     config: Config,
     protocol: P,
+    /// A raw heartbeat was set (`Builder::heartbeat`) and then a protocol replaced `Raw`:
+    /// `build` refuses, rather than run without the ping the caller asked for.
+    dropped_heartbeat: bool,
     #[cfg(feature = "tls")]
     tls: Option<Result<crate::transport::tls::TlsSettings, String>>,
 }
@@ -113,6 +116,7 @@ impl Builder<Raw> {
             config: Config::new(endpoint.clone().unwrap_or(placeholder)),
             endpoint,
             protocol: Raw::new(),
+            dropped_heartbeat: false,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -125,7 +129,8 @@ impl Builder<Raw> {
     /// ```
     /// let b = livepool::Pool::builder("127.0.0.1:6379").heartbeat(livepool::RedisHeartbeat);
     /// ```
-    /// Default: none.
+    /// Default: none. It belongs to the raw protocol: a `.protocol(..)` after it makes
+    /// `build()` fail (give that protocol its own heartbeat instead).
     pub fn heartbeat(mut self, heartbeat: impl Heartbeat) -> Self {
         self.protocol = self.protocol.heartbeat(heartbeat);
         self
@@ -147,10 +152,17 @@ impl<P: Protocol> Builder<P> {
     /// ```
     /// Default: [`Raw`] without a heartbeat.
     pub fn protocol<Q: Protocol>(self, protocol: Q) -> Builder<Q> {
+        // Only the raw protocol takes `Builder::heartbeat`; replacing it drops that ping.
+        let raw = |t| t == std::any::TypeId::of::<Raw>();
+        let dropped = self.dropped_heartbeat
+            || (raw(std::any::TypeId::of::<P>())
+                && !raw(std::any::TypeId::of::<Q>())
+                && self.protocol.has_heartbeat());
         Builder {
             endpoint: self.endpoint,
             config: self.config,
             protocol,
+            dropped_heartbeat: dropped,
             #[cfg(feature = "tls")]
             tls: self.tls,
         }
@@ -491,6 +503,13 @@ impl<P: Protocol> Builder<P> {
     /// # }
     /// ```
     pub fn build(self) -> Result<Pool<P>, BuildError> {
+        if self.dropped_heartbeat {
+            return Err(BuildError::new(
+                "heartbeat",
+                "a raw heartbeat was set, then `.protocol(..)` replaced the raw protocol: \
+                 give the protocol its own heartbeat (`Protocol::heartbeat`)",
+            ));
+        }
         let mut config = self.config;
         config.endpoint = self.endpoint.map_err(|e| BuildError::new("addr", e))?;
         config.has_heartbeat = self.protocol.has_heartbeat();
