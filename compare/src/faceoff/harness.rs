@@ -202,7 +202,7 @@ mod tests {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     return Ok(token.to_string());
                 }
-                if self.n.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+                if self.n.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
                     Ok(previous)
                 } else {
                     std::future::pending().await
