@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 #![warn(
     missing_docs,
@@ -37,6 +38,7 @@ pub use protocol::{
     IdleVerdict, Protocol, Raw, RedisHeartbeat, SetupError, discard_idle,
 };
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use rustls;
 pub use stats::{
     BreakerEvent, BreakerEvents, Events, EventsError, EvictReason, EvictionEvent, Statistics,

@@ -71,7 +71,8 @@
 //! dropped, and `UNLISTEN *` is part of the reset: another caller's `LISTEN` never reaches
 //! you.
 
-#![deny(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -306,6 +307,7 @@ impl PostgresBuilder {
     /// # }
     /// ```
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(
         mut self,
         config: Arc<livepool::rustls::ClientConfig>,

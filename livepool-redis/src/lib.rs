@@ -61,6 +61,15 @@
 //! there is no response timeout of the pool's to cut them short (bound a call yourself with
 //! `tokio::time::timeout`; a cancelled call costs no reconnect).
 
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms,
+    rustdoc::broken_intra_doc_links
+)]
+
 mod config;
 mod connection;
 mod scan;

@@ -396,6 +396,7 @@ where
 /// The redis crate's typed API on a pooled connection whose protocol speaks it (as
 /// `livepool-redis` does): `redis::pipe().query_async(&mut conn)` and `AsyncCommands`.
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 impl<P: Protocol> redis::aio::ConnectionLike for Conn<P>
 where
     P::Conn: redis::aio::ConnectionLike,

@@ -190,6 +190,7 @@ impl<P: Protocol> Builder<P> {
     /// ```
     /// Default: plain TCP.
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(mut self, config: std::sync::Arc<rustls::ClientConfig>, server_name: &str) -> Self {
         self.tls = Some(crate::transport::tls::TlsSettings::new(config, server_name));
         self
