@@ -79,6 +79,7 @@
 //! removed on exit, also after an error or Ctrl-C.
 
 mod report;
+mod rounds;
 // Shared with `restart`, which uses the Redis server and the restarts as well.
 #[allow(dead_code)]
 mod servers;
@@ -90,7 +91,10 @@ use std::time::{Duration, Instant};
 
 use livepool_postgres::tokio_postgres::{self, NoTls, Statement, types::Type};
 
-use report::{describe, fmt_us, livepool_commit, markdown, median, percentile_us};
+use report::{
+    choice, describe, fmt_ratio, latency_ratio, livepool_commit, markdown, ratio_stats, threads,
+};
+use rounds::{Counts, FIGURES, Rounds, Turns, figures, permutations};
 use servers::{PG_USER, PgCluster};
 
 const SQL: &str = "SELECT $1::int8";
@@ -156,9 +160,7 @@ impl Which {
 struct Options {
     tasks: Vec<usize>,
     kinds: Vec<Kind>,
-    rounds: usize,
-    round: Duration,
-    warmup: Duration,
+    turns: Turns,
     max_size: usize,
     dp_queue: deadpool::managed::QueueMode,
     pools: Vec<Which>,
@@ -166,37 +168,18 @@ struct Options {
 }
 
 fn parse_options() -> Result<Option<Options>, String> {
-    let mut o = Options {
+    let defaults = Options {
         tasks: vec![1, 16],
         kinds: vec![Kind::Unnamed, Kind::Prepared, Kind::PrepareEach],
-        rounds: 8,
-        round: Duration::from_millis(1000),
-        warmup: Duration::from_millis(500),
+        turns: Turns::new(8, 1000, 500),
         max_size: 16,
         dp_queue: deadpool::managed::QueueMode::default(),
         pools: vec![Which::Livepool, Which::Deadpool],
         lp_task_map: false,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "-h" || flag == "--help" {
-            return Ok(None);
-        }
-        let value = args
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value (see --help)"))?;
-        let num = |v: &str| {
-            v.trim()
-                .parse::<u64>()
-                .map_err(|_| format!("{flag}: {v:?} is not a whole number"))
-        };
-        match flag.as_str() {
-            "--tasks" => {
-                o.tasks = value
-                    .split(',')
-                    .map(|v| num(v).map(|n| n.clamp(1, 1024) as usize))
-                    .collect::<Result<_, _>>()?;
-            }
+    let parsed = report::options(defaults, |o, flag, value| {
+        match flag {
+            "--tasks" => o.tasks = rounds::tasks(flag, value, 1024)?,
             "--kinds" => {
                 o.kinds = value
                     .split(',')
@@ -208,50 +191,33 @@ fn parse_options() -> Result<Option<Options>, String> {
                     })
                     .collect::<Result<_, _>>()?;
             }
-            "--rounds" => o.rounds = num(&value)?.clamp(1, 1000) as usize,
-            "--round-ms" => o.round = Duration::from_millis(num(&value)?.clamp(10, 600_000)),
-            "--warmup-ms" => o.warmup = Duration::from_millis(num(&value)?.min(600_000)),
-            "--max-size" => o.max_size = num(&value)?.clamp(1, 1000) as usize,
+            "--max-size" => o.max_size = report::num(flag, value)?.clamp(1, 1000) as usize,
             "--pools" => {
-                o.pools = Vec::new();
-                for p in value.split(',') {
-                    let which = match p.trim() {
-                        "livepool" => Which::Livepool,
-                        "deadpool" => Which::Deadpool,
-                        other => return Err(format!("--pools: unknown pool {other:?}")),
-                    };
-                    if !o.pools.contains(&which) {
-                        o.pools.push(which);
-                    }
-                }
+                let names = [("livepool", Which::Livepool), ("deadpool", Which::Deadpool)];
+                o.pools = report::pools(flag, value, &names)?;
             }
             "--livepool-statements" => {
-                o.lp_task_map = match value.as_str() {
-                    "cache" => false,
-                    "task-map" => true,
-                    other => {
-                        return Err(format!(
-                            "--livepool-statements: {other:?} is not cache or task-map"
-                        ));
-                    }
-                };
+                o.lp_task_map = choice(flag, value, [("cache", false), ("task-map", true)])?;
             }
             "--deadpool-queue" => {
-                o.dp_queue = match value.as_str() {
-                    "fifo" => deadpool::managed::QueueMode::Fifo,
-                    "lifo" => deadpool::managed::QueueMode::Lifo,
-                    other => {
-                        return Err(format!("--deadpool-queue: {other:?} is not fifo or lifo"));
-                    }
-                };
+                use deadpool::managed::QueueMode;
+                o.dp_queue = choice(
+                    flag,
+                    value,
+                    [("fifo", QueueMode::Fifo), ("lifo", QueueMode::Lifo)],
+                )?;
             }
-            other => return Err(format!("unknown option {other:?} (see --help)")),
+            _ => return o.turns.set(flag, value),
         }
-    }
-    if o.tasks.is_empty() || o.kinds.is_empty() || o.pools.is_empty() {
+        Ok(true)
+    })?;
+    if parsed
+        .as_ref()
+        .is_some_and(|o| o.tasks.is_empty() || o.kinds.is_empty() || o.pools.is_empty())
+    {
         return Err("nothing to run".into());
     }
-    Ok(Some(o))
+    Ok(parsed)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -263,32 +229,6 @@ struct Pools {
     dp: deadpool_postgres::Pool,
     /// livepool `prepared` through per-task maps instead of `PgClient::prepare_cached`.
     lp_task_map: bool,
-}
-
-/// What one task counts besides its latencies.
-#[derive(Default)]
-struct Counts {
-    requests: u64,
-    wrong: u64,
-    errors: u64,
-    first_error: Option<String>,
-    /// Statements prepared on a cache miss (`prepared` rows).
-    prepares: u64,
-    /// livepool-postgres returns with a reply still owed or a transaction open.
-    unclean: u64,
-}
-
-impl Counts {
-    fn add(&mut self, other: Counts) {
-        self.requests += other.requests;
-        self.wrong += other.wrong;
-        self.errors += other.errors;
-        self.prepares += other.prepares;
-        self.unclean += other.unclean;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
-    }
 }
 
 /// livepool-postgres: one checkout, one query, the return. The reply's value.
@@ -414,12 +354,23 @@ struct Series {
     which: Which,
     tasks: usize,
     kind: Kind,
-    /// Each measured round: requests and elapsed time.
-    rounds: Vec<(u64, Duration)>,
+    rounds: Rounds,
     latencies: Vec<u64>,
     counts: Counts,
     /// livepool `prepared`: each task's statement map, kept across rounds.
     statements: Vec<HashMap<u64, Statement>>,
+}
+
+impl Series {
+    /// The configuration, for messages.
+    fn label(&self) -> String {
+        format!(
+            "{} N={} {}",
+            self.which.name(),
+            self.tasks,
+            self.kind.name()
+        )
+    }
 }
 
 /// One configuration's turn of `length`; `measured` keeps its figures.
@@ -457,49 +408,18 @@ async fn turn(
         }
         counts.add(out.counts);
     }
-    if counts.requests == counts.errors {
-        return Err(format!(
-            "{} N={} {}: no successful request ({})",
-            s.which.name(),
-            s.tasks,
-            s.kind.name(),
-            counts.first_error.as_deref().unwrap_or("no request ran")
-        ));
-    }
+    counts.any_succeeded(&s.label())?;
     if measured {
-        s.rounds.push((counts.requests, finished - start));
+        s.rounds.push(counts.requests, finished - start);
         s.counts.add(counts);
-    } else if let Some(e) = counts.first_error {
+    } else if let Some(e) = &counts.first_error {
         eprintln!(
-            "  warm-up {} N={} {}: {} errors, first: {e}",
-            s.which.name(),
-            s.tasks,
-            s.kind.name(),
+            "  warm-up {}: {} errors, first: {e}",
+            s.label(),
             counts.errors
         );
     }
     Ok(())
-}
-
-impl Series {
-    fn rate(&self, round: usize) -> f64 {
-        let (n, d) = self.rounds[round];
-        n as f64 / d.as_secs_f64()
-    }
-
-    fn median_rate(&self) -> f64 {
-        median((0..self.rounds.len()).map(|r| self.rate(r)).collect())
-    }
-
-    fn overall_rate(&self) -> f64 {
-        let n: u64 = self.rounds.iter().map(|r| r.0).sum();
-        let d: Duration = self.rounds.iter().map(|r| r.1).sum();
-        n as f64 / d.as_secs_f64()
-    }
-}
-
-fn fmt_rate(r: f64) -> String {
-    format!("{:.0}", r)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -562,7 +482,7 @@ async fn run(o: Options) -> Result<bool, String> {
                     which,
                     tasks,
                     kind,
-                    rounds: Vec::new(),
+                    rounds: Rounds::default(),
                     latencies: Vec::new(),
                     counts: Counts::default(),
                     statements: (0..tasks).map(|_| HashMap::new()).collect(),
@@ -571,22 +491,21 @@ async fn run(o: Options) -> Result<bool, String> {
         }
     }
 
-    eprintln!("warm-up: {} configurations × {:?}", series.len(), o.warmup);
+    eprintln!(
+        "warm-up: {} configurations × {:?}",
+        series.len(),
+        o.turns.warmup
+    );
     for (i, s) in series.iter_mut().enumerate() {
-        turn(&pools, s, i, o.warmup, false).await?;
+        turn(&pools, s, i, o.turns.warmup, false).await?;
     }
-    for r in 0..o.rounds {
-        eprintln!("round {}/{}", r + 1, o.rounds);
-        for first in (0..series.len()).step_by(o.pools.len()) {
-            // The pools of one (N, kind) back to back: livepool first in even rounds,
-            // deadpool first in odd ones.
-            let mut order: Vec<usize> = (first..first + o.pools.len()).collect();
-            if r % 2 == 1 {
-                order.reverse();
-            }
-            for i in order {
-                turn(&pools, &mut series[i], i, o.round, true).await?;
-            }
+    // The pools of one (N, kind) back to back: livepool first in even rounds, deadpool first
+    // in odd ones.
+    let orders = permutations(o.pools.len());
+    for r in 0..o.turns.rounds {
+        eprintln!("round {}/{}", r + 1, o.turns.rounds);
+        for i in rounds::round(series.len(), &orders[r % orders.len()]) {
+            turn(&pools, &mut series[i], i, o.turns.round, true).await?;
         }
     }
     let lp_stats = pools.lp.statistics();
@@ -598,18 +517,12 @@ async fn run(o: Options) -> Result<bool, String> {
     for s in series.iter_mut() {
         s.latencies.sort_unstable();
         wrong += s.counts.wrong;
-        rows.push(vec![
+        let config = vec![
             s.which.name().to_string(),
             s.tasks.to_string(),
             s.kind.name().to_string(),
-            fmt_rate(s.median_rate()),
-            fmt_rate(s.overall_rate()),
-            fmt_us(percentile_us(&s.latencies, 0.50)),
-            fmt_us(percentile_us(&s.latencies, 0.99)),
-            fmt_us(percentile_us(&s.latencies, 0.999)),
-            s.counts.requests.to_string(),
-            s.counts.wrong.to_string(),
-            s.counts.errors.to_string(),
+        ];
+        let counted = vec![
             match (s.which, s.kind) {
                 (Which::Livepool, Kind::Prepared) if o.lp_task_map => s.counts.prepares.to_string(),
                 _ => "–".to_string(),
@@ -618,30 +531,21 @@ async fn run(o: Options) -> Result<bool, String> {
                 Which::Livepool => s.counts.unclean.to_string(),
                 Which::Deadpool => "–".to_string(),
             },
-        ]);
+        ];
+        rows.push([config, figures(&s.rounds, &s.latencies, &s.counts), counted].concat());
     }
     let mut ratios = Vec::new();
     for pair in series.chunks(2).filter(|_| o.pools.len() == 2) {
         let (lp, dp) = (&pair[0], &pair[1]);
-        let per_round: Vec<f64> = (0..lp.rounds.len())
-            .map(|r| lp.rate(r) / dp.rate(r))
-            .collect();
-        let lo = per_round.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let (mid, range) = ratio_stats(lp.rounds.ratios(&dp.rounds));
         ratios.push(vec![
             lp.tasks.to_string(),
             lp.kind.name().to_string(),
-            format!("{:.2}", median(per_round)),
-            format!("{lo:.2}–{hi:.2}"),
-            format!("{:.2}", lp.overall_rate() / dp.overall_rate()),
-            format!(
-                "{:.2}",
-                percentile_us(&lp.latencies, 0.50) / percentile_us(&dp.latencies, 0.50)
-            ),
-            format!(
-                "{:.2}",
-                percentile_us(&lp.latencies, 0.99) / percentile_us(&dp.latencies, 0.99)
-            ),
+            fmt_ratio(mid),
+            range,
+            fmt_ratio(lp.rounds.overall_rate() / dp.rounds.overall_rate()),
+            latency_ratio(&lp.latencies, &dp.latencies, 0.50),
+            latency_ratio(&lp.latencies, &dp.latencies, 0.99),
         ]);
     }
 
@@ -649,8 +553,7 @@ async fn run(o: Options) -> Result<bool, String> {
     println!(
         "livepool {}; PostgreSQL {server_version}; tokio-postgres shared by both pools; \
          max_size {} each, deadpool's queue mode {:?}, livepool's `prepared` through {}; \
-         {} rounds × {:?} per configuration after a {:?} warm-up each; {} tokio worker \
-         threads on {} CPUs.\n",
+         {} rounds × {:?} per configuration after a {:?} warm-up each; {}.\n",
         livepool_commit(&["src", "Cargo.toml", "livepool-postgres"]),
         o.max_size,
         o.dp_queue,
@@ -659,27 +562,17 @@ async fn run(o: Options) -> Result<bool, String> {
         } else {
             "PgClient::prepare_cached"
         },
-        o.rounds,
-        o.round,
-        o.warmup,
-        tokio::runtime::Handle::current().metrics().num_workers(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        o.turns.rounds,
+        o.turns.round,
+        o.turns.warmup,
+        threads(),
     );
     let header = [
-        "pool",
-        "tasks",
-        "statement",
-        "req/s (median of rounds)",
-        "req/s (overall)",
-        "p50 µs",
-        "p99 µs",
-        "p99.9 µs",
-        "requests",
-        "wrong",
-        "errors",
-        "prepares",
-        "unclean returns",
-    ];
+        &["pool", "tasks", "statement"][..],
+        &FIGURES,
+        &["prepares", "unclean returns"],
+    ]
+    .concat();
     print!("{}", markdown(&header, &rows, 3));
     println!();
     let header = [
@@ -706,13 +599,7 @@ async fn run(o: Options) -> Result<bool, String> {
     );
     for s in &series {
         if let Some(e) = &s.counts.first_error {
-            println!(
-                "- {} N={} {}: {} errors, first: {e}",
-                s.which.name(),
-                s.tasks,
-                s.kind.name(),
-                s.counts.errors
-            );
+            println!("- {}: {} errors, first: {e}", s.label(), s.counts.errors);
         }
     }
     println!("\nTotal wall time: {:.1} s", wall.elapsed().as_secs_f64());

@@ -79,6 +79,7 @@
 //! removed on exit, also after an error or Ctrl-C.
 
 mod report;
+mod rounds;
 // Shared with `restart`, which uses the Redis server and the restarts as well.
 #[allow(dead_code)]
 mod servers;
@@ -91,7 +92,11 @@ use deadpool_postgres::{ManagerConfig, RecyclingMethod};
 use livepool_postgres::tokio_postgres::{self, NoTls};
 use livepool_postgres::{Postgres, Reset};
 
-use report::{fmt_us, livepool_commit, markdown, median, percentile_us};
+use report::{
+    fmt_rate, fmt_ratio, fmt_us, latency_ratio, livepool_commit, markdown, percentile_us,
+    ratio_stats, threads,
+};
+use rounds::{Counts, Rounds, Turns};
 use servers::{PG_USER, PgCluster};
 
 const USAGE: &str = "\
@@ -121,52 +126,31 @@ struct Options {
     iterations: usize,
     dp_iterations: usize,
     tasks: Vec<usize>,
-    rounds: usize,
-    round: Duration,
-    warmup: Duration,
+    turns: Turns,
 }
 
 fn parse_options() -> Result<Option<Options>, String> {
-    let mut o = Options {
+    let defaults = Options {
         iterations: 30,
         dp_iterations: 6,
         tasks: vec![1, 16],
-        rounds: 6,
-        round: Duration::from_millis(500),
-        warmup: Duration::from_millis(300),
+        turns: Turns::new(6, 500, 300),
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "-h" || flag == "--help" {
-            return Ok(None);
-        }
-        let value = args
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value (see --help)"))?;
-        let num = |v: &str| {
-            v.trim()
-                .parse::<u64>()
-                .map_err(|_| format!("{flag}: {v:?} is not a whole number"))
-        };
-        match flag.as_str() {
-            "--iterations" => o.iterations = num(&value)?.clamp(1, 1000) as usize,
-            "--deadpool-iterations" => o.dp_iterations = num(&value)?.min(100) as usize,
-            "--tasks" => {
-                o.tasks = value
-                    .split(',')
-                    .map(|v| num(v).map(|n| n.clamp(1, 256) as usize))
-                    .collect::<Result<_, _>>()?;
+    let parsed = report::options(defaults, |o, flag, value| {
+        match flag {
+            "--iterations" => o.iterations = report::num(flag, value)?.clamp(1, 1000) as usize,
+            "--deadpool-iterations" => {
+                o.dp_iterations = report::num(flag, value)?.min(100) as usize
             }
-            "--rounds" => o.rounds = num(&value)?.clamp(1, 1000) as usize,
-            "--round-ms" => o.round = Duration::from_millis(num(&value)?.clamp(10, 600_000)),
-            "--warmup-ms" => o.warmup = Duration::from_millis(num(&value)?.min(600_000)),
-            other => return Err(format!("unknown option {other:?} (see --help)")),
+            "--tasks" => o.tasks = rounds::tasks(flag, value, 256)?,
+            _ => return o.turns.set(flag, value),
         }
-    }
-    if o.tasks.is_empty() {
+        Ok(true)
+    })?;
+    if parsed.as_ref().is_some_and(|o| o.tasks.is_empty()) {
         return Err("--tasks: nothing to run".into());
     }
-    Ok(Some(o))
+    Ok(parsed)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -585,28 +569,6 @@ impl Pools {
     }
 }
 
-#[derive(Default)]
-struct Counts {
-    requests: u64,
-    wrong: u64,
-    errors: u64,
-    /// livepool returns the tap saw with a reply owed or a transaction open.
-    unclean: u64,
-    first_error: Option<String>,
-}
-
-impl Counts {
-    fn add(&mut self, other: Counts) {
-        self.requests += other.requests;
-        self.wrong += other.wrong;
-        self.errors += other.errors;
-        self.unclean += other.unclean;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
-    }
-}
-
 const SQL: &str = "SELECT $1::int8";
 /// The same round trips, but the statement changes the session (the wire tap sees
 /// `set_config`), so `Reset::WhenChanged` resets after every return.
@@ -699,20 +661,16 @@ async fn task(pools: Arc<Pools>, cfg: Cfg, base: i64, end: Instant) -> TaskOut {
 struct Series {
     cfg: Cfg,
     tasks: usize,
-    rounds: Vec<(u64, Duration)>,
+    rounds: Rounds,
     latencies: Vec<u64>,
     gets: Vec<u64>,
     counts: Counts,
 }
 
 impl Series {
-    fn rate(&self, round: usize) -> f64 {
-        let (n, d) = self.rounds[round];
-        n as f64 / d.as_secs_f64()
-    }
-
-    fn median_rate(&self) -> f64 {
-        median((0..self.rounds.len()).map(|r| self.rate(r)).collect())
+    /// The configuration, for messages.
+    fn label(&self) -> String {
+        format!("{} N={}", self.cfg.name(), self.tasks)
     }
 }
 
@@ -743,16 +701,9 @@ async fn turn(
         }
         counts.add(out.counts);
     }
-    if counts.requests == counts.errors {
-        return Err(format!(
-            "{} N={}: no successful request ({})",
-            s.cfg.name(),
-            s.tasks,
-            counts.first_error.as_deref().unwrap_or("no request ran")
-        ));
-    }
+    counts.any_succeeded(&s.label())?;
     if measured {
-        s.rounds.push((counts.requests, finished - start));
+        s.rounds.push(counts.requests, finished - start);
         s.counts.add(counts);
     }
     Ok(())
@@ -777,7 +728,7 @@ async fn resets(
             series.push(Series {
                 cfg,
                 tasks,
-                rounds: Vec::new(),
+                rounds: Rounds::default(),
                 latencies: Vec::new(),
                 gets: Vec::new(),
                 counts: Counts::default(),
@@ -787,19 +738,17 @@ async fn resets(
     eprintln!(
         "resets: warm-up, {} configurations × {:?}",
         series.len(),
-        o.warmup
+        o.turns.warmup
     );
     for (i, s) in series.iter_mut().enumerate() {
-        turn(&pools, s, i, o.warmup, false).await?;
+        turn(&pools, s, i, o.turns.warmup, false).await?;
     }
-    for r in 0..o.rounds {
-        eprintln!("resets: round {}/{}", r + 1, o.rounds);
-        for first in (0..series.len()).step_by(CFGS.len()) {
-            // The four pools of one task count back to back, the order rotated each round.
-            for k in 0..CFGS.len() {
-                let i = first + (k + r) % CFGS.len();
-                turn(&pools, &mut series[i], i, o.round, true).await?;
-            }
+    for r in 0..o.turns.rounds {
+        eprintln!("resets: round {}/{}", r + 1, o.turns.rounds);
+        // The configurations of one task count back to back, the order rotated each round.
+        let order: Vec<usize> = (0..CFGS.len()).map(|k| (k + r) % CFGS.len()).collect();
+        for i in rounds::round(series.len(), &order) {
+            turn(&pools, &mut series[i], i, o.turns.round, true).await?;
         }
     }
 
@@ -811,7 +760,7 @@ async fn resets(
         rows.push(vec![
             s.cfg.name().to_string(),
             s.tasks.to_string(),
-            format!("{:.0}", s.median_rate()),
+            fmt_rate(s.rounds.median_rate()),
             fmt_us(percentile_us(&s.latencies, 0.50)),
             fmt_us(percentile_us(&s.latencies, 0.99)),
             fmt_us(percentile_us(&s.gets, 0.50)),
@@ -848,24 +797,14 @@ async fn resets(
             .find(|s| s.cfg == Cfg::DpFast)
             .expect("every group has deadpool Fast");
         for s in group {
-            let per_round: Vec<f64> = (0..s.rounds.len())
-                .map(|r| s.rate(r) / base.rate(r))
-                .collect();
-            let lo = per_round.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let (mid, range) = ratio_stats(s.rounds.ratios(&base.rounds));
             ratios.push(vec![
                 s.cfg.name().to_string(),
                 s.tasks.to_string(),
-                format!("{:.2}", median(per_round)),
-                format!("{lo:.2}–{hi:.2}"),
-                format!(
-                    "{:.2}",
-                    percentile_us(&s.latencies, 0.50) / percentile_us(&base.latencies, 0.50)
-                ),
-                format!(
-                    "{:.2}",
-                    percentile_us(&s.latencies, 0.99) / percentile_us(&base.latencies, 0.99)
-                ),
+                fmt_ratio(mid),
+                range,
+                latency_ratio(&s.latencies, &base.latencies, 0.50),
+                latency_ratio(&s.latencies, &base.latencies, 0.99),
             ]);
         }
     }
@@ -922,12 +861,7 @@ async fn resets(
     );
     for s in &series {
         if let Some(e) = &s.counts.first_error {
-            notes += &format!(
-                "- {} N={}: {} errors, first: {e}\n",
-                s.cfg.name(),
-                s.tasks,
-                s.counts.errors
-            );
+            notes += &format!("- {}: {} errors, first: {e}\n", s.label(), s.counts.errors);
         }
     }
     pools.lp_when.close();
@@ -972,10 +906,9 @@ async fn run(o: Options) -> Result<bool, String> {
 
     println!("## PostgreSQL: what a cancelled query and a session reset cost (issue 19)\n");
     println!(
-        "livepool {}; PostgreSQL {server_version}; {} tokio worker threads on {} CPUs.\n",
+        "livepool {}; PostgreSQL {server_version}; {}.\n",
         livepool_commit(&["src", "Cargo.toml", "livepool-postgres"]),
-        tokio::runtime::Handle::current().metrics().num_workers(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        threads(),
     );
     println!(
         "### Recovering an abandoned `{ABANDONED}` (abandoned after {ABANDON_AFTER:?}), max_size 1\n"
@@ -1007,7 +940,7 @@ async fn run(o: Options) -> Result<bool, String> {
     }
     println!(
         "\n### Session reset: get + `query_one(\"{SQL}\")` + return, max_size {MAX_SIZE}, {} rounds × {:?} after a {:?} warm-up\n",
-        o.rounds, o.round, o.warmup
+        o.turns.rounds, o.turns.round, o.turns.warmup
     );
     println!("The `set_config` rows send `{SQL_SET}` instead.\n");
     print!("{table}");

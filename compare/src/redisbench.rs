@@ -70,6 +70,7 @@
 //! removed on exit, also after an error or Ctrl-C.
 
 mod report;
+mod rounds;
 // Shared with `restart`, which uses the restarts and the PostgreSQL cluster as well.
 #[allow(dead_code)]
 mod servers;
@@ -81,7 +82,11 @@ use std::time::{Duration, Instant};
 use bb8_redis::bb8;
 use livepool_redis::redis::{self, AsyncCommands};
 
-use report::{describe, fmt_us, livepool_commit, markdown, median, percentile_us};
+use report::{
+    choice, describe, fmt_ratio, latency_ratio, livepool_commit, markdown, percentile_us,
+    ratio_stats, threads,
+};
+use rounds::{Counts, FIGURES, Rounds, Turns, figures, permutations};
 use servers::RedisServer;
 
 const USAGE: &str = "\
@@ -140,9 +145,7 @@ impl Which {
 
 struct Options {
     tasks: Vec<usize>,
-    rounds: usize,
-    round: Duration,
-    warmup: Duration,
+    turns: Turns,
     max_size: usize,
     keys: usize,
     value_bytes: usize,
@@ -153,11 +156,9 @@ struct Options {
 }
 
 fn parse_options() -> Result<Option<Options>, String> {
-    let mut o = Options {
+    let defaults = Options {
         tasks: vec![1, 16],
-        rounds: 12,
-        round: Duration::from_millis(1000),
-        warmup: Duration::from_millis(500),
+        turns: Turns::new(12, 1000, 500),
         max_size: 16,
         keys: 1024,
         value_bytes: 16,
@@ -166,80 +167,35 @@ fn parse_options() -> Result<Option<Options>, String> {
         lp_idle_watch: true,
         pools: vec![Which::Livepool, Which::Deadpool, Which::Bb8],
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "-h" || flag == "--help" {
-            return Ok(None);
-        }
-        let value = args
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value (see --help)"))?;
-        let num = |v: &str| {
-            v.trim()
-                .parse::<u64>()
-                .map_err(|_| format!("{flag}: {v:?} is not a whole number"))
-        };
-        match flag.as_str() {
-            "--tasks" => {
-                o.tasks = value
-                    .split(',')
-                    .map(|v| num(v).map(|n| n.clamp(1, 1024) as usize))
-                    .collect::<Result<_, _>>()?;
-            }
-            "--rounds" => o.rounds = num(&value)?.clamp(1, 1000) as usize,
-            "--round-ms" => o.round = Duration::from_millis(num(&value)?.clamp(10, 600_000)),
-            "--warmup-ms" => o.warmup = Duration::from_millis(num(&value)?.min(600_000)),
-            "--max-size" => o.max_size = num(&value)?.clamp(1, 1000) as usize,
-            "--keys" => o.keys = num(&value)?.clamp(1, 10_000_000) as usize,
-            "--value-bytes" => o.value_bytes = num(&value)?.clamp(8, 1 << 20) as usize,
-            "--peer-queue" => {
-                o.peer_lifo = match value.as_str() {
-                    "fifo" => false,
-                    "lifo" => true,
-                    other => return Err(format!("--peer-queue: {other:?} is not fifo or lifo")),
-                };
-            }
-            "--bb8-test-on-check-out" => {
-                o.bb8_test = match value.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    other => {
-                        return Err(format!(
-                            "--bb8-test-on-check-out: {other:?} is not on or off"
-                        ));
-                    }
-                };
-            }
-            "--livepool-idle-watch" => {
-                o.lp_idle_watch = match value.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    other => {
-                        return Err(format!("--livepool-idle-watch: {other:?} is not on or off"));
-                    }
-                };
-            }
+    let on_off = [("on", true), ("off", false)];
+    let parsed = report::options(defaults, |o, flag, value| {
+        match flag {
+            "--tasks" => o.tasks = rounds::tasks(flag, value, 1024)?,
+            "--max-size" => o.max_size = report::num(flag, value)?.clamp(1, 1000) as usize,
+            "--keys" => o.keys = report::num(flag, value)?.clamp(1, 10_000_000) as usize,
+            "--value-bytes" => o.value_bytes = report::num(flag, value)?.clamp(8, 1 << 20) as usize,
+            "--peer-queue" => o.peer_lifo = choice(flag, value, [("fifo", false), ("lifo", true)])?,
+            "--bb8-test-on-check-out" => o.bb8_test = choice(flag, value, on_off)?,
+            "--livepool-idle-watch" => o.lp_idle_watch = choice(flag, value, on_off)?,
             "--pools" => {
-                o.pools = Vec::new();
-                for p in value.split(',') {
-                    let which = match p.trim() {
-                        "livepool" => Which::Livepool,
-                        "deadpool" => Which::Deadpool,
-                        "bb8" => Which::Bb8,
-                        other => return Err(format!("--pools: unknown pool {other:?}")),
-                    };
-                    if !o.pools.contains(&which) {
-                        o.pools.push(which);
-                    }
-                }
+                let names = [
+                    ("livepool", Which::Livepool),
+                    ("deadpool", Which::Deadpool),
+                    ("bb8", Which::Bb8),
+                ];
+                o.pools = report::pools(flag, value, &names)?;
             }
-            other => return Err(format!("unknown option {other:?} (see --help)")),
+            _ => return o.turns.set(flag, value),
         }
-    }
-    if o.tasks.is_empty() || o.pools.is_empty() {
+        Ok(true)
+    })?;
+    if parsed
+        .as_ref()
+        .is_some_and(|o| o.tasks.is_empty() || o.pools.is_empty())
+    {
         return Err("nothing to run".into());
     }
-    Ok(Some(o))
+    Ok(parsed)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -255,30 +211,6 @@ struct Pools {
     /// Key `i` and the value stored under it.
     keys: Vec<String>,
     values: Vec<Vec<u8>>,
-}
-
-/// What one task counts besides its latencies.
-#[derive(Default)]
-struct Counts {
-    requests: u64,
-    wrong: u64,
-    errors: u64,
-    first_error: Option<String>,
-    first_wrong: Option<String>,
-}
-
-impl Counts {
-    fn add(&mut self, other: Counts) {
-        self.requests += other.requests;
-        self.wrong += other.wrong;
-        self.errors += other.errors;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
-        if self.first_wrong.is_none() {
-            self.first_wrong = other.first_wrong;
-        }
-    }
 }
 
 /// One checkout, one `GET`, the return: the reply.
@@ -364,10 +296,16 @@ async fn task(pools: Arc<Pools>, which: Which, first: usize, end: Instant) -> Ta
 struct Series {
     which: Which,
     tasks: usize,
-    /// Each measured round: requests and elapsed time.
-    rounds: Vec<(u64, Duration)>,
+    rounds: Rounds,
     latencies: Vec<u64>,
     counts: Counts,
+}
+
+impl Series {
+    /// The configuration, for messages.
+    fn label(&self) -> String {
+        format!("{} N={}", self.which.name(), self.tasks)
+    }
 }
 
 /// One configuration's turn of `length`; `measured` keeps its figures.
@@ -393,22 +331,14 @@ async fn turn(
         }
         counts.add(out.counts);
     }
-    if counts.requests == counts.errors {
-        return Err(format!(
-            "{} N={}: no successful request ({})",
-            s.which.name(),
-            s.tasks,
-            counts.first_error.as_deref().unwrap_or("no request ran")
-        ));
-    }
+    counts.any_succeeded(&s.label())?;
     if measured {
-        s.rounds.push((counts.requests, finished - start));
+        s.rounds.push(counts.requests, finished - start);
         s.counts.add(counts);
     } else if counts.errors + counts.wrong > 0 {
         eprintln!(
-            "  warm-up {} N={}: {} errors, {} wrong; first error: {}; first wrong: {}",
-            s.which.name(),
-            s.tasks,
+            "  warm-up {}: {} errors, {} wrong; first error: {}; first wrong: {}",
+            s.label(),
             counts.errors,
             counts.wrong,
             counts.first_error.as_deref().unwrap_or("–"),
@@ -416,54 +346,6 @@ async fn turn(
         );
     }
     Ok(())
-}
-
-impl Series {
-    fn rate(&self, round: usize) -> f64 {
-        let (n, d) = self.rounds[round];
-        n as f64 / d.as_secs_f64()
-    }
-
-    fn median_rate(&self) -> f64 {
-        median((0..self.rounds.len()).map(|r| self.rate(r)).collect())
-    }
-
-    fn overall_rate(&self) -> f64 {
-        let n: u64 = self.rounds.iter().map(|r| r.0).sum();
-        let d: Duration = self.rounds.iter().map(|r| r.1).sum();
-        n as f64 / d.as_secs_f64()
-    }
-}
-
-fn fmt_rate(r: f64) -> String {
-    format!("{:.0}", r)
-}
-
-fn fmt_ratio(r: f64) -> String {
-    format!("{r:.2}")
-}
-
-/// The median and the range of per-round ratios, formatted.
-fn ratio_stats(per_round: Vec<f64>) -> (f64, String) {
-    let lo = per_round.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (median(per_round), format!("{lo:.2}–{hi:.2}"))
-}
-
-/// Every order of `0..k` (k! of them), in lexicographic order.
-fn permutations(k: usize) -> Vec<Vec<usize>> {
-    if k == 0 {
-        return vec![Vec::new()];
-    }
-    let mut out = Vec::new();
-    for first in 0..k {
-        for rest in permutations(k - 1) {
-            let mut p = vec![first];
-            p.extend(rest.into_iter().map(|x| if x >= first { x + 1 } else { x }));
-            out.push(p);
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -580,7 +462,7 @@ async fn run(o: Options) -> Result<bool, String> {
             series.push(Series {
                 which,
                 tasks,
-                rounds: Vec::new(),
+                rounds: Rounds::default(),
                 latencies: Vec::new(),
                 counts: Counts::default(),
             });
@@ -589,26 +471,28 @@ async fn run(o: Options) -> Result<bool, String> {
     let k = o.pools.len();
     let orders = permutations(k);
 
-    eprintln!("warm-up: {} configurations × {:?}", series.len(), o.warmup);
+    eprintln!(
+        "warm-up: {} configurations × {:?}",
+        series.len(),
+        o.turns.warmup
+    );
     for s in series.iter_mut() {
-        turn(&pools, s, o.warmup, false).await?;
+        turn(&pools, s, o.turns.warmup, false).await?;
     }
-    for r in 0..o.rounds {
+    for r in 0..o.turns.rounds {
         let order = &orders[r % orders.len()];
         eprintln!(
             "round {}/{} ({})",
             r + 1,
-            o.rounds,
+            o.turns.rounds,
             order
                 .iter()
                 .map(|&j| o.pools[j].name())
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        for first in (0..series.len()).step_by(k) {
-            for &j in order {
-                turn(&pools, &mut series[first + j], o.round, true).await?;
-            }
+        for i in rounds::round(series.len(), order) {
+            turn(&pools, &mut series[i], o.turns.round, true).await?;
         }
     }
     let lp_stats = pools.lp.statistics();
@@ -621,18 +505,8 @@ async fn run(o: Options) -> Result<bool, String> {
     for s in series.iter_mut() {
         s.latencies.sort_unstable();
         wrong += s.counts.wrong;
-        rows.push(vec![
-            s.which.name().to_string(),
-            s.tasks.to_string(),
-            fmt_rate(s.median_rate()),
-            fmt_rate(s.overall_rate()),
-            fmt_us(percentile_us(&s.latencies, 0.50)),
-            fmt_us(percentile_us(&s.latencies, 0.99)),
-            fmt_us(percentile_us(&s.latencies, 0.999)),
-            s.counts.requests.to_string(),
-            s.counts.wrong.to_string(),
-            s.counts.errors.to_string(),
-        ]);
+        let config = vec![s.which.name().to_string(), s.tasks.to_string()];
+        rows.push([config, figures(&s.rounds, &s.latencies, &s.counts)].concat());
     }
 
     // Ratios: livepool against each peer, and against the faster peer of each round.
@@ -651,22 +525,15 @@ async fn run(o: Options) -> Result<bool, String> {
             break;
         }
         for peer in &peers {
-            let per_round = (0..lp.rounds.len())
-                .map(|r| lp.rate(r) / peer.rate(r))
-                .collect();
-            let (mid, range) = ratio_stats(per_round);
+            let (mid, range) = ratio_stats(lp.rounds.ratios(&peer.rounds));
             ratios.push(vec![
                 lp.tasks.to_string(),
                 peer.which.name().to_string(),
                 fmt_ratio(mid),
                 range,
-                fmt_ratio(lp.overall_rate() / peer.overall_rate()),
-                fmt_ratio(
-                    percentile_us(&lp.latencies, 0.50) / percentile_us(&peer.latencies, 0.50),
-                ),
-                fmt_ratio(
-                    percentile_us(&lp.latencies, 0.99) / percentile_us(&peer.latencies, 0.99),
-                ),
+                fmt_ratio(lp.rounds.overall_rate() / peer.rounds.overall_rate()),
+                latency_ratio(&lp.latencies, &peer.latencies, 0.50),
+                latency_ratio(&lp.latencies, &peer.latencies, 0.99),
             ]);
         }
         // The faster peer of each round, and how often each one was.
@@ -676,46 +543,42 @@ async fn run(o: Options) -> Result<bool, String> {
                 let (b, rate) = peers
                     .iter()
                     .enumerate()
-                    .map(|(i, p)| (i, p.rate(r)))
+                    .map(|(i, p)| (i, p.rounds.rate(r)))
                     .fold((0, f64::NEG_INFINITY), |a, x| if x.1 > a.1 { x } else { a });
                 best_count[b] += 1;
-                lp.rate(r) / rate
+                lp.rounds.rate(r) / rate
             })
             .collect();
         let (mid, range) = ratio_stats(per_round);
         let best_median = peers
             .iter()
-            .max_by(|a, b| a.median_rate().total_cmp(&b.median_rate()))
+            .max_by(|a, b| a.rounds.median_rate().total_cmp(&b.rounds.median_rate()))
             .expect("a peer");
         let best_overall = peers
             .iter()
-            .max_by(|a, b| a.overall_rate().total_cmp(&b.overall_rate()))
+            .max_by(|a, b| a.rounds.overall_rate().total_cmp(&b.rounds.overall_rate()))
             .expect("a peer");
         let faster: Vec<String> = peers
             .iter()
             .zip(&best_count)
             .map(|(p, n)| format!("{} {n}", p.which.name()))
             .collect();
+        // livepool's latency at `q` against the lowest of the peers'.
+        let to_best = |q| {
+            let best = peers
+                .iter()
+                .map(|p| percentile_us(&p.latencies, q))
+                .fold(f64::INFINITY, f64::min);
+            fmt_ratio(percentile_us(&lp.latencies, q) / best)
+        };
         ratios.push(vec![
             lp.tasks.to_string(),
             format!("best peer per round ({})", faster.join(", ")),
             fmt_ratio(mid),
             range.clone(),
-            fmt_ratio(lp.overall_rate() / best_overall.overall_rate()),
-            fmt_ratio(
-                percentile_us(&lp.latencies, 0.50)
-                    / peers
-                        .iter()
-                        .map(|p| percentile_us(&p.latencies, 0.50))
-                        .fold(f64::INFINITY, f64::min),
-            ),
-            fmt_ratio(
-                percentile_us(&lp.latencies, 0.99)
-                    / peers
-                        .iter()
-                        .map(|p| percentile_us(&p.latencies, 0.99))
-                        .fold(f64::INFINITY, f64::min),
-            ),
+            fmt_ratio(lp.rounds.overall_rate() / best_overall.rounds.overall_rate()),
+            to_best(0.50),
+            to_best(0.99),
         ]);
         verdicts.push(format!(
             "- {} task{}: livepool-redis at {:.3}× the faster peer of each round (median; \
@@ -725,8 +588,8 @@ async fn run(o: Options) -> Result<bool, String> {
             if lp.tasks == 1 { "" } else { "s" },
             mid,
             best_median.which.name(),
-            best_median.median_rate(),
-            lp.median_rate(),
+            best_median.rounds.median_rate(),
+            lp.rounds.median_rate(),
             if mid >= 0.95 { "meets" } else { "misses" },
         ));
     }
@@ -736,7 +599,7 @@ async fn run(o: Options) -> Result<bool, String> {
         "livepool {}; redis-server {server_version}; one redis crate (1.x) shared by all \
          three; {} keys of {} bytes; max_size {} each, livepool idle_watch {}, deadpool-redis \
          and bb8 queues {}, bb8 test_on_check_out {}; {} rounds × {:?} per configuration after a {:?} warm-up \
-         each; {} tokio worker threads on {} CPUs.\n",
+         each; {}.\n",
         livepool_commit(&["src", "Cargo.toml", "livepool-redis"]),
         o.keys,
         o.value_bytes,
@@ -744,24 +607,12 @@ async fn run(o: Options) -> Result<bool, String> {
         o.lp_idle_watch,
         if o.peer_lifo { "LIFO" } else { "FIFO" },
         o.bb8_test,
-        o.rounds,
-        o.round,
-        o.warmup,
-        tokio::runtime::Handle::current().metrics().num_workers(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        o.turns.rounds,
+        o.turns.round,
+        o.turns.warmup,
+        threads(),
     );
-    let header = [
-        "pool",
-        "tasks",
-        "req/s (median of rounds)",
-        "req/s (overall)",
-        "p50 µs",
-        "p99 µs",
-        "p99.9 µs",
-        "requests",
-        "wrong",
-        "errors",
-    ];
+    let header = [&["pool", "tasks"][..], &FIGURES].concat();
     print!("{}", markdown(&header, &rows, 2));
     println!();
     if !ratios.is_empty() {
@@ -810,20 +661,10 @@ async fn run(o: Options) -> Result<bool, String> {
     println!("- {}.", pool_lines.join("; "));
     for s in &series {
         if let Some(e) = &s.counts.first_error {
-            println!(
-                "- {} N={}: {} errors, first: {e}",
-                s.which.name(),
-                s.tasks,
-                s.counts.errors
-            );
+            println!("- {}: {} errors, first: {e}", s.label(), s.counts.errors);
         }
         if let Some(w) = &s.counts.first_wrong {
-            println!(
-                "- {} N={}: {} wrong, first: {w}",
-                s.which.name(),
-                s.tasks,
-                s.counts.wrong
-            );
+            println!("- {}: {} wrong, first: {w}", s.label(), s.counts.wrong);
         }
     }
     println!("\nTotal wall time: {:.1} s", wall.elapsed().as_secs_f64());

@@ -1,5 +1,6 @@
 //! Helpers shared by the comparison binaries: padded Markdown tables, the livepool commit a
-//! run was built from, error texts, percentiles, and the common `main`.
+//! run was built from, error texts, percentiles and figures, the options, and the common
+//! `main`.
 // Each binary includes this module and uses only part of it.
 #![allow(dead_code)]
 
@@ -121,6 +122,97 @@ pub fn fmt_us(us: f64) -> String {
     } else {
         format!("{us:.0}")
     }
+}
+
+/// Requests/s for a table: a whole number.
+pub fn fmt_rate(r: f64) -> String {
+    format!("{r:.0}")
+}
+
+/// A ratio for a table: two decimals.
+pub fn fmt_ratio(r: f64) -> String {
+    format!("{r:.2}")
+}
+
+/// The median and the range of per-round ratios, the range formatted.
+pub fn ratio_stats(per_round: Vec<f64>) -> (f64, String) {
+    let lo = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (median(per_round), format!("{lo:.2}–{hi:.2}"))
+}
+
+/// The ratio of two sets of sorted nanosecond samples at percentile `q`, formatted.
+pub fn latency_ratio(a: &[u64], b: &[u64], q: f64) -> String {
+    fmt_ratio(percentile_us(a, q) / percentile_us(b, q))
+}
+
+/// "N tokio worker threads on M CPUs": where the figures were measured.
+pub fn threads() -> String {
+    format!(
+        "{} tokio worker threads on {} CPUs",
+        tokio::runtime::Handle::current().metrics().num_workers(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    )
+}
+
+/// The options from the command line: `defaults` changed by each `FLAG VALUE` pair in turn,
+/// which `set` takes, saying whether it knows the flag. `None` when `-h` or `--help` comes
+/// first.
+pub fn options<O>(
+    mut o: O,
+    mut set: impl FnMut(&mut O, &str, &str) -> Result<bool, String>,
+) -> Result<Option<O>, String> {
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "-h" || flag == "--help" {
+            return Ok(None);
+        }
+        let value = args
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value (see --help)"))?;
+        if !set(&mut o, &flag, &value)? {
+            return Err(format!("unknown option {flag:?} (see --help)"));
+        }
+    }
+    Ok(Some(o))
+}
+
+/// `value` of `flag` as a whole number.
+pub fn num(flag: &str, value: &str) -> Result<u64, String> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("{flag}: {value:?} is not a whole number"))
+}
+
+/// `value` of `flag`, one of two words: what `choices` pairs it with.
+pub fn choice<T>(flag: &str, value: &str, choices: [(&str, T); 2]) -> Result<T, String> {
+    let [(a, x), (b, y)] = choices;
+    match value {
+        v if v == a => Ok(x),
+        v if v == b => Ok(y),
+        other => Err(format!("{flag}: {other:?} is not {a} or {b}")),
+    }
+}
+
+/// `--pools LIST`: the pools `names` gives for the comma-separated names, each once, in the
+/// order given.
+pub fn pools<T: Copy + PartialEq>(
+    flag: &str,
+    value: &str,
+    names: &[(&str, T)],
+) -> Result<Vec<T>, String> {
+    let mut pools = Vec::new();
+    for p in value.split(',') {
+        let &(_, which) = names
+            .iter()
+            .find(|(name, _)| *name == p.trim())
+            .ok_or_else(|| format!("{flag}: unknown pool {:?}", p.trim()))?;
+        if !pools.contains(&which) {
+            pools.push(which);
+        }
+    }
+    Ok(pools)
 }
 
 /// The `main` of every comparison binary: parse the options (print `usage` when asked for
