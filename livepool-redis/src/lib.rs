@@ -205,13 +205,9 @@ impl livepool::Protocol for Redis {
     }
 
     async fn heartbeat(&self, conn: &mut Self::Conn) -> Result<(), livepool::HeartbeatError> {
+        // The I/O error keeps its kind (the pool tells a closed or reset member from a
+        // timeout or a refusal, which count against the endpoint); anything else is a reply.
         conn.ping().await.map_err(|e| match io_kind(&e) {
-            Some(
-                io::ErrorKind::UnexpectedEof
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe,
-            ) => livepool::HeartbeatError::closed(),
             Some(kind) => livepool::HeartbeatError::io(io::Error::new(kind, e.to_string())),
             None => livepool::HeartbeatError::bad_reply(e.to_string()),
         })

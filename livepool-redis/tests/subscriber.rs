@@ -638,39 +638,110 @@ async fn as_a_stream() {
     assert_eq!(next().await, matched("t.y", "t.*", "again"));
 }
 
+/// A TCP proxy in front of the server whose server-to-client direction passes only as many
+/// bytes as its gate allows: the test decides where a message is cut.
+struct GatedProxy {
+    addr: std::net::SocketAddr,
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GatedProxy {
+    const OPEN: usize = 1 << 40;
+
+    async fn start(server: std::net::SocketAddr) -> GatedProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(Self::OPEN));
+        let g = gate.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = TcpStream::connect(server).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut ur, mut uw) = upstream.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut uw).await;
+                });
+                let g = g.clone();
+                tokio::spawn(async move {
+                    let mut chunk = vec![0u8; 16 << 10];
+                    loop {
+                        let n = match ur.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        match g.acquire_many(n as u32).await {
+                            Ok(permit) => permit.forget(),
+                            Err(_) => break,
+                        }
+                        if cw.write_all(&chunk[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        GatedProxy { addr, gate, task }
+    }
+
+    /// From now on, only `bytes` more go to the client.
+    fn allow_only(&self, bytes: usize) {
+        self.gate.forget_permits(Self::OPEN * 2);
+        self.gate.add_permits(bytes);
+    }
+
+    fn open(&self) {
+        self.gate.add_permits(Self::OPEN);
+    }
+}
+
+impl Drop for GatedProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A `recv` dropped halfway through a large message loses nothing: the next call goes on
-/// from the bytes already read. Messages of 3 MiB (larger than a loopback socket's buffer
-/// holds at once) are read with one poll per call, so calls end mid-message.
+/// from the bytes already read. A proxy lets through only the first part of each 3 MiB
+/// message, so a call that polls once then must end mid-message (it is dropped), and the
+/// call after the rest arrived returns the message whole, on the same connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recv_cancelled_midway_loses_nothing() {
     let Some(server) = RedisServer::start().await else {
         return;
     };
+    let proxy = GatedProxy::start(server.addr()).await;
     let mut admin = admin(&server).await;
     for resp3 in [false, true] {
-        let mut sub = Subscriber::new(pool(&server, config(resp3), 1));
+        let pool: Pool = livepool::Pool::builder(proxy.addr)
+            .protocol(Redis::new(config(resp3)))
+            .max_size(1)
+            .connect_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .expect("build the pool");
+        let mut sub = Subscriber::new(pool);
         within(10, "subscribe", sub.subscribe("big"))
             .await
             .expect("subscribe");
         let client = the_subscriber_client(&mut admin).await;
-        let mut cancelled = 0u64;
-        for i in 0..5u8 {
+        for i in 0..3u8 {
             let payload: Vec<u8> = (0..3 << 20).map(|j: u32| (j % 251) as u8 ^ i).collect();
+            proxy.allow_only(1 << 20);
             // One at a time: the server's pub/sub output limit (8 MiB soft) is never reached.
             assert_eq!(publish(&mut admin, "big", &payload).await, 1);
-            let m = within(30, "the large message", async {
-                loop {
-                    match sub.recv().now_or_never() {
-                        Some(res) => break res,
-                        None => {
-                            cancelled += 1;
-                            tokio::task::yield_now().await;
-                        }
-                    }
-                }
+            // The first MiB goes through the proxy (its gate is used up: the bytes are in
+            // the subscriber's socket), the rest is held: a call now reads that part and
+            // must end mid-message; it is dropped.
+            wait_until(10, "the first MiB through the proxy", || {
+                proxy.gate.available_permits() == 0
             })
             .await;
-            match m {
+            assert!(sub.recv().now_or_never().is_none(), "cut mid-message");
+            proxy.open();
+            match within(30, "the large message", sub.recv()).await {
                 Ok(SubscriberMessage::Message(m)) => {
                     assert_eq!(m.get_channel_name(), "big");
                     assert!(m.get_payload_bytes() == payload, "message {i} intact");
@@ -678,7 +749,6 @@ async fn recv_cancelled_midway_loses_nothing() {
                 other => panic!("expected message {i}, got {other:?}"),
             }
         }
-        assert!(cancelled > 0, "some call was cancelled midway");
         assert_eq!(
             the_subscriber_client(&mut admin).await,
             client,
