@@ -2,8 +2,12 @@
 //! PostgreSQL cluster, both on a free port of 127.0.0.1. Each is killed and its directory
 //! removed when dropped, also when the run failed. (The repo's tests have launchers of their
 //! own in `tests/support`, built around the test harness: they panic and skip.)
+//!
+//! The face-off (`faceoff`) also starts them elsewhere ([`Place`]: an address inside a network
+//! namespace, a password shared by two clusters), stops and continues their processes
+//! (SIGSTOP/SIGCONT) and crashes them (SIGKILL of every process of the server).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -31,8 +35,73 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("bind a free loopback port: {e}"))
 }
 
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
+/// Where a server listens: by default 127.0.0.1 on a free port; or `ip` (and `port`) inside
+/// the network namespace `netns` (its processes started through `ip netns exec`).
+#[derive(Clone, Debug, Default)]
+pub struct Place {
+    pub netns: Option<String>,
+    pub ip: Option<IpAddr>,
+    pub port: Option<u16>,
+}
+
+impl Place {
+    fn ip(&self) -> IpAddr {
+        self.ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// `prog` as a command, inside the namespace when there is one.
+    fn command(&self, prog: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(prog);
+                c
+            }
+            None => Command::new(prog),
+        }
+    }
+}
+
+/// Sends `signal` (`STOP`, `CONT`, `KILL`, `TERM`) to `pids` with one `kill` command.
+pub fn signal(pids: &[u32], signal: &str) -> Result<(), String> {
+    if pids.is_empty() {
+        return Ok(());
+    }
+    let out = Command::new("kill")
+        .args(["-s", signal, "--"])
+        .args(pids.iter().map(u32::to_string))
+        .output()
+        .map_err(|e| format!("run kill: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("kill -s {signal} {pids:?}: {}", text(&out)));
+    }
+    Ok(())
+}
+
+/// The processes whose parent is `parent` (from `/proc`).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid …`: the command name may hold spaces and parentheses.
+        let ppid: u32 = stat[stat.rfind(')')? + 1..]
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (ppid == parent).then_some(pid)
+    })
+    .collect()
+}
+
+/// Whether `pid` is gone, reaped too: PostgreSQL refuses to start while the pid of its lock
+/// file answers `kill(pid, 0)`, which a zombie does.
+#[allow(dead_code)] // used by PgCluster::crash only
+fn gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Polls (every 10 ms) until a TCP connect to `addr` succeeds or `limit` has passed.
@@ -71,11 +140,18 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    place: Place,
 }
 
 impl RedisServer {
     /// Starts `redis-server` (from PATH) on a free port and waits until it accepts.
     pub fn start() -> Result<RedisServer, String> {
+        RedisServer::start_at(Place::default())
+    }
+
+    /// Starts `redis-server` at `place` and waits until it accepts (from this process: a
+    /// server inside a namespace must be reachable from here).
+    pub fn start_at(place: Place) -> Result<RedisServer, String> {
         let installed = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -91,11 +167,15 @@ impl RedisServer {
             child: None,
             port: 0,
             dir: fresh_dir("redis")?,
+            place,
         };
         // A free port can be taken by someone else before the server binds it: try a few.
         let mut last = String::new();
         for _ in 0..5 {
-            server.port = free_port()?;
+            server.port = match server.place.port {
+                Some(p) => p,
+                None => free_port()?,
+            };
             server.spawn()?;
             if wait_accepting(server.addr(), Duration::from_secs(10)) {
                 return Ok(server);
@@ -111,7 +191,7 @@ impl RedisServer {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        loopback(self.port)
+        SocketAddr::new(self.place.ip(), self.port)
     }
 
     fn log(&self) -> PathBuf {
@@ -120,9 +200,14 @@ impl RedisServer {
 
     /// Starts the process on this server's port; does not wait for it to accept.
     pub fn spawn(&mut self) -> Result<(), String> {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+        let child = self
+            .place
+            .command("redis-server")
+            .args(["--bind", &self.place.ip().to_string()])
+            .args(["--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            // Not on loopback only in a namespace of this process: no password needed there.
+            .args(["--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
@@ -158,6 +243,43 @@ impl RedisServer {
     }
 }
 
+/// The face-off's faults (the other binaries do not use them).
+#[allow(dead_code)]
+impl RedisServer {
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM (Redis shuts down: it closes its clients and exits) and reap; SIGKILL if it is
+    /// still there after 10 s.
+    pub fn terminate(&mut self) -> Result<(), String> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let res = signal(&[child.id()], "TERM");
+        let end = Instant::now() + Duration::from_secs(10);
+        while res.is_ok() && Instant::now() < end {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        res.and(Err(
+            "redis-server did not exit within 10 s of SIGTERM".into()
+        ))
+    }
+
+    /// SIGSTOP (`stop`) or SIGCONT (`!stop`) to the process: the kernel still accepts and
+    /// acknowledges, nothing answers.
+    pub fn pause(&self, stop: bool) -> Result<(), String> {
+        let pid = self.pid().ok_or("redis-server is not running")?;
+        signal(&[pid], if stop { "STOP" } else { "CONT" })
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
@@ -181,11 +303,20 @@ pub struct PgCluster {
     port: u16,
     password: String,
     running: bool,
+    place: Place,
+    /// Processes stopped by `pause(true)`, continued before anything else is done to them.
+    stopped: Vec<u32>,
 }
 
 impl PgCluster {
     /// `initdb` into a fresh directory, then `pg_ctl start` on a free port. Blocks.
     pub fn start() -> Result<PgCluster, String> {
+        PgCluster::start_at(Place::default(), None)
+    }
+
+    /// `initdb` into a fresh directory, then `pg_ctl start` at `place`, with `password` for
+    /// [`PG_USER`] (a fresh one when `None`). Blocks.
+    pub fn start_at(place: Place, password: Option<&str>) -> Result<PgCluster, String> {
         let (initdb, pg_ctl) = find_pg_binaries().ok_or(
             "PostgreSQL's initdb and pg_ctl were found neither on PATH, nor by `pg_config \
              --bindir`, nor under /usr/lib/postgresql/*/bin (Debian: apt-get install postgresql)",
@@ -209,8 +340,12 @@ impl PgCluster {
             pg_ctl,
             as_postgres,
             port: 0,
-            password: format!("cmp-{}-{nanos:x}", std::process::id()),
+            password: password
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("cmp-{}-{nanos:x}", std::process::id())),
             running: false,
+            place,
+            stopped: Vec::new(),
         };
         // From here on, Drop cleans up whatever happens.
         let pwfile = cluster.base.join("pwfile");
@@ -245,9 +380,23 @@ impl PgCluster {
         if !out.status.success() {
             return Err(format!("initdb failed: {}", text(&out)));
         }
+        if !cluster.place.ip().is_loopback() {
+            // initdb lets TCP in from loopback only; the clients of a server in a namespace
+            // come from the other end of its link.
+            use std::io::Write;
+            let hba = cluster.data().join("pg_hba.conf");
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&hba)
+                .and_then(|mut f| f.write_all(b"host all all 0.0.0.0/0 scram-sha-256\n"))
+                .map_err(|e| format!("append to {}: {e}", hba.display()))?;
+        }
         let mut last = String::new();
         for _ in 0..5 {
-            cluster.port = free_port()?;
+            cluster.port = match cluster.place.port {
+                Some(p) => p,
+                None => free_port()?,
+            };
             match cluster.start_again() {
                 Ok(()) => return Ok(cluster),
                 Err(e) => last = e,
@@ -257,16 +406,50 @@ impl PgCluster {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        loopback(self.port)
+        SocketAddr::new(self.place.ip(), self.port)
     }
 
     pub fn password(&self) -> &str {
         &self.password
     }
 
+    /// The postmaster's process id (`postmaster.pid`'s first line) while it runs.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        if !self.running {
+            return None;
+        }
+        let lock = std::fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
+        lock.lines().next()?.trim().parse().ok()
+    }
+
+    /// The postmaster and its children (backends, background workers). Each is a process
+    /// group of its own, so a signal to the postmaster's group would reach it alone.
+    fn processes(&self) -> Result<Vec<u32>, String> {
+        let pm = self
+            .postmaster_pid()
+            .ok_or("PostgreSQL is not running (no postmaster.pid)")?;
+        let mut all = vec![pm];
+        all.extend(children_of(pm));
+        Ok(all)
+    }
+
+    /// SIGSTOP (`stop`) or SIGCONT (`!stop`) to the postmaster and every child of it: the
+    /// kernel still accepts and acknowledges, no process answers.
+    pub fn pause(&mut self, stop: bool) -> Result<(), String> {
+        if stop {
+            let all = self.processes()?;
+            signal(&all, "STOP")?;
+            self.stopped = all;
+            Ok(())
+        } else {
+            signal(&std::mem::take(&mut self.stopped), "CONT")
+        }
+    }
+
     /// `pg_ctl stop -m immediate`: the postmaster SIGQUITs every backend and exits without a
     /// shutdown checkpoint, as close to a crash as `pg_ctl` goes. Blocks until it is gone.
     pub fn kill(&mut self) -> Result<(), String> {
+        let _ = self.pause(false);
         if !self.running {
             return Ok(());
         }
@@ -282,9 +465,10 @@ impl PgCluster {
     /// server is ready (at most 30 s).
     pub fn start_again(&mut self) -> Result<(), String> {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses={} -c fsync=off",
             self.port,
-            self.base.display()
+            self.base.display(),
+            self.place.ip()
         );
         let log = self.base.join("log");
         let log = log
@@ -314,14 +498,15 @@ impl PgCluster {
             .map_err(|e| format!("run pg_ctl: {e}"))
     }
 
-    /// `prog` as a command, run as `postgres` when we are root.
+    /// `prog` as a command, run as `postgres` when we are root (inside the namespace when
+    /// there is one).
     fn command(&self, prog: &Path) -> Command {
         let mut cmd = if self.as_postgres {
-            let mut c = Command::new("runuser");
+            let mut c = self.place.command("runuser");
             c.args(["-u", "postgres", "--"]).arg(prog);
             c
         } else {
-            Command::new(prog)
+            self.place.command(prog)
         };
         cmd.stdin(Stdio::null());
         cmd
@@ -332,8 +517,52 @@ impl PgCluster {
     }
 }
 
+/// The face-off's faults (the other binaries do not use them).
+#[allow(dead_code)]
+impl PgCluster {
+    /// Whether it was started and not stopped since (by this program).
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+
+    /// A crash: SIGKILL to the postmaster and every child at once (the kernel closes every
+    /// connection), then waits until they are gone. `start_again` recovers.
+    pub fn crash(&mut self) -> Result<(), String> {
+        let _ = self.pause(false);
+        let all = self.processes()?;
+        signal(&all, "KILL")?;
+        let end = Instant::now() + Duration::from_secs(10);
+        while !all.iter().all(|&p| gone(p)) {
+            if Instant::now() > end {
+                return Err(format!(
+                    "PostgreSQL processes {all:?} still there 10 s after SIGKILL"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.running = false;
+        Ok(())
+    }
+
+    /// `pg_ctl stop -m fast`: every session is told (FATAL 57P01) and closed, then the server
+    /// shuts down cleanly. Blocks until it is gone.
+    pub fn stop_fast(&mut self) -> Result<(), String> {
+        let _ = self.pause(false);
+        if !self.running {
+            return Ok(());
+        }
+        let out = self.pg_ctl(&["-m", "fast", "-w", "-t", "30", "stop"])?;
+        if !out.status.success() {
+            return Err(format!("pg_ctl stop -m fast failed: {}", text(&out)));
+        }
+        self.running = false;
+        Ok(())
+    }
+}
+
 impl Drop for PgCluster {
     fn drop(&mut self) {
+        let _ = self.pause(false);
         if self.running {
             let _ = self.pg_ctl(&["-m", "immediate", "-w", "-t", "30", "stop"]);
         }
