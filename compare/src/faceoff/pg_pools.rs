@@ -420,18 +420,11 @@ impl Subject for Sqlx {
     }
 }
 
-// The test's servers: `main.rs` may not declare `servers` (yet), so the test includes its
-// own copy (once `main.rs` has `mod servers;`, `crate::servers` can replace it).
-#[cfg(test)]
-#[path = "../servers.rs"]
-#[allow(clippy::duplicate_mod)]
-mod servers;
-
 #[cfg(test)]
 mod tests {
-    use super::servers::{PG_USER, PgCluster};
     use super::*;
     use crate::harness::{Control, Figures, drive};
+    use crate::servers::{PG_USER, PgCluster};
     use std::time::Duration;
 
     /// A throwaway cluster, or `None` (after "SKIPPED: ...") when PostgreSQL is not installed
