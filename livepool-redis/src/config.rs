@@ -3,6 +3,7 @@
 //! returned connection is brought back to.
 
 use std::fmt;
+use std::time::Duration;
 
 /// How [`RedisConnection::setup`](crate::RedisConnection::setup) prepares a new connection: credentials, database, protocol
 /// version and client name.
@@ -23,7 +24,7 @@ use std::fmt;
 /// let shown = format!("{cfg:?}");
 /// assert!(shown.contains("<redacted>") && !shown.contains("hunter2"));
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RedisConfig {
     username: Option<String>,
     password: Option<String>,
@@ -32,6 +33,24 @@ pub struct RedisConfig {
     client_name: Option<String>,
     /// Extra commands of the setup, part of the session "as set up".
     on_connect: Vec<Vec<Vec<u8>>>,
+    response_timeout: Option<Duration>,
+}
+
+/// The default [`RedisConfig::response_timeout`]: the redis crate's own default.
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            username: None,
+            password: None,
+            db: 0,
+            resp3: false,
+            client_name: None,
+            on_connect: Vec::new(),
+            response_timeout: Some(RESPONSE_TIMEOUT),
+        }
+    }
 }
 
 impl RedisConfig {
@@ -120,6 +139,40 @@ impl RedisConfig {
         self.on_connect
             .push(args.iter().map(|a| a.as_bytes().to_vec()).collect());
         self
+    }
+
+    /// How long a command's reply may take before the call fails with a timeout
+    /// (`RedisError::is_timeout`); `None` waits as long as the server takes. A blocking
+    /// command (`BLPOP k 5`, `XREAD BLOCK 5000`, `WAIT`) gets its own timeout on top, so it is
+    /// never cut short; one that may block forever (`BLPOP k 0`) is not bounded.
+    ///
+    /// A call that timed out costs no reconnect and hands no late reply to anyone: the
+    /// reply is still owed, and is read and dropped off the caller's path when the
+    /// connection goes back (or by the holder's next call); a server that never answers
+    /// gets the connection closed instead. Against a blackholed or stopped server this is
+    /// what turns a hang into a clean failure.
+    ///
+    /// Default: 500 ms (the redis crate's own default).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cfg = livepool_redis::RedisConfig::new().response_timeout(Some(Duration::from_secs(2)));
+    /// assert_eq!(cfg.reply_timeout(), Some(Duration::from_secs(2)));
+    /// assert_eq!(livepool_redis::RedisConfig::new().reply_timeout(), Some(Duration::from_millis(500)));
+    /// ```
+    pub fn response_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// The configured [`response_timeout`](Self::response_timeout).
+    ///
+    /// ```
+    /// let cfg = livepool_redis::RedisConfig::new().response_timeout(None);
+    /// assert_eq!(cfg.reply_timeout(), None);
+    /// ```
+    pub fn reply_timeout(&self) -> Option<Duration> {
+        self.response_timeout
     }
 
     /// The configured ACL user, if any.
@@ -230,6 +283,7 @@ impl fmt::Debug for RedisConfig {
             .field("resp3", &self.resp3)
             .field("client_name", &self.client_name)
             .field("on_connect", &self.on_connect.len())
+            .field("response_timeout", &self.response_timeout)
             .finish()
     }
 }

@@ -681,13 +681,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
         let older = self.pending.len();
         self.pending
             .extend(owed.iter().map(|&(effect, block)| Owed { effect, block }));
+        let Some(limit) = self.reply_limit() else {
+            return self.send_and_read(out, older, owed.len(), want).await;
+        };
+        match tokio::time::timeout(limit, self.send_and_read(out, older, owed.len(), want)).await {
+            Ok(res) => res,
+            // Cut short like a dropped call: what is owed stays owed (drained later, off the
+            // caller's path), a write cut short condemns the connection.
+            Err(_) => Err(RedisError::from(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no reply within {limit:?} (RedisConfig::response_timeout)"),
+            ))),
+        }
+    }
+
+    /// How long the replies now owed may take: the configured response timeout plus the
+    /// longest block a blocking command among them announced; `None` without a timeout or
+    /// when one may block forever.
+    fn reply_limit(&self) -> Option<Duration> {
+        let mut limit = self.config.reply_timeout()?;
+        let mut longest = Duration::ZERO;
+        for owed in &self.pending {
+            match owed.block {
+                Block::No => {}
+                Block::For(d) => longest = longest.max(d),
+                Block::Forever => return None,
+            }
+        }
+        limit += longest;
+        Some(limit)
+    }
+
+    async fn send_and_read(
+        &mut self,
+        out: &[u8],
+        older: usize,
+        count: usize,
+        want: usize,
+    ) -> RedisResult<Vec<Value>> {
         self.write(out, 0, Effect::None).await?;
         for _ in 0..older {
             self.recv(false).await?;
         }
-        let skip = owed.len() - want;
+        let skip = count - want;
         let mut values = Vec::with_capacity(want);
-        for i in 0..owed.len() {
+        for i in 0..count {
             if let Some(v) = self.recv(i >= skip).await? {
                 values.push(v);
             }

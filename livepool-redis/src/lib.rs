@@ -57,9 +57,10 @@
 //! its own, as [`livepool::Hosted`] allows) would give up the reply counting, the push
 //! classification and the session tracking: the pool could only watch the task end.
 //!
-//! Blocking commands (`BLPOP`, `XREAD BLOCK`, `WAIT`) take as long as their own timeout says:
-//! there is no response timeout of the pool's to cut them short (bound a call yourself with
-//! `tokio::time::timeout`; a cancelled call costs no reconnect).
+//! Replies are awaited for [`RedisConfig::response_timeout`] (500 ms by default, as in the
+//! redis crate), and a blocking command (`BLPOP k 5`, `XREAD BLOCK`, `WAIT`) gets its own
+//! timeout on top, so it is never cut short. A call that times out fails cleanly and costs
+//! no reconnect: its reply is drained off the caller's path, never handed to anyone.
 
 #![forbid(unsafe_code)]
 #![warn(

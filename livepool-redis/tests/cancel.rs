@@ -36,7 +36,9 @@ async fn direct(redis: &RedisServer) -> RedisConnection<TcpStream> {
     let tcp = within(5, "connect", TcpStream::connect(redis.addr()))
         .await
         .expect("connect");
-    within(5, "setup", RedisConnection::setup(tcp, &RedisConfig::new()))
+    // An admin connection: no response timeout (it runs DEBUG SLEEP).
+    let cfg = RedisConfig::new().response_timeout(None);
+    within(5, "setup", RedisConnection::setup(tcp, &cfg))
         .await
         .expect("setup")
 }
@@ -184,4 +186,68 @@ fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
+}
+
+/// The response timeout turns a server that does not answer (here: busy in `DEBUG SLEEP`)
+/// into a clean, prompt failure; the late reply is drained off the caller's path, so the
+/// connection serves the next caller (no reconnect, no stale reply). A blocking command gets
+/// its own timeout on top: a `BLPOP` of 300 ms is not cut by a 100 ms response timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_timeout_fails_cleanly_and_costs_no_reconnect() {
+    let Some(server) = RedisServer::start().await else {
+        return;
+    };
+    let pool: Pool = livepool::Pool::builder(server.addr())
+        .protocol(Redis::new(
+            RedisConfig::new().response_timeout(Some(Duration::from_millis(100))),
+        ))
+        .max_size(1)
+        .connect_timeout(Some(Duration::from_secs(5)))
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .build()
+        .expect("build the pool");
+    let mut conn = get(&pool).await;
+    let popped: Option<(String, String)> = within(5, "BLPOP 300 ms", conn.blpop("none", 0.3))
+        .await
+        .expect("a blocking command is not cut by the response timeout");
+    assert_eq!(popped, None);
+    let _: () = conn.set("k", "mine").await.unwrap();
+
+    // The server sleeps for a second: the GET times out, as an error, well before that.
+    let mut sleeper = direct(&server).await;
+    let sleeping = tokio::spawn(async move {
+        let _: () = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(1)
+            .query_async(&mut sleeper)
+            .await
+            .unwrap();
+    });
+    // DEBUG SLEEP has started once the server stops answering a PING of its own.
+    let err = within(5, "the GET fails", async {
+        loop {
+            match conn.get::<_, String>("k").await {
+                Err(e) => break e,
+                Ok(v) => {
+                    assert_eq!(v, "mine");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(conn.owed(), 1, "its reply is still owed");
+    drop(conn);
+    within(5, "the server wakes", sleeping).await.unwrap();
+    // The late reply was drained; the same connection serves the next caller.
+    let mut next = get(&pool).await;
+    let token: String = redis::cmd("ECHO")
+        .arg("after-the-timeout")
+        .query_async(&mut next)
+        .await
+        .unwrap();
+    assert_eq!(token, "after-the-timeout");
+    let stats = pool.statistics();
+    assert_eq!((stats.created, stats.evicted_total()), (1, 0));
 }

@@ -67,7 +67,8 @@ async fn admin(redis: &RedisServer) -> Admin {
     within(
         5,
         "admin setup",
-        RedisConnection::setup(tcp, &RedisConfig::new()),
+        // No response timeout: it runs DEBUG SLEEP.
+        RedisConnection::setup(tcp, &RedisConfig::new().response_timeout(None)),
     )
     .await
     .expect("set up the admin connection")

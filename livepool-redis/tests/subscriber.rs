@@ -53,7 +53,8 @@ async fn admin(server: &RedisServer) -> Admin {
     within(
         5,
         "admin setup",
-        RedisConnection::setup(tcp, &RedisConfig::new()),
+        // No response timeout: it runs DEBUG SLEEP and waits behind CLIENT PAUSE.
+        RedisConnection::setup(tcp, &RedisConfig::new().response_timeout(None)),
     )
     .await
     .expect("set up the admin connection")

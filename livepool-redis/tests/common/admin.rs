@@ -46,7 +46,7 @@ impl RedisServer {
 
     /// An admin session, authenticated as the `default` user when a password is set.
     pub async fn admin(&self) -> AdminSession {
-        let mut cfg = RedisConfig::new();
+        let mut cfg = RedisConfig::new().response_timeout(None);
         if let Some(pw) = self.password() {
             cfg = cfg.password(pw);
         }
