@@ -16,12 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use futures_util::{FutureExt, Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 /// Why a connection left the pool.
 ///
@@ -242,38 +239,74 @@ impl fmt::Display for EventsError {
 impl std::error::Error for EventsError {}
 
 /// The one implementation behind [`Events`], [`BreakerEvents`] and the balancer's events: a
-/// broadcast receiver (as a `Stream`, so that the subscriptions are streams too) with its
-/// errors mapped to [`EventsError`].
-#[derive(Debug)]
+/// broadcast receiver with its errors mapped to [`EventsError`], pollable as a `Stream` (a
+/// poll that has to wait keeps the receiver in a boxed `recv` future until it is answered,
+/// so a dropped `next()` loses nothing). `try_recv` asks the receiver directly when no such
+/// wait is in progress: it never reports "empty" for want of the task's cooperative budget.
 pub(crate) struct Subscription<T> {
-    stream: BroadcastStream<T>,
+    rx: Option<broadcast::Receiver<T>>,
+    waiting: Option<RecvFuture<T>>,
 }
 
-fn lagged(e: BroadcastStreamRecvError) -> EventsError {
-    match e {
-        BroadcastStreamRecvError::Lagged(n) => EventsError::Lagged(n),
+type RecvFuture<T> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = (
+                    Result<T, broadcast::error::RecvError>,
+                    broadcast::Receiver<T>,
+                ),
+            > + Send,
+    >,
+>;
+
+impl<T> fmt::Debug for Subscription<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("waiting", &self.waiting.is_some())
+            .finish()
+    }
+}
+
+fn mapped<T>(r: Result<T, broadcast::error::RecvError>) -> Option<Result<T, EventsError>> {
+    match r {
+        Ok(item) => Some(Ok(item)),
+        Err(broadcast::error::RecvError::Lagged(n)) => Some(Err(EventsError::Lagged(n))),
+        Err(broadcast::error::RecvError::Closed) => None,
     }
 }
 
 impl<T: Clone + Send + 'static> Subscription<T> {
     pub(crate) fn new(tx: &broadcast::Sender<T>) -> Self {
         Subscription {
-            stream: BroadcastStream::new(tx.subscribe()),
+            rx: Some(tx.subscribe()),
+            waiting: None,
         }
     }
 
     pub(crate) async fn recv(&mut self) -> Result<T, EventsError> {
-        match self.stream.next().await {
-            Some(item) => item.map_err(lagged),
-            None => Err(EventsError::Closed),
-        }
+        std::future::poll_fn(|cx| self.poll_next(cx))
+            .await
+            .unwrap_or(Err(EventsError::Closed))
     }
 
     pub(crate) fn try_recv(&mut self) -> Result<Option<T>, EventsError> {
-        match self.stream.next().now_or_never() {
-            None => Ok(None),
-            Some(Some(item)) => item.map(Some).map_err(lagged),
-            Some(None) => Err(EventsError::Closed),
+        if self.waiting.is_some() {
+            let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+            return match self.poll_next(&mut cx) {
+                std::task::Poll::Pending => Ok(None),
+                std::task::Poll::Ready(Some(item)) => item.map(Some),
+                std::task::Poll::Ready(None) => Err(EventsError::Closed),
+            };
+        }
+        let rx = self
+            .rx
+            .as_mut()
+            .expect("the receiver is here when no wait is");
+        match rx.try_recv() {
+            Ok(ev) => Ok(Some(ev)),
+            Err(broadcast::error::TryRecvError::Empty) => Ok(None),
+            Err(broadcast::error::TryRecvError::Closed) => Err(EventsError::Closed),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Err(EventsError::Lagged(n)),
         }
     }
 
@@ -281,9 +314,27 @@ impl<T: Clone + Send + 'static> Subscription<T> {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<T, EventsError>>> {
-        std::pin::Pin::new(&mut self.stream)
-            .poll_next(cx)
-            .map(|item| item.map(|r| r.map_err(lagged)))
+        if self.waiting.is_none() {
+            match self.try_recv() {
+                Ok(Some(item)) => return std::task::Poll::Ready(Some(Ok(item))),
+                Err(EventsError::Closed) => return std::task::Poll::Ready(None),
+                Err(e) => return std::task::Poll::Ready(Some(Err(e))),
+                Ok(None) => {}
+            }
+            let mut rx = self
+                .rx
+                .take()
+                .expect("the receiver is here when no wait is");
+            self.waiting = Some(Box::pin(async move {
+                let r = rx.recv().await;
+                (r, rx)
+            }));
+        }
+        let waiting = self.waiting.as_mut().expect("set above");
+        let (r, rx) = std::task::ready!(waiting.as_mut().poll(cx));
+        self.waiting = None;
+        self.rx = Some(rx);
+        std::task::Poll::Ready(mapped(r))
     }
 }
 
