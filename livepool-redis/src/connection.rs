@@ -751,13 +751,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
     /// The next frame that is not a push (pushes are queued), built only when `build`.
     async fn next_reply(&mut self, build: bool) -> RedisResult<Option<Value>> {
         loop {
-            let frame = loop {
-                match self.scan.next(&self.buf) {
-                    Ok(Some(f)) => break f,
-                    Ok(None) => self.fill().await?,
-                    Err(msg) => return Err(self.fail(protocol(msg))),
-                }
-            };
+            let frame = self.whole_frame().await?;
             if frame.push {
                 let v = self.parse(frame)?;
                 self.queue_push(v);
@@ -771,6 +765,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
             };
             self.compact();
             return Ok(value);
+        }
+    }
+
+    /// The next whole frame in the buffer, reading more bytes until there is one. Cancel
+    /// safe: the scanner and the buffer keep a frame that arrived in part.
+    async fn whole_frame(&mut self) -> RedisResult<Frame> {
+        loop {
+            match self.scan.next(&self.buf) {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => self.fill().await?,
+                Err(msg) => return Err(self.fail(protocol(msg))),
+            }
         }
     }
 
@@ -807,13 +813,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
     /// arrived in part stays buffered for the next call.
     pub(crate) async fn next_frame(&mut self) -> RedisResult<Value> {
         self.check_usable()?;
-        let frame = loop {
-            match self.scan.next(&self.buf) {
-                Ok(Some(f)) => break f,
-                Ok(None) => self.fill().await?,
-                Err(msg) => return Err(self.fail(protocol(msg))),
-            }
-        };
+        let frame = self.whole_frame().await?;
         let value = self.parse(frame)?;
         self.compact();
         Ok(value)
