@@ -7,14 +7,16 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+#[path = "common/admin.rs"]
+mod admin;
+
 use std::time::Duration;
 
 use livepool::EvictReason;
 use livepool_redis::redis::{self, AsyncCommands};
-use livepool_redis::{Conn, Pool, Redis, RedisConfig, RedisConnection};
+use livepool_redis::{Conn, Pool, Redis, RedisConfig};
 use support::redis_server::RedisServer;
 use support::within;
-use tokio::net::TcpStream;
 
 const CANCELLED: usize = 50;
 
@@ -30,17 +32,6 @@ fn pool_of_one(redis: &RedisServer) -> Pool {
 
 async fn get(pool: &Pool) -> Conn {
     within(10, "get", pool.get()).await.expect("a connection")
-}
-
-async fn direct(redis: &RedisServer) -> RedisConnection<TcpStream> {
-    let tcp = within(5, "connect", TcpStream::connect(redis.addr()))
-        .await
-        .expect("connect");
-    // An admin connection: no response timeout (it runs DEBUG SLEEP).
-    let cfg = RedisConfig::new().response_timeout(None);
-    within(5, "setup", RedisConnection::setup(tcp, &cfg))
-        .await
-        .expect("setup")
 }
 
 /// Polls `fut` until it is parked waiting for the server (so that dropping it cancels a
@@ -62,7 +53,7 @@ async fn fifty_cancelled_blpops_make_one_connection_and_no_stale_reply() {
         return;
     };
     let pool = pool_of_one(&server);
-    let mut pusher = direct(&server).await;
+    let mut pusher = server.admin().await;
     for i in 0..CANCELLED {
         let mut conn = get(&pool).await;
         let list = format!("cancel-list-{i}");
@@ -148,7 +139,7 @@ async fn a_large_reply_does_not_stay_resident_in_an_idle_member() {
         return;
     };
     const SIZE: usize = 64 << 20;
-    let mut loader = direct(&server).await;
+    let mut loader = server.admin().await;
     let _: () = loader.set("big", vec![b'x'; SIZE]).await.unwrap();
     drop(loader);
     let pool = pool_of_one(&server);
@@ -214,7 +205,7 @@ async fn a_response_timeout_fails_cleanly_and_costs_no_reconnect() {
     let _: () = conn.set("k", "mine").await.unwrap();
 
     // The server sleeps for a second: the GET times out, as an error, well before that.
-    let mut sleeper = direct(&server).await;
+    let mut sleeper = server.admin().await;
     let sleeping = tokio::spawn(async move {
         let _: () = redis::cmd("DEBUG")
             .arg("SLEEP")

@@ -10,15 +10,17 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+#[path = "common/admin.rs"]
+mod admin;
+
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use livepool::{BreakerConfig, BreakerState, Builder, Events, EvictReason, EvictionEvent};
 use livepool_redis::redis::{self, AsyncCommands, FromRedisValue};
-use livepool_redis::{Conn, Pool, Redis, RedisConfig, RedisConnection};
+use livepool_redis::{Conn, Pool, Redis, RedisConfig};
 use support::redis_server::RedisServer;
 use support::{wait_until, within};
-use tokio::net::TcpStream;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -57,22 +59,8 @@ async fn client_id(conn: &mut Conn) -> i64 {
     must(conn, redis::cmd("CLIENT").arg("ID")).await
 }
 
-/// An unpooled admin connection: a plain `RedisConnection` over TCP.
-type Admin = RedisConnection<TcpStream>;
-
-async fn admin(redis: &RedisServer) -> Admin {
-    let tcp = within(5, "admin connection", TcpStream::connect(redis.addr()))
-        .await
-        .expect("connect the admin connection");
-    within(
-        5,
-        "admin setup",
-        // No response timeout: it runs DEBUG SLEEP.
-        RedisConnection::setup(tcp, &RedisConfig::new().response_timeout(None)),
-    )
-    .await
-    .expect("set up the admin connection")
-}
+/// An unpooled admin connection (no response timeout: it runs DEBUG SLEEP).
+type Admin = admin::AdminSession;
 
 /// One command on the admin connection that must succeed within `secs` seconds.
 async fn admin_cmd<T: FromRedisValue>(admin: &mut Admin, secs: u64, cmd: &redis::Cmd) -> T {
@@ -236,7 +224,7 @@ async fn client_kill_evicts_and_killed_connections_are_never_used() {
     let killed_pool: HashSet<u64> = filled.keys().copied().collect();
     assert_eq!(killed_redis.len(), 4, "{filled:?}");
 
-    let mut adm = admin(&redis).await;
+    let mut adm = redis.admin().await;
     for rid in &killed_redis {
         let killed: i64 = admin_cmd(
             &mut adm,
@@ -323,7 +311,7 @@ async fn redis_idle_timeout_is_evicted_by_the_idle_watch() {
     let ids: HashSet<u64> = filled.keys().copied().collect();
     let checkouts = pool.statistics().checkouts;
 
-    let mut adm = admin(&redis).await;
+    let mut adm = redis.admin().await;
     let ok: String = admin_cmd(
         &mut adm,
         5,
@@ -392,7 +380,7 @@ async fn debug_sleep_evicts_idle_connections_by_heartbeat_timeout() {
 
     // Redis blocks entirely for 2 s; the reply comes after. The evictions are awaited while
     // the admin connection waits for that reply.
-    let mut adm = admin(&redis).await;
+    let mut adm = redis.admin().await;
     let sleep = redis::cmd("DEBUG").arg("SLEEP").arg(2).clone();
     let (slept, evicted) = tokio::join!(
         admin_cmd::<String>(&mut adm, 10, &sleep),

@@ -10,14 +10,17 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+#[path = "common/admin.rs"]
+mod admin;
+
 use std::time::Duration;
 
+use admin::AdminSession;
 use livepool::EvictReason;
 use livepool_redis::redis::{self, AsyncCommands, ErrorKind, Value};
-use livepool_redis::{Conn, Pool, Redis, RedisConfig, RedisConnection};
+use livepool_redis::{Conn, Pool, Redis, RedisConfig};
 use support::redis_server::RedisServer;
 use support::within;
-use tokio::net::TcpStream;
 
 fn pool_of_one(redis: &RedisServer, cfg: RedisConfig) -> Pool {
     livepool::Pool::builder(redis.addr())
@@ -41,21 +44,11 @@ async fn client_id(conn: &mut Conn) -> i64 {
         .expect("CLIENT ID")
 }
 
-/// A connection outside the pool, for the other side of a race and for controls.
-async fn direct(redis: &RedisServer) -> RedisConnection<TcpStream> {
-    let tcp = within(5, "connect", TcpStream::connect(redis.addr()))
-        .await
-        .expect("connect");
-    within(5, "setup", RedisConnection::setup(tcp, &RedisConfig::new()))
-        .await
-        .expect("setup")
-}
-
 /// `WATCH k`, then someone else writes `k`, then an optimistic transaction: nil when the
 /// watch is still on (the transaction did not run), the transaction's result otherwise.
 async fn transaction_after_foreign_write<C: redis::aio::ConnectionLike>(
     conn: &mut C,
-    other: &mut RedisConnection<TcpStream>,
+    other: &mut AdminSession,
 ) -> Option<(i64,)> {
     let _: () = other.set("watched", "changed").await.unwrap();
     redis::pipe()
@@ -71,10 +64,10 @@ async fn a_watch_left_behind_does_not_abort_the_next_callers_transaction() {
     let Some(server) = RedisServer::start().await else {
         return;
     };
-    let mut other = direct(&server).await;
+    let mut other = server.admin().await;
 
     // Control, outside the pool: a watch left on makes the next transaction return nil.
-    let mut bare = direct(&server).await;
+    let mut bare = server.admin().await;
     let _: () = redis::cmd("WATCH")
         .arg("watched")
         .query_async(&mut bare)

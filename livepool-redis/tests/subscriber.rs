@@ -15,14 +15,15 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+#[path = "common/admin.rs"]
+mod admin;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use livepool_redis::redis::{self, FromRedisValue};
-use livepool_redis::{
-    Pool, Redis, RedisConfig, RedisConnection, Subscriber, SubscriberError, SubscriberMessage,
-};
+use livepool_redis::{Pool, Redis, RedisConfig, Subscriber, SubscriberError, SubscriberMessage};
 use support::redis_server::{RedisOptions, RedisServer};
 use support::{wait_until, within};
 use tokio::net::TcpStream;
@@ -43,22 +44,9 @@ fn pool(server: &RedisServer, cfg: RedisConfig, max_size: usize) -> Pool {
         .expect("build the pool")
 }
 
-/// An unpooled admin connection: a plain `RedisConnection` over TCP.
-type Admin = RedisConnection<TcpStream>;
-
-async fn admin(server: &RedisServer) -> Admin {
-    let tcp = within(5, "admin connect", TcpStream::connect(server.addr()))
-        .await
-        .expect("connect the admin connection");
-    within(
-        5,
-        "admin setup",
-        // No response timeout: it runs DEBUG SLEEP and waits behind CLIENT PAUSE.
-        RedisConnection::setup(tcp, &RedisConfig::new().response_timeout(None)),
-    )
-    .await
-    .expect("set up the admin connection")
-}
+/// An unpooled admin connection (no response timeout: it runs DEBUG SLEEP and waits
+/// behind CLIENT PAUSE).
+type Admin = admin::AdminSession;
 
 /// One command on the admin connection that must succeed within 10 s.
 async fn must<T: FromRedisValue>(admin: &mut Admin, cmd: &redis::Cmd) -> T {
@@ -216,7 +204,7 @@ async fn messages_on_channels_and_patterns(resp3: bool) {
     let Some(server) = RedisServer::start().await else {
         return;
     };
-    let mut admin = admin(&server).await;
+    let mut admin = server.admin().await;
     let mut sub = Subscriber::new(pool(&server, config(resp3), 1));
     within(10, "subscribe", sub.subscribe("news"))
         .await
@@ -285,7 +273,7 @@ async fn pings_are_answered_in_subscribed_mode(resp3: bool) {
     let Some(server) = RedisServer::start().await else {
         return;
     };
-    let mut admin = admin(&server).await;
+    let mut admin = server.admin().await;
     let mut sub =
         Subscriber::new(pool(&server, config(resp3), 1)).ping(10 * MS, Duration::from_secs(5));
     within(10, "subscribe", sub.subscribe("c"))
@@ -296,7 +284,7 @@ async fn pings_are_answered_in_subscribed_mode(resp3: bool) {
     // recv runs (it is what pings) until the server has served five more pings; it returns
     // nothing meanwhile: nothing is published, and a pong taken for anything else would end
     // the connection (a `Reconnected`).
-    let mut admin2 = self::admin(&server).await;
+    let mut admin2 = server.admin().await;
     tokio::select! {
         m = sub.recv() => panic!("nothing was published, yet recv returned {m:?}"),
         () = within(10, "five pings from the subscriber", async {
@@ -341,7 +329,7 @@ async fn the_pools_other_members_never_receive_messages() {
     let Some(server) = RedisServer::start().await else {
         return;
     };
-    let mut admin = admin(&server).await;
+    let mut admin = server.admin().await;
     for resp3 in [false, true] {
         let pool = pool(&server, config(resp3), 3);
         let mut sub = Subscriber::new(pool.clone());
@@ -417,7 +405,7 @@ async fn unsubscribe_stops_delivery(resp3: bool) {
     let Some(server) = RedisServer::start().await else {
         return;
     };
-    let mut admin = admin(&server).await;
+    let mut admin = server.admin().await;
     let mut sub = Subscriber::new(pool(&server, config(resp3), 1));
     subscribe_four(&mut sub).await;
     all_four_deliver(&mut admin, &mut sub, "before").await;
@@ -473,7 +461,7 @@ async fn messages_arriving_during_a_subscribe_wait_for_recv() {
     let Some(server) = RedisServer::start().await else {
         return;
     };
-    let mut admin = admin(&server).await;
+    let mut admin = server.admin().await;
     for resp3 in [false, true] {
         let mut sub = Subscriber::new(pool(&server, config(resp3), 1));
         within(10, "subscribe", sub.subscribe("a"))
@@ -500,7 +488,7 @@ async fn subscribes_again_after_a_restart(resp3: bool) {
     let Some(mut server) = RedisServer::start().await else {
         return;
     };
-    let mut admin = admin(&server).await;
+    let mut admin = server.admin().await;
     let mut sub = Subscriber::new(pool(&server, config(resp3), 1));
     subscribe_four(&mut sub).await;
     all_four_deliver(&mut admin, &mut sub, "before").await;
@@ -513,7 +501,7 @@ async fn subscribes_again_after_a_restart(resp3: bool) {
     assert!(gap > Duration::ZERO);
     assert_eq!(sub.channels(), ["a", "b"]);
     assert_eq!(sub.patterns(), ["p.*", "q.*"]);
-    let mut admin = self::admin(&server).await;
+    let mut admin = server.admin().await;
     the_subscriber_client(&mut admin).await;
     all_four_deliver(&mut admin, &mut sub, "after").await;
 }
@@ -534,7 +522,7 @@ async fn client_kill_of_its_connection_reconnects() {
     let Some(server) = RedisServer::start().await else {
         return;
     };
-    let mut admin = admin(&server).await;
+    let mut admin = server.admin().await;
     for resp3 in [false, true] {
         let mut sub = Subscriber::new(pool(&server, config(resp3), 1));
         subscribe_four(&mut sub).await;
@@ -562,13 +550,13 @@ async fn an_unanswered_ping_gives_up_the_connection() {
     let Some(server) = RedisServer::start().await else {
         return;
     };
-    let mut admin = admin(&server).await;
+    let mut admin = server.admin().await;
     let mut sub =
         Subscriber::new(pool(&server, config(false), 1)).ping(20 * MS, Duration::from_millis(500));
     subscribe_four(&mut sub).await;
     let before = the_subscriber_client(&mut admin).await;
     // The whole server sleeps for 3 s; the admin's reply comes after it.
-    let mut sleeper = self::admin(&server).await;
+    let mut sleeper = server.admin().await;
     let sleeping = tokio::spawn(async move {
         let _: () = must(&mut sleeper, redis::cmd("DEBUG").arg("SLEEP").arg(3)).await;
     });
@@ -588,7 +576,7 @@ async fn as_a_stream() {
     let Some(server) = RedisServer::start().await else {
         return;
     };
-    let mut admin = admin(&server).await;
+    let mut admin = server.admin().await;
     let mut sub = Subscriber::new(pool(&server, config(true), 1));
     within(10, "subscribe", sub.subscribe("s"))
         .await
@@ -715,7 +703,7 @@ async fn recv_cancelled_midway_loses_nothing() {
         return;
     };
     let proxy = GatedProxy::start(server.addr()).await;
-    let mut admin = admin(&server).await;
+    let mut admin = server.admin().await;
     for resp3 in [false, true] {
         let pool: Pool = livepool::Pool::builder(proxy.addr)
             .protocol(Redis::new(config(resp3)))
@@ -769,7 +757,7 @@ async fn a_cancelled_subscribe_is_finished_by_recv() {
     let Some(server) = RedisServer::start().await else {
         return;
     };
-    let mut admin = admin(&server).await;
+    let mut admin = server.admin().await;
     for resp3 in [false, true] {
         let mut sub = Subscriber::new(pool(&server, config(resp3), 1));
         within(10, "subscribe", sub.subscribe("first"))
@@ -825,7 +813,7 @@ async fn a_refused_subscription_is_an_error_and_not_kept() {
     let Some(server) = RedisServer::start_with(RedisOptions::new()).await else {
         return;
     };
-    let mut admin = admin(&server).await;
+    let mut admin = server.admin().await;
     let _: () = must(
         &mut admin,
         redis::cmd("ACL")

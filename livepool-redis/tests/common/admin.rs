@@ -16,9 +16,10 @@ use tokio::net::TcpStream;
 use crate::support::redis_server::RedisServer;
 use crate::support::within;
 
-/// Any stream an admin session can run over (plain TCP or TLS).
-pub trait AdminStream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> AdminStream for T {}
+/// Any stream an admin session can run over (plain TCP or TLS); `Sync` so that the redis
+/// crate's `AsyncCommands` run on the session.
+pub trait AdminStream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> AdminStream for T {}
 
 /// An admin session: the crate's connection type over any stream.
 pub type AdminSession = RedisConnection<Box<dyn AdminStream>>;
