@@ -110,6 +110,14 @@ pub type Conn = livepool::Conn<Hosted<Postgres>>;
 /// assert!(conn.is_idle());
 /// # Ok(()) }
 /// ```
+///
+/// # Cancel safety
+/// The client's calls are tokio-postgres's. Dropping one does not take back the request it
+/// already queued: the server still runs it, and the driver reads and drops its replies. So
+/// the connection stays usable, and a retry may run a statement twice. Returned to the pool
+/// before those replies came, the connection is settled off your path, as
+/// [the crate docs](crate#what-comes-back-to-the-pool) say (test
+/// `a_transaction_left_open_or_a_query_abandoned_is_settled_off_the_callers_path`).
 pub struct PgClient {
     client: tokio_postgres::Client,
     session: Arc<tap::Session>,
@@ -134,8 +142,10 @@ impl PgClient {
     /// The server's error when the statement does not prepare.
     ///
     /// # Cancel safety
-    /// Cancel safe: a dropped call caches nothing (the connection may be settled on return,
-    /// see the crate docs).
+    /// A dropped call caches nothing, and calling again prepares again. If its request was
+    /// already queued, the server still prepares the statement, under a name only
+    /// tokio-postgres knew. Nothing closes that statement: it stays on the connection until
+    /// the connection closes or a reset runs `DISCARD ALL`.
     ///
     /// ```no_run
     /// # async fn f(pool: livepool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {

@@ -169,7 +169,11 @@ impl PgListener {
     /// the server refused `LISTEN`.
     ///
     /// # Cancel safety
-    /// Cancel safe: the channel is listened to only once `LISTEN` succeeded.
+    /// Dropped while it connects, the call records nothing: a connection it took goes back
+    /// to the pool, and the next call connects again. Dropped once `LISTEN` is queued, the
+    /// server may still run it: [`recv`](Self::recv) then returns the channel's
+    /// notifications, but the channel is not recorded, so it is not listened to again after a
+    /// reconnect. Call `listen` again to record it (`LISTEN` twice is harmless).
     ///
     /// ```no_run
     /// # async fn f(mut l: livepool_postgres::PgListener) -> Result<(), livepool_postgres::ListenerError> {
@@ -198,7 +202,10 @@ impl PgListener {
     /// anyway: it is not listened to again after a reconnect).
     ///
     /// # Cancel safety
-    /// Cancel safe.
+    /// The first poll forgets the channel (it is not listened to again after a reconnect)
+    /// and, when connected, queues `UNLISTEN`: the server runs it even if the call is then
+    /// dropped. Notifications on the channel already queued are still returned by
+    /// [`recv`](Self::recv).
     ///
     /// ```no_run
     /// # async fn f(mut l: livepool_postgres::PgListener) -> Result<(), livepool_postgres::ListenerError> {
@@ -235,7 +242,11 @@ impl PgListener {
     /// [`livepool::Error::retry_after`] it gave, so a loop calling again does not spin), [`ListenerError::Query`] if `LISTEN` failed on the new connection.
     ///
     /// # Cancel safety
-    /// Cancel safe: a notification is taken from the queue only when it is returned.
+    /// Cancel safe: a notification leaves the queue only when `recv` returns it. Dropped
+    /// during a reconnect, the call keeps no connection (one it took goes back to the pool);
+    /// the next call starts the reconnect over and still reports the gap, counted from the
+    /// loss. Dropped during a ping, the ping's answer is dropped and the next call pings
+    /// again.
     ///
     /// ```no_run
     /// # async fn f(mut l: livepool_postgres::PgListener) {

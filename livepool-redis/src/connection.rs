@@ -240,10 +240,8 @@ pub(crate) enum IdleOutcome {
 /// connection's [`Io`](livepool::Io) by default): the redis crate's typed API runs on it
 /// through `redis::aio::ConnectionLike`.
 ///
-/// It follows what a pool needs before reusing it (see [`is_clean`](Self::is_clean)). A call
-/// dropped halfway leaves its replies owed; the next call reads and drops them first, and a
-/// pool brings the connection back off the caller's path. Pooled connections
-/// ([`Conn`](crate::Conn)) deref to this type.
+/// It follows what a pool needs before reusing it (see [`is_clean`](Self::is_clean)). Pooled
+/// connections ([`Conn`](crate::Conn)) deref to this type.
 ///
 /// ```no_run
 /// use livepool_redis::{RedisConfig, RedisConnection};
@@ -258,6 +256,17 @@ pub(crate) enum IdleOutcome {
 /// assert!(conn.is_clean());
 /// # Ok(()) }
 /// ```
+///
+/// # Cancel safety
+/// A call dropped after writing its commands (through the typed API or
+/// [`ping`](Self::ping)) leaves their replies owed. The commands still run at the server, so
+/// a retry may run them twice. The holder's next call reads and drops those replies first,
+/// or the pool does when the connection goes back: nobody gets a stale reply (tests
+/// `the_next_call_of_the_same_holder_drops_the_replies_owed`,
+/// `pipelined_caller_stopping_early_never_leaks_a_reply`). A call dropped mid-write leaves
+/// the connection out of step: later calls fail, and a pool closes it, as it closes one that
+/// owes the reply of a command that may block forever, such as `BLPOP … 0` (test
+/// `a_cancelled_command_that_may_block_forever_closes_the_connection`).
 pub struct RedisConnection<S = livepool::Io> {
     stream: S,
     buf: Vec<u8>,
@@ -515,7 +524,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
     /// `WRONGPASS`), never containing the password. An I/O error of the stream.
     ///
     /// # Cancel safety
-    /// Dropping the future drops the stream: nothing is left half set up.
+    /// The call owns the stream: dropping the future drops the stream with it (a socket
+    /// closes), so nothing is left half set up. To retry, open a new stream.
     ///
     /// ```no_run
     /// use livepool_redis::{RedisConfig, RedisConnection};
@@ -625,7 +635,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
     /// An error reply, another reply, or the stream's error.
     ///
     /// # Cancel safety
-    /// Dropping the future leaves the reply owed: the next call drops it.
+    /// Dropped after `PING` was written, the call leaves its reply owed: the next call drops
+    /// it, or a pool does when the connection goes back. A retry is safe (`PING` changes
+    /// nothing). Dropped mid-write, the connection is out of step, as after any call
+    /// ([cancel safety](Self#cancel-safety)).
     ///
     /// ```no_run
     /// # async fn demo(conn: &mut livepool_redis::RedisConnection<tokio::net::TcpStream>) {
@@ -933,6 +946,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> redis::aio::ConnectionLike for RedisConnection<S> {
+    /// Writes one packed command and reads its reply, after dropping the replies earlier
+    /// calls still owe.
+    ///
+    /// # Cancel safety
+    /// Once written, a dropped call's command still runs at the server. Its reply stays owed:
+    /// the next call or the pool drops it (see
+    /// [`RedisConnection`'s cancel safety](RedisConnection#cancel-safety)).
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let owed = classify(cmd)?;
@@ -949,6 +969,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> redis::aio::ConnectionLike for Re
         })
     }
 
+    /// Writes a packed pipeline and reads its replies, after dropping the replies earlier
+    /// calls still owe.
+    ///
+    /// # Cancel safety
+    /// Once written, a dropped call's commands still run at the server. Their replies stay
+    /// owed: the next call or the pool drops them (see
+    /// [`RedisConnection`'s cancel safety](RedisConnection#cancel-safety)).
     fn req_packed_commands<'a>(
         &'a mut self,
         pipeline: &'a Pipeline,

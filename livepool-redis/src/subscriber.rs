@@ -391,10 +391,11 @@ impl Subscriber {
     /// kept: the next [`recv`](Self::recv) reconnects and subscribes to it with the others).
     ///
     /// # Cancel safety
-    /// Cancel safe: the channel is subscribed to (and again after a reconnect) from the
-    /// moment `SUBSCRIBE` is sent, and the confirmation of a cancelled call is read by the
-    /// next call. Cancelled before that, the call leaves nothing behind (a write cut short
-    /// costs a reconnect, with the channel).
+    /// Dropped while it connects, the call records nothing. After that the channel is kept,
+    /// even if the call is dropped. Once `SUBSCRIBE` is written, the server subscribes and
+    /// the next call reads the confirmation; a refusal comes from the next
+    /// [`recv`](Self::recv) (test `a_cancelled_subscribe_is_finished_by_recv`). Dropped
+    /// mid-write, the connection is replaced; calling again is always safe.
     ///
     /// ```no_run
     /// # async fn f(mut s: livepool_redis::Subscriber) -> Result<(), livepool_redis::SubscriberError> {
@@ -412,7 +413,7 @@ impl Subscriber {
     /// As [`subscribe`](Self::subscribe).
     ///
     /// # Cancel safety
-    /// Cancel safe, as [`subscribe`](Self::subscribe).
+    /// As [`subscribe`](Self::subscribe), for the pattern.
     ///
     /// ```no_run
     /// # async fn f(mut s: livepool_redis::Subscriber) -> Result<(), livepool_redis::SubscriberError> {
@@ -432,7 +433,11 @@ impl Subscriber {
     /// on the way is no error: the next one is not subscribed to the channel.
     ///
     /// # Cancel safety
-    /// Cancel safe: the channel is forgotten when the call starts.
+    /// The first poll forgets the channel: [`recv`](Self::recv) returns no message on it from
+    /// then on, and a reconnect does not subscribe to it. Dropped after `UNSUBSCRIBE` is
+    /// written, the server still runs it and the next call reads the confirmation. Dropped
+    /// mid-write, the connection is replaced, and the new one is not subscribed to the
+    /// channel.
     ///
     /// ```no_run
     /// # async fn f(mut s: livepool_redis::Subscriber) -> Result<(), livepool_redis::SubscriberError> {
@@ -451,7 +456,7 @@ impl Subscriber {
     /// As [`unsubscribe`](Self::unsubscribe).
     ///
     /// # Cancel safety
-    /// Cancel safe: the pattern is forgotten when the call starts.
+    /// As [`unsubscribe`](Self::unsubscribe), for the pattern.
     ///
     /// ```no_run
     /// # async fn f(mut s: livepool_redis::Subscriber) -> Result<(), livepool_redis::SubscriberError> {
@@ -497,8 +502,11 @@ impl Subscriber {
     /// new connection was lost before it was subscribed again (call again).
     ///
     /// # Cancel safety
-    /// Cancel safe: a message is taken from the queue only when it is returned, and a frame
-    /// that arrived in part stays buffered for the next call.
+    /// Cancel safe: a message leaves the queue only when `recv` returns it, and a frame that
+    /// arrived in part stays buffered for the next call (test
+    /// `recv_cancelled_midway_loses_nothing`). A reconnect the dropped call began is resumed
+    /// by the next call, or started over if no connection was had yet; the gap is reported
+    /// once, counted from the loss. A ping dropped mid-write costs a reconnect.
     ///
     /// ```no_run
     /// # async fn f(mut s: livepool_redis::Subscriber) {
@@ -532,8 +540,9 @@ impl Subscriber {
     /// everything before.
     ///
     /// # Cancel safety
-    /// Cancel safe, as [`recv`](Self::recv): a `next()` dropped before it returned loses no
-    /// message.
+    /// Cancel safe: the stream keeps its `recv` in flight when a `next()` is dropped, and the
+    /// next `next()` goes on with it, so no message is lost. Dropping the stream drops the
+    /// subscriber: its connection goes back to the pool, which closes it.
     ///
     /// ```no_run
     /// use futures_util::StreamExt;
