@@ -15,7 +15,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
 
+use super::Balancer;
+use crate::pool::Pool;
 use crate::pool::error::BuildError;
+use crate::protocol::Protocol;
 use crate::transport::Target;
 
 pub(crate) struct Dns {
@@ -122,6 +125,20 @@ pub(crate) async fn run(
         tokio::select! {
             _ = &mut stop => return,
             _ = tokio::time::sleep(dns.interval) => {}
+        }
+    }
+}
+
+/// Makes the DNS endpoints of `balancer` those of `addrs` (a new answer): the others of the
+/// last answer are drained, the new ones added; endpoints added by hand stay.
+pub(super) fn apply<P: Protocol>(balancer: &Balancer<P>, addrs: &[SocketAddr]) {
+    let names: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    balancer.remove_if(|e| e.from_dns && !names.iter().any(|n| n == e.pool.endpoint()));
+    for &a in addrs {
+        if let Err(e) = balancer.insert(Pool::builder(a), true) {
+            // The same settings built every other endpoint: cannot happen but for a
+            // `configure` that looks at the address.
+            tracing::warn!(endpoint = %a, error = %e, "DNS endpoint not added");
         }
     }
 }
