@@ -66,7 +66,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
-use livepool::FrameHeartbeat;
+use livepool::FramePing;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -232,13 +232,13 @@ async fn accept_loop(listener: TcpListener) {
 /// Answers each 8-byte ping with a pong echoing its sequence number and timestamp; ends at
 /// EOF or on any error (the loop is bounded by the connection's life).
 async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut stream: S) {
-    let mut frame = [0u8; FrameHeartbeat::LEN];
+    let mut frame = [0u8; FramePing::LEN];
     while stream.read_exact(&mut frame).await.is_ok() {
-        let (kind, seq, ts) = FrameHeartbeat::decode(&frame);
-        if kind != FrameHeartbeat::PING {
+        let (kind, seq, ts) = FramePing::decode(&frame);
+        if kind != FramePing::PING {
             return;
         }
-        let pong = FrameHeartbeat::encode(FrameHeartbeat::PONG, seq, ts);
+        let pong = FramePing::encode(FramePing::PONG, seq, ts);
         if stream.write_all(&pong).await.is_err() {
             return;
         }
@@ -255,12 +255,12 @@ async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 /// One ping round trip: write a ping, read the pong, check it.
 async fn ping(stream: &mut TcpStream, seq: u32) -> io::Result<()> {
     stream
-        .write_all(&FrameHeartbeat::encode(FrameHeartbeat::PING, seq, 0))
+        .write_all(&FramePing::encode(FramePing::PING, seq, 0))
         .await?;
-    let mut pong = [0u8; FrameHeartbeat::LEN];
+    let mut pong = [0u8; FramePing::LEN];
     stream.read_exact(&mut pong).await?;
-    let (kind, echoed, _) = FrameHeartbeat::decode(&pong);
-    if kind != FrameHeartbeat::PONG || echoed != seq {
+    let (kind, echoed, _) = FramePing::decode(&pong);
+    if kind != FramePing::PONG || echoed != seq {
         return Err(io::Error::other("bad pong"));
     }
     Ok(())

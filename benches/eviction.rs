@@ -29,7 +29,7 @@
 //! - "refill": with `min_idle(K)`, the time from the eviction event until the pool is back at
 //!   K idle members.
 //!
-//! Scale run (no criterion): idle connections with `FrameHeartbeat` every 30 s, one size after
+//! Scale run (no criterion): idle connections with `FramePing` every 30 s, one size after
 //! the other, each with its own server and pools. The 1k / 10k / 100k table in one command:
 //!
 //! ```text
@@ -100,7 +100,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group};
-use livepool::{EvictReason, FrameHeartbeat};
+use livepool::{EvictReason, FramePing};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -526,7 +526,7 @@ fn refill_one_off(k: usize) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The ping server (own thread, own runtime): answers FrameHeartbeat pings; can FIN any
+// The ping server (own thread, own runtime): answers FramePing pings; can FIN any
 // connection on request. Its thread is tagged so that its allocations are counted apart. (The
 // scale run has its own server, in a child process: see `child_server_main`.)
 
@@ -606,7 +606,7 @@ impl Drop for PingServer {
 
 /// Answers each ping with a pong until EOF, an error, or a kill request (then closes: FIN).
 async fn serve(mut stream: TcpStream, mut kill: oneshot::Receiver<()>) {
-    let mut frame = [0u8; FrameHeartbeat::LEN];
+    let mut frame = [0u8; FramePing::LEN];
     loop {
         tokio::select! {
             _ = &mut kill => return,
@@ -614,11 +614,11 @@ async fn serve(mut stream: TcpStream, mut kill: oneshot::Receiver<()>) {
                 if r.is_err() {
                     return;
                 }
-                let (kind, seq, ts) = FrameHeartbeat::decode(&frame);
-                if kind != FrameHeartbeat::PING {
+                let (kind, seq, ts) = FramePing::decode(&frame);
+                if kind != FramePing::PING {
                     return;
                 }
-                let pong = FrameHeartbeat::encode(FrameHeartbeat::PONG, seq, ts);
+                let pong = FramePing::encode(FramePing::PONG, seq, ts);
                 if stream.write_all(&pong).await.is_err() {
                     return;
                 }
@@ -630,12 +630,12 @@ async fn serve(mut stream: TcpStream, mut kill: oneshot::Receiver<()>) {
 /// One ping round trip through any stream, bounded: true when the peer answered.
 async fn ping_ok<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, seq: u32) -> bool {
     let exchange = async {
-        s.write_all(&FrameHeartbeat::encode(FrameHeartbeat::PING, seq, 0))
+        s.write_all(&FramePing::encode(FramePing::PING, seq, 0))
             .await?;
-        let mut pong = [0u8; FrameHeartbeat::LEN];
+        let mut pong = [0u8; FramePing::LEN];
         s.read_exact(&mut pong).await?;
-        let (kind, echoed, _) = FrameHeartbeat::decode(&pong);
-        if kind != FrameHeartbeat::PONG || echoed != seq {
+        let (kind, echoed, _) = FramePing::decode(&pong);
+        if kind != FramePing::PONG || echoed != seq {
             return Err(io::Error::other("bad pong"));
         }
         io::Result::Ok(())
@@ -965,7 +965,7 @@ struct ChildState {
 }
 
 /// The child's main: listens on as many loopback ports as `CHILD_SERVER_ENV` says (backlog
-/// `CHILD_BACKLOG`), answers `FrameHeartbeat` pings on its own thread, prints
+/// `CHILD_BACKLOG`), answers `FramePing` pings on its own thread, prints
 /// `addrs <a> <b> …`, then serves commands from stdin, one reply line each on stdout (`list`:
 /// several), until stdin closes:
 /// - `count` → `count <n>`: connections open now;
@@ -1093,7 +1093,7 @@ async fn child_serve(
     mut kill: oneshot::Receiver<std::sync::mpsc::Sender<u64>>,
     st: Arc<ChildState>,
 ) {
-    let mut frame = [0u8; FrameHeartbeat::LEN];
+    let mut frame = [0u8; FramePing::LEN];
     loop {
         tokio::select! {
             reply = &mut kill => {
@@ -1110,12 +1110,12 @@ async fn child_serve(
                     break;
                 }
                 let at = mono_ns();
-                let (kind, seq, ts) = FrameHeartbeat::decode(&frame);
-                if kind != FrameHeartbeat::PING {
+                let (kind, seq, ts) = FramePing::decode(&frame);
+                if kind != FramePing::PING {
                     break;
                 }
                 st.pings.lock().expect("pings").push(at);
-                let pong = FrameHeartbeat::encode(FrameHeartbeat::PONG, seq, ts);
+                let pong = FramePing::encode(FramePing::PONG, seq, ts);
                 if stream.write_all(&pong).await.is_err() {
                     break;
                 }
@@ -1374,7 +1374,7 @@ fn scale_size(rt: &tokio::runtime::Runtime, asked: usize, window: Duration, fins
     let (p0, rss0) = (POOL_BYTES.load(Relaxed), vm_rss_kib());
     let fill_start = Instant::now();
     let fill_deadline = Duration::from_secs(120 + n as u64 / 500);
-    let pools: Vec<livepool::Pool> = rt.block_on(async {
+    let pools: Vec<livepool::Pool<FramePing>> = rt.block_on(async {
         server
             .addrs
             .iter()
@@ -1383,14 +1383,15 @@ fn scale_size(rt: &tokio::runtime::Runtime, asked: usize, window: Duration, fins
                 livepool::Pool::builder(addr)
                     .max_size(share)
                     .min_idle(share)
-                    .heartbeat(FrameHeartbeat::new())
+                    .protocol(FramePing::new())
                     .heartbeat_interval(Duration::from_secs(30))
                     .build()
                     .expect("livepool")
             })
             .collect()
     });
-    let idle = |pools: &[livepool::Pool]| pools.iter().map(|p| p.status().idle).sum::<usize>();
+    let idle =
+        |pools: &[livepool::Pool<FramePing>]| pools.iter().map(|p| p.status().idle).sum::<usize>();
     let filled = rt.block_on(async {
         let mut report = Instant::now();
         loop {
@@ -1460,9 +1461,10 @@ fn scale_size(rt: &tokio::runtime::Runtime, asked: usize, window: Duration, fins
 
     // CPU over an idle window that holds at least one heartbeat round. The whole process is
     // the pools' side; the server's CPU is read from the child for reference.
-    let beats =
-        |pools: &[livepool::Pool]| pools.iter().map(|p| p.statistics().heartbeats).sum::<u64>();
-    let evicted = |pools: &[livepool::Pool]| {
+    let beats = |pools: &[livepool::Pool<FramePing>]| {
+        pools.iter().map(|p| p.statistics().heartbeats).sum::<u64>()
+    };
+    let evicted = |pools: &[livepool::Pool<FramePing>]| {
         pools
             .iter()
             .map(|p| p.statistics().evicted_total())
@@ -1552,7 +1554,7 @@ fn scale_size(rt: &tokio::runtime::Runtime, asked: usize, window: Duration, fins
     )
 }
 
-fn close_pools(rt: &tokio::runtime::Runtime, pools: Vec<livepool::Pool>) {
+fn close_pools(rt: &tokio::runtime::Runtime, pools: Vec<livepool::Pool<FramePing>>) {
     rt.block_on(async move {
         for p in &pools {
             p.close();
@@ -1594,7 +1596,7 @@ async fn stamped_event(
 fn fin_phase(
     rt: &tokio::runtime::Runtime,
     server: &mut ChildServer,
-    pools: &[livepool::Pool],
+    pools: &[livepool::Pool<FramePing>],
     shares: &[usize],
     fins: usize,
     tag: &str,

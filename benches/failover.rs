@@ -14,11 +14,11 @@
 //! breaker or backoff carries over):
 //! - two network namespaces joined by a veth pair (`tests/support/netns.rs`, included as it
 //!   is): the client namespace A and the server namespace B;
-//! - three frame servers (8-byte frames: a `FrameHeartbeat` ping is answered with its pong,
+//! - three frame servers (8-byte frames: a `FramePing` ping is answered with its pong,
 //!   anything else is echoed), each on its own thread and runtime: two on A's loopback
 //!   (127.0.0.2 and 127.0.0.3, the near endpoints), one on B's veth address (the far one);
 //! - in A, on a current-thread runtime: one `Balancer` over the three, each pool with
-//!   `max_size` 16, `min_idle` 2, `FrameHeartbeat` every H with timeout T,
+//!   `max_size` 16, `min_idle` 2, `FramePing` every H with timeout T,
 //!   `reap_interval` 50 ms (the heartbeat schedule's granularity), connect timeout C, the
 //!   default breaker (3 failures; open 200 ms, growing with the outage) and default
 //!   heartbeat jitter (0.1); ejection after F consecutive failures, otherwise `Ejection::default()` (30 s base, so the far
@@ -86,7 +86,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use livepool::{
-    Balancer, BalancerEventKind, BreakerConfig, BreakerState, Ejection, EvictReason, FrameHeartbeat,
+    Balancer, BalancerEventKind, BreakerConfig, BreakerState, Ejection, EvictReason, FramePing,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -187,10 +187,10 @@ impl Settings {
 /// Answers 8-byte frames on one connection: a ping with its pong, anything else echoed.
 async fn serve_frames(mut sock: tokio::net::TcpStream) {
     let _ = sock.set_nodelay(true);
-    let mut frame = [0u8; FrameHeartbeat::LEN];
+    let mut frame = [0u8; FramePing::LEN];
     while sock.read_exact(&mut frame).await.is_ok() {
-        if frame[0] == FrameHeartbeat::PING {
-            frame[0] = FrameHeartbeat::PONG;
+        if frame[0] == FramePing::PING {
+            frame[0] = FramePing::PONG;
         }
         if sock.write_all(&frame).await.is_err() {
             return;
@@ -277,7 +277,7 @@ struct Sample {
 
 /// One task of the closed loop, until `stop`.
 async fn load(
-    bal: Balancer,
+    bal: Balancer<FramePing>,
     names: Arc<[String; 3]>,
     deadline: Duration,
     stop: Arc<AtomicBool>,
@@ -373,7 +373,7 @@ async fn client(ns: Arc<Netns>, names: Arc<[String; 3]>, s: Settings) -> Run {
         b.max_size(MAX_SIZE)
             .min_idle(min_idle)
             .connect_timeout(Some(c))
-            .heartbeat(FrameHeartbeat::new())
+            .protocol(FramePing::new())
             .heartbeat_interval(h)
             .heartbeat_timeout(t)
             .reap_interval(REAP)
@@ -489,7 +489,7 @@ async fn client(ns: Arc<Netns>, names: Arc<[String; 3]>, s: Settings) -> Run {
 /// Polls the far endpoint's failure counts every millisecond until `stop`; each change with
 /// when it was seen (within a millisecond or so of when it happened: the counters have no
 /// timestamps of their own).
-async fn watch_far(bal: Balancer, stop: Arc<AtomicBool>) -> Vec<(Instant, String)> {
+async fn watch_far(bal: Balancer<FramePing>, stop: Arc<AtomicBool>) -> Vec<(Instant, String)> {
     let mut seen = Vec::new();
     let mut last = None;
     while !stop.load(Relaxed) {

@@ -10,7 +10,7 @@
 //!
 //! An embedded loopback server speaks a tiny protocol. A request is 16 bytes,
 //! `[b'R', 0 × 7, token: u64 big-endian]`, answered by the same 16 bytes. A heartbeat is
-//! livepool's 8-byte [`FrameHeartbeat`] frame: a ping (first byte `0x01`) is answered by its
+//! livepool's 8-byte [`FramePing`] frame: a ping (first byte `0x01`) is answered by its
 //! pong (`0x02`, same sequence number). The first byte tells the two apart.
 //!
 //! Every `--fault-every` ms a scheduler picks a random server-side connection, idle or busy,
@@ -23,7 +23,7 @@
 //!   again (at most one every 4 s, none in the first or last 2 s); meanwhile the circuit
 //!   breaker opens and `get()` fails fast.
 //!
-//! The pool: max_size 16, min_idle 4, a `FrameHeartbeat` every 500 ms with a 200 ms timeout,
+//! The pool: max_size 16, min_idle 4, a `FramePing` every 500 ms with a 200 ms timeout,
 //! reap_interval 100 ms, breaker open for 200–500 ms. `--tasks` workload tasks share
 //! `--rate` requests per second, each request with a 300 ms deadline (a timeout drops the
 //! `Conn` mid-read, which the pool must then discard), and check the echoed token.
@@ -60,8 +60,7 @@ use std::time::Duration;
 
 use livepool::{
     Balancer, BalancerEvent, BalancerEventKind, BreakerConfig, BreakerEvent, BreakerState, Builder,
-    Conn, Ejection, EndpointStatus, Events, EventsError, EvictReason, FrameHeartbeat, Pool,
-    Statistics,
+    Conn, Ejection, EndpointStatus, Events, EventsError, EvictReason, FramePing, Pool, Statistics,
 };
 use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -267,7 +266,7 @@ impl Chaos {
     }
 
     /// The server behind a connection's endpoint.
-    fn server_of(&self, conn: &Conn) -> usize {
+    fn server_of(&self, conn: &Conn<FramePing>) -> usize {
         let name = conn.endpoint();
         self.servers
             .iter()
@@ -357,16 +356,16 @@ async fn serve(
     loop {
         let need = match (filled, buf[0]) {
             (0, _) => 1,
-            (_, FrameHeartbeat::PING) => FrameHeartbeat::LEN,
+            (_, FramePing::PING) => FramePing::LEN,
             (_, REQUEST) => REQ_LEN,
             _ => break, // not our protocol: hang up
         };
         if filled == need {
             filled = 0;
-            let sent = if buf[0] == FrameHeartbeat::PING {
-                let (_, seq, ts) = FrameHeartbeat::decode(buf[..8].try_into().expect("8 bytes"));
+            let sent = if buf[0] == FramePing::PING {
+                let (_, seq, ts) = FramePing::decode(buf[..8].try_into().expect("8 bytes"));
                 stream
-                    .write_all(&FrameHeartbeat::encode(FrameHeartbeat::PONG, seq, ts))
+                    .write_all(&FramePing::encode(FramePing::PONG, seq, ts))
                     .await
             } else {
                 if std::mem::take(&mut late) {
@@ -488,12 +487,12 @@ async fn inject_faults(chaos: Arc<Chaos>, restarts: Vec<mpsc::Sender<()>>) {
 /// What the workload checks out from: the pool (one endpoint) or the balancer (several).
 #[derive(Clone)]
 enum Client {
-    Pool(Pool),
-    Balancer(Balancer),
+    Pool(Pool<FramePing>),
+    Balancer(Balancer<FramePing>),
 }
 
 impl Client {
-    async fn get(&self) -> Result<Conn, livepool::Error> {
+    async fn get(&self) -> Result<Conn<FramePing>, livepool::Error> {
         match self {
             Client::Pool(p) => p.get().await,
             Client::Balancer(b) => b.get().await,
@@ -546,7 +545,7 @@ async fn request(
 /// A stale handout: the server faulted this connection more than `STALE_GRACE` ago and the
 /// kernel still says so now. (The peek rules out a new connection from a reused port that the
 /// server has not accepted yet.)
-fn check_stale(conn: &Conn, chaos: &Chaos, srv: usize) {
+fn check_stale(conn: &Conn<FramePing>, chaos: &Chaos, srv: usize) {
     let now = Instant::now();
     let Ok(local) = conn.local_addr() else { return };
     let faulted = chaos.servers[srv]
@@ -669,10 +668,10 @@ fn joined<K: std::fmt::Display>(items: impl IntoIterator<Item = (K, u64)>) -> St
 }
 
 /// Every endpoint's pool settings (the single pool's too).
-fn configure(b: Builder) -> Builder {
+fn configure(b: Builder) -> Builder<FramePing> {
     b.max_size(16)
         .min_idle(4)
-        .heartbeat(FrameHeartbeat::new())
+        .protocol(FramePing::new())
         .heartbeat_interval(Duration::from_millis(500))
         .heartbeat_timeout(Duration::from_millis(200))
         .reap_interval(Duration::from_millis(100))
@@ -1053,7 +1052,7 @@ async fn main() -> ExitCode {
             .ejection(Some(ejection()))
             .build()
             .expect("valid configuration");
-        let pools: Vec<Pool> = names
+        let pools: Vec<Pool<FramePing>> = names
             .iter()
             .map(|n| balancer.pool(n).expect("an endpoint per server"))
             .collect();

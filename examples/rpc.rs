@@ -7,13 +7,13 @@
 //!
 //! Wire format: a request is `[0x10][len u32 BE][payload]`; the response is
 //! `[0x11][len u32 BE][payload]` (the server upper-cases the payload). Pings are the
-//! 8-byte `FrameHeartbeat` frames (first byte 0x01), which the server answers with pongs: the
+//! 8-byte `FramePing` frames (first byte 0x01), which the server answers with pongs: the
 //! first byte tells the two apart. The server closes each connection after 25 requests, so
 //! you can watch the pool evict and replace them.
 
 use std::time::Duration;
 
-use livepool::{Conn, FrameHeartbeat, Pool};
+use livepool::{Conn, FramePing, Pool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -25,7 +25,7 @@ const MAX_PAYLOAD: u32 = 1 << 20;
 
 /// An RPC client: one call is one request and its response on a pooled connection.
 struct Client {
-    pool: Pool,
+    pool: Pool<FramePing>,
 }
 
 #[derive(Debug)]
@@ -64,7 +64,7 @@ impl Client {
     }
 }
 
-async fn exchange(conn: &mut Conn, payload: &[u8]) -> Result<Vec<u8>, CallError> {
+async fn exchange(conn: &mut Conn<FramePing>, payload: &[u8]) -> Result<Vec<u8>, CallError> {
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|&n| n <= MAX_PAYLOAD)
@@ -104,11 +104,11 @@ async fn handle(mut sock: TcpStream) -> std::io::Result<()> {
     sock.set_nodelay(true)?;
     for _ in 0..25 {
         let mut kind = sock.read_u8().await?;
-        while kind == FrameHeartbeat::PING {
+        while kind == FramePing::PING {
             let mut rest = [0u8; 7];
             sock.read_exact(&mut rest).await?;
             let mut pong = [0u8; 8];
-            pong[0] = FrameHeartbeat::PONG;
+            pong[0] = FramePing::PONG;
             pong[1..].copy_from_slice(&rest);
             sock.write_all(&pong).await?;
             kind = sock.read_u8().await?;
@@ -140,7 +140,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = Pool::builder(addr)
         .max_size(4)
         .min_idle(2)
-        .heartbeat(FrameHeartbeat::new())
+        .protocol(FramePing::new())
         .heartbeat_interval(Duration::from_millis(500))
         .heartbeat_timeout(Duration::from_millis(200))
         .build()?;

@@ -34,8 +34,8 @@ pub use pool::builder::{Builder, IntoAddr};
 pub use pool::error::{BuildError, Error, TimeoutPhase};
 pub use pool::{Pool, Status};
 pub use protocol::{
-    Driven, Driver, DriverEnd, FrameHeartbeat, Heartbeat, HeartbeatError, Hosted, HostedConn,
-    IdleVerdict, Protocol, Raw, RedisHeartbeat, SetupError, discard_idle,
+    Driven, Driver, DriverEnd, FramePing, HeartbeatError, Hosted, HostedConn, IdleVerdict,
+    Protocol, Raw, RedisPing, SetupError, discard_idle,
 };
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]

@@ -9,9 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use livepool::{
-    Balancer, BalancerEventKind, BalancerEvents, BreakerConfig, Ejection, FrameHeartbeat,
-};
+use livepool::{Balancer, BalancerEventKind, BalancerEvents, BreakerConfig, Ejection, FramePing};
 use support::hosts::HostsGuard;
 use support::netns::Netns;
 use support::*;
@@ -296,7 +294,7 @@ fn one_refusing_one_blackholed_one_healthy_endpoint() {
                 .min_idle(1)
                 .connect_timeout(Some(300 * MS))
                 .wait_timeout(Some(Duration::from_secs(5)))
-                .heartbeat(FrameHeartbeat::new())
+                .protocol(FramePing::new())
                 .heartbeat_interval(200 * MS)
                 .heartbeat_timeout(150 * MS)
                 .reap_interval(50 * MS)

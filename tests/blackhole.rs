@@ -12,14 +12,14 @@ use std::error::Error as _;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use livepool::{BreakerConfig, Conn, EvictReason, FrameHeartbeat, Pool};
+use livepool::{BreakerConfig, Conn, EvictReason, FramePing, Pool};
 use support::netns::Netns;
 use support::{exchange, expect_eviction, idle_member, token, wait_until, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A ping/pong + echo server whose listening socket (and so every accepted socket) lives in
 /// namespace B; its tasks run on the calling runtime. A frame starting with
-/// [`FrameHeartbeat::PING`] gets a pong with the same seq and timestamp; any other frame is
+/// [`FramePing::PING`] gets a pong with the same seq and timestamp; any other frame is
 /// echoed. Stops when dropped.
 struct NsServer {
     addr: SocketAddr,
@@ -57,11 +57,11 @@ impl Drop for NsServer {
 }
 
 async fn serve(mut sock: tokio::net::TcpStream) {
-    let mut frame = [0u8; FrameHeartbeat::LEN];
+    let mut frame = [0u8; FramePing::LEN];
     while sock.read_exact(&mut frame).await.is_ok() {
-        let (kind, seq, ts) = FrameHeartbeat::decode(&frame);
-        if kind == FrameHeartbeat::PING {
-            frame = FrameHeartbeat::encode(FrameHeartbeat::PONG, seq, ts);
+        let (kind, seq, ts) = FramePing::decode(&frame);
+        if kind == FramePing::PING {
+            frame = FramePing::encode(FramePing::PONG, seq, ts);
         }
         if sock.write_all(&frame).await.is_err() {
             return;
@@ -87,7 +87,7 @@ fn heartbeat_finds_blackholed_peer() {
     Netns::run_in(&ns.a, || async {
         let server = NsServer::start(&ns);
         let pool = quiet_pool(server.addr)
-            .heartbeat(FrameHeartbeat::new())
+            .protocol(FramePing::new())
             .heartbeat_interval(interval)
             .heartbeat_timeout(timeout)
             .heartbeat_jitter(0.0)

@@ -194,7 +194,7 @@ async fn open_breaker_still_hands_out_healthy_idle_members() {
     let ms = Duration::from_millis(1);
     let pool = Pool::builder(server.addr)
         .max_size(2)
-        .heartbeat(livepool::FrameHeartbeat::new())
+        .protocol(livepool::FramePing::new())
         .heartbeat_interval(100 * ms)
         .heartbeat_timeout(50 * ms)
         .heartbeat_jitter(0.0)

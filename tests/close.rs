@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use livepool::{EvictReason, FrameHeartbeat, Pool};
+use livepool::{EvictReason, FramePing, Pool};
 use support::*;
 
 #[tokio::test]
@@ -37,7 +37,7 @@ async fn close_and_drop_leave_nothing_behind() {
         .max_size(2)
         .min_idle(1)
         .wait_timeout(None)
-        .heartbeat(FrameHeartbeat::new())
+        .protocol(FramePing::new())
         .heartbeat_interval(Duration::from_millis(50))
         .heartbeat_timeout(Duration::from_millis(20))
         .reap_interval(Duration::from_millis(10))

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use livepool::{BreakerConfig, FrameHeartbeat, Pool};
+use livepool::{BreakerConfig, FramePing, Pool};
 use proptest::prelude::*;
 
 const Z: Duration = Duration::ZERO;
 
-fn refused(b: livepool::Builder, field: &str) {
+fn refused<P: livepool::Protocol>(b: livepool::Builder<P>, field: &str) {
     match b.build() {
         Ok(_) => panic!("{field}: a bad value was accepted"),
         Err(e) => {
@@ -58,7 +58,7 @@ async fn every_bad_field_is_named() {
     refused(b().heartbeat_interval(Z), "heartbeat_interval");
     refused(b().heartbeat_timeout(Z), "heartbeat_timeout");
     refused(
-        b().heartbeat(FrameHeartbeat::new())
+        b().protocol(FramePing::new())
             .heartbeat_interval(Duration::from_secs(5))
             .heartbeat_timeout(Duration::from_secs(5)),
         "heartbeat_timeout",
@@ -130,7 +130,7 @@ proptest! {
             .max_size(max).min_idle(min)
             .idle_timeout(idle.map(Duration::from_millis))
             .max_lifetime(life.map(Duration::from_millis))
-            .heartbeat(FrameHeartbeat::new())
+            .protocol(FramePing::new())
             .heartbeat_interval(Duration::from_millis(hb_i))
             .heartbeat_timeout(Duration::from_millis(hb_t))
             .lifetime_jitter(jit)
@@ -156,40 +156,4 @@ async fn names_are_not_resolved_at_build() {
         .build()
         .expect("nothing is resolved at build()");
     assert_eq!(pool.status().size, 0);
-}
-
-/// A protocol of the test's own (no heartbeat): the raw bytes with a different type.
-#[derive(Clone, Debug, Default)]
-struct Plain;
-
-impl livepool::Protocol for Plain {
-    type Conn = livepool::Io;
-    fn io(conn: &livepool::Io) -> &livepool::Io {
-        conn
-    }
-    fn io_mut(conn: &mut livepool::Io) -> &mut livepool::Io {
-        conn
-    }
-    async fn setup(&self, io: livepool::Io) -> Result<livepool::Io, livepool::SetupError> {
-        Ok(io)
-    }
-}
-
-/// `.heartbeat(h).protocol(X)` would run without the ping asked for: refused, not dropped.
-#[tokio::test]
-async fn a_raw_heartbeat_replaced_by_a_protocol_is_refused() {
-    let err = b()
-        .heartbeat(FrameHeartbeat::new())
-        .protocol(Plain)
-        .build()
-        .expect_err("the heartbeat would be dropped silently");
-    assert_eq!(err.field(), "heartbeat", "{err}");
-    // Replaced by the raw protocol again (with its own heartbeat, or none): as asked.
-    assert!(
-        b().heartbeat(FrameHeartbeat::new())
-            .protocol(livepool::Raw::new())
-            .build()
-            .is_ok()
-    );
-    assert!(b().protocol(Plain).build().is_ok());
 }

@@ -7,14 +7,14 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use livepool::{BreakerConfig, BreakerState, EvictReason, FrameHeartbeat, Pool};
+use livepool::{BreakerConfig, BreakerState, EvictReason, FramePing, Pool};
 use support::*;
 
 const MS: Duration = Duration::from_millis(1);
 
-fn builder(server: &FaultServer) -> livepool::Builder {
+fn builder(server: &FaultServer) -> livepool::Builder<FramePing> {
     Pool::builder(server.addr)
-        .heartbeat(FrameHeartbeat::new())
+        .protocol(FramePing::new())
         .heartbeat_interval(150 * MS)
         .heartbeat_timeout(100 * MS)
         .heartbeat_jitter(0.0)

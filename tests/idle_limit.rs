@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use livepool::{EvictReason, FrameHeartbeat, Pool, RedisHeartbeat};
+use livepool::{EvictReason, FramePing, Pool, RedisPing};
 use support::redis_server::{RedisOptions, RedisServer};
 use support::{Captured, capture_logs, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,7 +36,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const WARNING: &str = "server_idle_limit_ms=";
 
 /// A loopback server that closes (FIN) every connection on which it has read nothing for
-/// `limit` since the accept or the last frame. It answers `FrameHeartbeat` pings with their
+/// `limit` since the accept or the last frame. It answers `FramePing` pings with their
 /// pong and echoes other 8-byte frames. Returns its address and how many it closed so.
 async fn idle_closing_server(limit: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -56,9 +56,9 @@ async fn idle_closing_server(limit: Duration) -> (SocketAddr, Arc<AtomicUsize>) 
                         }
                         Ok(Err(_)) => return, // the client closed it
                         Ok(Ok(_)) => {
-                            let (kind, seq, ts) = FrameHeartbeat::decode(&frame);
-                            if kind == FrameHeartbeat::PING {
-                                frame = FrameHeartbeat::encode(FrameHeartbeat::PONG, seq, ts);
+                            let (kind, seq, ts) = FramePing::decode(&frame);
+                            if kind == FramePing::PING {
+                                frame = FramePing::encode(FramePing::PONG, seq, ts);
                             }
                             if sock.write_all(&frame).await.is_err() {
                                 return;
@@ -73,8 +73,8 @@ async fn idle_closing_server(limit: Duration) -> (SocketAddr, Arc<AtomicUsize>) 
 }
 
 /// Polls the pool's statistics every 10 ms until `cond` holds; panics after `secs` seconds.
-async fn wait_for(
-    pool: &Pool,
+async fn wait_for<P: livepool::Protocol>(
+    pool: &Pool<P>,
     secs: u64,
     what: &str,
     cond: impl Fn(&livepool::Statistics) -> bool,
@@ -98,7 +98,12 @@ fn warnings(log: &Captured) -> Vec<String> {
 
 /// Waits for the detection, checks the figure against the server's `limit`, lets the churn
 /// go on for a few more closes and checks that the warning came once. Returns it.
-async fn detect_and_warn_once(pool: &Pool, log: &Captured, limit: Duration, secs: u64) -> String {
+async fn detect_and_warn_once<P: livepool::Protocol>(
+    pool: &Pool<P>,
+    log: &Captured,
+    limit: Duration,
+    secs: u64,
+) -> String {
     wait_for(
         pool,
         secs,
@@ -165,7 +170,7 @@ async fn no_limit_is_reported_while_heartbeats_keep_members_open() {
     let (addr, closed) = idle_closing_server(limit).await;
     let pool = Pool::builder(addr)
         .min_idle(2)
-        .heartbeat(FrameHeartbeat::new())
+        .protocol(FramePing::new())
         .heartbeat_interval(100 * MS)
         .heartbeat_timeout(50 * MS)
         .reap_interval(20 * MS)
@@ -194,7 +199,7 @@ async fn redis_timeout_is_detected_and_warned_about_once() {
     };
     let pool = Pool::builder(redis.addr())
         .min_idle(2)
-        .heartbeat(RedisHeartbeat)
+        .protocol(RedisPing)
         .heartbeat_interval(Duration::from_secs(5))
         .heartbeat_timeout(Duration::from_secs(1))
         .build()

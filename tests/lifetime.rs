@@ -6,7 +6,7 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use livepool::{EvictReason, FrameHeartbeat, Pool};
+use livepool::{EvictReason, FramePing, Pool};
 use support::*;
 use tokio::time::advance;
 
@@ -149,7 +149,7 @@ async fn lifetime_jitter_spreads_expiry() {
 async fn heartbeats_are_scheduled_per_interval_and_keep_members() {
     let server = FaultServer::start().await;
     let pool = builder(server.addr)
-        .heartbeat(FrameHeartbeat::new())
+        .protocol(FramePing::new())
         .heartbeat_interval(10 * SEC)
         .heartbeat_timeout(2 * SEC)
         .idle_timeout(None)

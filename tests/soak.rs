@@ -39,9 +39,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
-use livepool::{
-    BreakerConfig, FrameHeartbeat, Heartbeat, HeartbeatError, Io, Pool, Protocol, SetupError,
-};
+use livepool::{BreakerConfig, FramePing, HeartbeatError, Io, Pool, Protocol, SetupError};
 use parking_lot::Mutex;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -70,10 +68,10 @@ fn rng(seed: &mut u64) -> u64 {
 }
 
 /// The fault server's frames with one setup step: ask the server for its id of the
-/// connection. Otherwise raw bytes with the frame heartbeat, as `Raw` with `FrameHeartbeat`.
+/// connection. Otherwise raw bytes pinged as `FramePing` pings.
 #[derive(Debug)]
 struct Soak {
-    heartbeat: FrameHeartbeat,
+    heartbeat: FramePing,
 }
 
 struct SoakConn {
@@ -112,7 +110,7 @@ impl Protocol for Soak {
     }
 
     async fn heartbeat(&self, conn: &mut SoakConn) -> Result<(), HeartbeatError> {
-        self.heartbeat.beat(&mut conn.io).await
+        self.heartbeat.ping(&mut conn.io).await
     }
 }
 
@@ -134,7 +132,7 @@ async fn fault_matrix_soak() {
 
     let pool = Pool::builder(addr)
         .protocol(Soak {
-            heartbeat: FrameHeartbeat::new(),
+            heartbeat: FramePing::new(),
         })
         .max_size(8)
         .min_idle(2)

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use livepool::{EvictReason, FrameHeartbeat, Pool};
+use livepool::{EvictReason, FramePing, Pool};
 use parking_lot::Mutex;
 use support::tls::TestCerts;
 use support::{expect_eviction, token, wait_until, within};
@@ -98,7 +98,7 @@ impl TlsServer {
     }
 }
 
-async fn echo(conn: &mut livepool::Conn, n: u64) -> [u8; 8] {
+async fn echo(conn: &mut livepool::Io, n: u64) -> [u8; 8] {
     conn.write_all(&token(n)).await.expect("write");
     let mut reply = [0u8; 8];
     conn.read_exact(&mut reply).await.expect("read");
@@ -211,7 +211,7 @@ async fn heartbeats_run_through_tls() {
     let server = TlsServer::start().await;
     let pool = server
         .pool()
-        .heartbeat(FrameHeartbeat::new())
+        .protocol(FramePing::new())
         .heartbeat_interval(Duration::from_millis(100))
         .heartbeat_timeout(Duration::from_millis(90))
         .heartbeat_jitter(0.0)

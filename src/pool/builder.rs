@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::pool::Pool;
 use crate::pool::config::Config;
 use crate::pool::error::BuildError;
-use crate::protocol::{Heartbeat, Protocol, Raw};
+use crate::protocol::{Protocol, Raw};
 use crate::transport::{Endpoint, Target};
 
 /// An endpoint address. Nothing is resolved here: a host name is resolved again at every
@@ -101,9 +101,6 @@ pub struct Builder<P: Protocol = Raw> {
     endpoint: Result<Endpoint, String>,
     config: Config,
     protocol: P,
-    /// A raw heartbeat was set (`Builder::heartbeat`) and then a protocol replaced `Raw`:
-    /// `build` refuses, rather than run without the ping the caller asked for.
-    dropped_heartbeat: bool,
     #[cfg(feature = "tls")]
     tls: Option<Result<crate::transport::tls::TlsSettings, String>>,
 }
@@ -115,25 +112,10 @@ impl Builder<Raw> {
         Builder {
             config: Config::new(endpoint.clone().unwrap_or(placeholder)),
             endpoint,
-            protocol: Raw::new(),
-            dropped_heartbeat: false,
+            protocol: Raw,
             #[cfg(feature = "tls")]
             tls: None,
         }
-    }
-
-    /// A ping for idle members of the raw protocol, run every `heartbeat_interval` with its
-    /// own `heartbeat_timeout` (the same as `.protocol(Raw::new().heartbeat(h))`). Without
-    /// it, idle raw members get no heartbeat.
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:6379").heartbeat(livepool::RedisHeartbeat);
-    /// ```
-    /// Default: none. It belongs to the raw protocol: a `.protocol(..)` after it makes
-    /// `build()` fail (give that protocol its own heartbeat instead).
-    pub fn heartbeat(mut self, heartbeat: impl Heartbeat) -> Self {
-        self.protocol = self.protocol.heartbeat(heartbeat);
-        self
     }
 }
 
@@ -144,25 +126,19 @@ impl<P: Protocol> Builder<P> {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let pool: livepool::Pool<livepool::Raw> = livepool::Pool::builder("127.0.0.1:1")
-    ///     .protocol(livepool::Raw::new().heartbeat(livepool::FrameHeartbeat::new()))
+    /// let pool: livepool::Pool<livepool::RedisPing> = livepool::Pool::builder("127.0.0.1:1")
+    ///     .protocol(livepool::RedisPing)
     ///     .build()
     ///     .unwrap();
     /// # }
     /// ```
-    /// Default: [`Raw`] without a heartbeat.
+    /// Default: [`Raw`] (raw bytes, no heartbeat). [`FramePing`](crate::FramePing) and
+    /// [`RedisPing`](crate::RedisPing) are raw bytes with a ping.
     pub fn protocol<Q: Protocol>(self, protocol: Q) -> Builder<Q> {
-        // Only the raw protocol takes `Builder::heartbeat`; replacing it drops that ping.
-        let raw = |t| t == std::any::TypeId::of::<Raw>();
-        let dropped = self.dropped_heartbeat
-            || (raw(std::any::TypeId::of::<P>())
-                && !raw(std::any::TypeId::of::<Q>())
-                && self.protocol.has_heartbeat());
         Builder {
             endpoint: self.endpoint,
             config: self.config,
             protocol,
-            dropped_heartbeat: dropped,
             #[cfg(feature = "tls")]
             tls: self.tls,
         }
@@ -504,13 +480,6 @@ impl<P: Protocol> Builder<P> {
     /// # }
     /// ```
     pub fn build(self) -> Result<Pool<P>, BuildError> {
-        if self.dropped_heartbeat {
-            return Err(BuildError::new(
-                "heartbeat",
-                "a raw heartbeat was set, then `.protocol(..)` replaced the raw protocol: \
-                 give the protocol its own heartbeat (`Protocol::heartbeat`)",
-            ));
-        }
         let mut config = self.config;
         config.endpoint = self.endpoint.map_err(|e| BuildError::new("addr", e))?;
         config.has_heartbeat = self.protocol.has_heartbeat();

@@ -1,13 +1,14 @@
-//! Heartbeats for the raw protocol: a ping with its own deadline, run by the reaper on idle
-//! members through the member's [`Io`] (so over TLS too).
+//! Ready-made pings: two protocols for raw bytes that ping idle members, and the error every
+//! heartbeat returns.
 //!
-//! The pool wraps every [`Heartbeat::beat`] in its own `tokio::time::timeout`, so a beat does
-//! not need a timeout of its own. A beat may be dropped at any `.await`; the pool then evicts
-//! the connection, so leaving a half-written ping or a half-read pong behind is acceptable.
+//! There is one way to ping: [`Protocol::heartbeat`](crate::Protocol::heartbeat). [`FramePing`]
+//! (a small binary ping/pong frame) and [`RedisPing`] (`PING` → `+PONG`) are protocols whose
+//! connection is the [`Io`] itself, like [`Raw`](crate::Raw), and whose heartbeat is that
+//! ping. A protocol of your own can call their [`ping`](RedisPing::ping) from its heartbeat.
 //!
-//! Two heartbeats are built in: [`FrameHeartbeat`] (a small binary ping/pong frame) and
-//! [`RedisHeartbeat`] (`PING` → `+PONG`). A protocol with its own connection type pings in
-//! [`Protocol::heartbeat`](crate::Protocol::heartbeat) instead.
+//! The pool bounds every heartbeat with `heartbeat_timeout`, so a ping has no timeout of its
+//! own. It may be dropped at any `.await`; the pool then evicts the connection, so leaving a
+//! half-written ping or a half-read pong behind is acceptable.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -19,57 +20,6 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::io::Io;
-
-/// A protocol-level ping performed on an idle connection.
-///
-/// Implementations must be object safe; the pool stores an
-/// `Arc<dyn Heartbeat>` and calls [`beat`](Heartbeat::beat) from its
-/// background reaper while the connection sits idle.
-///
-/// # Rules for implementors
-///
-/// * Do not add a timeout: the pool already bounds every beat.
-/// * Being dropped halfway through is fine; the pool evicts the connection
-///   when a beat fails or is cancelled.
-/// * Read only the bytes of the expected reply, so that a healthy connection
-///   is left with nothing unread.
-///
-/// # Example
-///
-/// A heartbeat that wraps a built-in one and counts successful beats:
-///
-/// ```
-/// use std::sync::Arc;
-/// use std::sync::atomic::{AtomicU64, Ordering};
-///
-/// use livepool::{Heartbeat, HeartbeatError, Io, RedisHeartbeat};
-///
-/// #[derive(Debug, Default)]
-/// struct CountingRedis {
-///     ok: AtomicU64,
-/// }
-///
-/// #[async_trait::async_trait]
-/// impl Heartbeat for CountingRedis {
-///     async fn beat(&self, io: &mut Io) -> Result<(), HeartbeatError> {
-///         RedisHeartbeat.beat(io).await?;
-///         self.ok.fetch_add(1, Ordering::Relaxed);
-///         Ok(())
-///     }
-/// }
-///
-/// // The pool stores heartbeats as trait objects.
-/// let heartbeat: Arc<dyn Heartbeat> = Arc::new(CountingRedis::default());
-/// # let _ = heartbeat;
-/// ```
-#[async_trait::async_trait]
-pub trait Heartbeat: Send + Sync + fmt::Debug + 'static {
-    /// Performs one protocol ping on an idle connection.
-    ///
-    /// Returns `Ok(())` when the peer answered correctly; any error makes the
-    /// pool evict the connection.
-    async fn beat(&self, io: &mut Io) -> Result<(), HeartbeatError>;
-}
 
 /// Why a heartbeat failed.
 ///
@@ -198,7 +148,7 @@ impl From<io::Error> for HeartbeatError {
     }
 }
 
-/// Mask for the 24-bit timestamp carried in a [`FrameHeartbeat`] frame.
+/// Mask for the 24-bit timestamp carried in a [`FramePing`] frame.
 const TS_MASK: u32 = 0x00FF_FFFF;
 
 /// Milliseconds since a process-wide monotonic base, truncated to 24 bits.
@@ -209,7 +159,9 @@ fn now_ms24() -> u32 {
     (base.elapsed().as_millis() as u32) & TS_MASK
 }
 
-/// A heartbeat using a fixed 8-byte binary ping/pong frame.
+/// Raw bytes, with idle members pinged by a fixed 8-byte binary ping/pong frame: a protocol
+/// whose connection is the [`Io`] itself and whose setup does nothing, like
+/// [`Raw`](crate::Raw).
 ///
 /// Frame layout (all integers big-endian):
 ///
@@ -226,24 +178,25 @@ fn now_ms24() -> u32 {
 /// with wrapping arithmetic. The timestamp is informational: the heartbeat
 /// logs the round-trip time at `trace` level but does not validate it.
 ///
-/// Each [`beat`](Heartbeat::beat) sends a ping with the next sequence number
+/// Each [`ping`](Self::ping) sends a ping with the next sequence number
 /// (starting at 1 and wrapping) and expects a pong with the same sequence
 /// number. A server answers by sending back the frame with the type changed
 /// to `PONG`.
 ///
 /// # Example
 ///
-/// Client side, given an idle connection:
+/// Client side: a pool whose idle members are pinged every `heartbeat_interval`, and one
+/// ping by hand:
 ///
 /// ```no_run
-/// use livepool::{FrameHeartbeat, Heartbeat};
+/// use livepool::FramePing;
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let pool = livepool::Pool::builder("127.0.0.1:7000")
-///     .heartbeat(FrameHeartbeat::new())
+///     .protocol(FramePing::new())
 ///     .build()?;
 /// let mut conn = pool.get().await?;
-/// FrameHeartbeat::new().beat(&mut conn).await?;
+/// FramePing::new().ping(&mut conn).await?;
 /// # Ok(())
 /// # }
 /// ```
@@ -251,43 +204,43 @@ fn now_ms24() -> u32 {
 /// Server side, turning a ping into its pong:
 ///
 /// ```
-/// use livepool::FrameHeartbeat;
+/// use livepool::FramePing;
 ///
-/// let ping = FrameHeartbeat::encode(FrameHeartbeat::PING, 7, 1234);
-/// let (kind, seq, ts) = FrameHeartbeat::decode(&ping);
-/// assert_eq!(kind, FrameHeartbeat::PING);
-/// let pong = FrameHeartbeat::encode(FrameHeartbeat::PONG, seq, ts);
-/// assert_eq!(FrameHeartbeat::decode(&pong), (FrameHeartbeat::PONG, 7, 1234));
+/// let ping = FramePing::encode(FramePing::PING, 7, 1234);
+/// let (kind, seq, ts) = FramePing::decode(&ping);
+/// assert_eq!(kind, FramePing::PING);
+/// let pong = FramePing::encode(FramePing::PONG, seq, ts);
+/// assert_eq!(FramePing::decode(&pong), (FramePing::PONG, 7, 1234));
 /// ```
 #[derive(Debug, Default)]
-pub struct FrameHeartbeat {
+pub struct FramePing {
     seq: AtomicU32,
 }
 
-impl FrameHeartbeat {
+impl FramePing {
     /// Frame type of a ping (client to server).
     ///
     /// ```
-    /// assert_eq!(livepool::FrameHeartbeat::PING, 0x01);
+    /// assert_eq!(livepool::FramePing::PING, 0x01);
     /// ```
     pub const PING: u8 = 0x01;
     /// Frame type of a pong (server to client).
     ///
     /// ```
-    /// assert_eq!(livepool::FrameHeartbeat::PONG, 0x02);
+    /// assert_eq!(livepool::FramePing::PONG, 0x02);
     /// ```
     pub const PONG: u8 = 0x02;
     /// Length of a frame in bytes.
     ///
     /// ```
-    /// assert_eq!(livepool::FrameHeartbeat::LEN, 8);
+    /// assert_eq!(livepool::FramePing::LEN, 8);
     /// ```
     pub const LEN: usize = 8;
 
     /// Creates a heartbeat whose first ping carries sequence number 1.
     ///
     /// ```
-    /// let hb = livepool::FrameHeartbeat::new();
+    /// let hb = livepool::FramePing::new();
     /// ```
     pub fn new() -> Self {
         Self::default()
@@ -296,9 +249,9 @@ impl FrameHeartbeat {
     /// Encodes a frame. Only the low 24 bits of `timestamp_ms` are kept.
     ///
     /// ```
-    /// use livepool::FrameHeartbeat;
-    /// let f = FrameHeartbeat::encode(FrameHeartbeat::PING, 7, 1234);
-    /// assert_eq!(f.len(), FrameHeartbeat::LEN);
+    /// use livepool::FramePing;
+    /// let f = FramePing::encode(FramePing::PING, 7, 1234);
+    /// assert_eq!(f.len(), FramePing::LEN);
     /// ```
     pub fn encode(kind: u8, seq: u32, timestamp_ms: u32) -> [u8; 8] {
         let seq = seq.to_be_bytes();
@@ -311,9 +264,9 @@ impl FrameHeartbeat {
     /// The kind byte is returned as is, without validation.
     ///
     /// ```
-    /// use livepool::FrameHeartbeat;
-    /// let f = FrameHeartbeat::encode(FrameHeartbeat::PONG, 7, 1234);
-    /// assert_eq!(FrameHeartbeat::decode(&f), (FrameHeartbeat::PONG, 7, 1234));
+    /// use livepool::FramePing;
+    /// let f = FramePing::encode(FramePing::PONG, 7, 1234);
+    /// assert_eq!(FramePing::decode(&f), (FramePing::PONG, 7, 1234));
     /// ```
     pub fn decode(frame: &[u8; 8]) -> (u8, u32, u32) {
         let seq = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]);
@@ -326,9 +279,18 @@ impl FrameHeartbeat {
     }
 }
 
-#[async_trait::async_trait]
-impl Heartbeat for FrameHeartbeat {
-    async fn beat(&self, io: &mut Io) -> Result<(), HeartbeatError> {
+impl FramePing {
+    /// One ping on `io`: the next sequence number out, its pong back.
+    ///
+    /// # Errors
+    /// [`HeartbeatError`]: an I/O error, the peer closed, or a pong that is not the answer.
+    ///
+    /// ```no_run
+    /// # async fn demo(io: &mut livepool::Io) -> Result<(), livepool::HeartbeatError> {
+    /// livepool::FramePing::new().ping(io).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn ping(&self, io: &mut Io) -> Result<(), HeartbeatError> {
         let seq = self.next_seq();
         let ping = Self::encode(Self::PING, seq, now_ms24());
         io.write_all(&ping).await?;
@@ -348,12 +310,15 @@ impl Heartbeat for FrameHeartbeat {
             )));
         }
         let rtt_ms = now_ms24().wrapping_sub(ts) & TS_MASK;
-        tracing::trace!(seq, rtt_ms, "frame heartbeat ok");
+        tracing::trace!(seq, rtt_ms, "frame ping ok");
         Ok(())
     }
 }
 
-/// A heartbeat for Redis (RESP) servers: sends `PING`, expects `+PONG`.
+/// Raw bytes to a Redis (RESP) server, with idle members pinged by `PING` → `+PONG`: a
+/// protocol whose connection is the [`Io`] itself and whose setup does nothing, like
+/// [`Raw`](crate::Raw). For a Redis client, use the `livepool-redis` crate instead; this is
+/// for raw RESP traffic and for protocols of your own that call [`ping`](Self::ping).
 ///
 /// The command is sent as the RESP array `*1\r\n$4\r\nPING\r\n` and exactly
 /// the 7 bytes `+PONG\r\n` are read back. Anything else is a
@@ -362,35 +327,43 @@ impl Heartbeat for FrameHeartbeat {
 /// bytes, stopping at CRLF) is included in the message.
 ///
 /// Note that a connection in RESP3 push mode or inside `SUBSCRIBE` answers
-/// `PING` differently; do not use this heartbeat for such connections.
+/// `PING` differently; do not use this ping for such connections.
 ///
 /// # Example
 ///
 /// ```no_run
-/// use std::sync::Arc;
-/// use livepool::{Heartbeat, RedisHeartbeat};
+/// use livepool::RedisPing;
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// let heartbeat: Arc<dyn Heartbeat> = Arc::new(RedisHeartbeat);
-/// let pool = livepool::Pool::builder("127.0.0.1:6379").build()?;
+/// let pool = livepool::Pool::builder("127.0.0.1:6379").protocol(RedisPing).build()?;
 /// let mut conn = pool.get().await?;
-/// heartbeat.beat(&mut conn).await?;
+/// RedisPing.ping(&mut conn).await?;
 /// # Ok(())
 /// # }
 /// ```
 #[derive(Debug, Default, Clone, Copy)]
-pub struct RedisHeartbeat;
+pub struct RedisPing;
 
-impl RedisHeartbeat {
+impl RedisPing {
     const PING: &'static [u8] = b"*1\r\n$4\r\nPING\r\n";
     const PONG: &'static [u8; 7] = b"+PONG\r\n";
     /// Maximum number of reply bytes quoted in an error message.
     const QUOTE_MAX: usize = 32;
 }
 
-#[async_trait::async_trait]
-impl Heartbeat for RedisHeartbeat {
-    async fn beat(&self, io: &mut Io) -> Result<(), HeartbeatError> {
+impl RedisPing {
+    /// One `PING` on `io`, and its `+PONG` read back.
+    ///
+    /// # Errors
+    /// [`HeartbeatError`]: an I/O error, the peer closed, or any reply but `+PONG` (a Redis
+    /// error's text is quoted).
+    ///
+    /// ```no_run
+    /// # async fn demo(io: &mut livepool::Io) -> Result<(), livepool::HeartbeatError> {
+    /// livepool::RedisPing.ping(io).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn ping(&self, io: &mut Io) -> Result<(), HeartbeatError> {
         io.write_all(Self::PING).await?;
 
         let mut reply = [0u8; Self::QUOTE_MAX];
@@ -428,6 +401,9 @@ impl Heartbeat for RedisHeartbeat {
     }
 }
 
+raw_protocol!(FramePing, ping);
+raw_protocol!(RedisPing, ping);
+
 fn contains_crlf(bytes: &[u8]) -> bool {
     bytes.windows(2).any(|w| w == b"\r\n")
 }
@@ -437,7 +413,6 @@ mod tests {
     use super::*;
 
     use std::future::Future;
-    use std::sync::Arc;
     use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -475,8 +450,8 @@ mod tests {
     async fn frame_server(mut sock: TcpStream, respond: fn([u8; 8]) -> [u8; 8]) {
         let mut ping = [0u8; 8];
         while sock.read_exact(&mut ping).await.is_ok() {
-            let (kind, _, _) = FrameHeartbeat::decode(&ping);
-            assert_eq!(kind, FrameHeartbeat::PING, "client sent a non-ping frame");
+            let (kind, _, _) = FramePing::decode(&ping);
+            assert_eq!(kind, FramePing::PING, "client sent a non-ping frame");
             if sock.write_all(&respond(ping)).await.is_err() {
                 break;
             }
@@ -484,8 +459,8 @@ mod tests {
     }
 
     fn echo_pong(ping: [u8; 8]) -> [u8; 8] {
-        let (_, seq, ts) = FrameHeartbeat::decode(&ping);
-        FrameHeartbeat::encode(FrameHeartbeat::PONG, seq, ts)
+        let (_, seq, ts) = FramePing::decode(&ping);
+        FramePing::encode(FramePing::PONG, seq, ts)
     }
 
     /// Reads one Redis PING and answers with `reply`.
@@ -509,26 +484,23 @@ mod tests {
     #[test]
     fn encode_decode_round_trip() {
         for (kind, seq, ts) in [
-            (FrameHeartbeat::PING, 0, 0),
-            (FrameHeartbeat::PONG, 1, 1),
-            (FrameHeartbeat::PING, u32::MAX, TS_MASK),
-            (FrameHeartbeat::PONG, 0x0102_0304, 0x00a0_b0c0),
+            (FramePing::PING, 0, 0),
+            (FramePing::PONG, 1, 1),
+            (FramePing::PING, u32::MAX, TS_MASK),
+            (FramePing::PONG, 0x0102_0304, 0x00a0_b0c0),
         ] {
-            let frame = FrameHeartbeat::encode(kind, seq, ts);
-            assert_eq!(frame.len(), FrameHeartbeat::LEN);
-            assert_eq!(FrameHeartbeat::decode(&frame), (kind, seq, ts));
+            let frame = FramePing::encode(kind, seq, ts);
+            assert_eq!(frame.len(), FramePing::LEN);
+            assert_eq!(FramePing::decode(&frame), (kind, seq, ts));
         }
         // Layout is fixed and big-endian.
         assert_eq!(
-            FrameHeartbeat::encode(0x01, 0x0102_0304, 0x0005_0607),
+            FramePing::encode(0x01, 0x0102_0304, 0x0005_0607),
             [0x01, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07]
         );
         // Only the low 24 bits of the timestamp survive.
-        let frame = FrameHeartbeat::encode(FrameHeartbeat::PING, 9, 0xFF12_3456);
-        assert_eq!(
-            FrameHeartbeat::decode(&frame),
-            (FrameHeartbeat::PING, 9, 0x12_3456)
-        );
+        let frame = FramePing::encode(FramePing::PING, 9, 0xFF12_3456);
+        assert_eq!(FramePing::decode(&frame), (FramePing::PING, 9, 0x12_3456));
     }
 
     #[test]
@@ -552,19 +524,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn heartbeats_are_object_safe() {
-        let all: Vec<Arc<dyn Heartbeat>> =
-            vec![Arc::new(FrameHeartbeat::new()), Arc::new(RedisHeartbeat)];
-        assert_eq!(all.len(), 2);
-    }
-
     #[tokio::test]
     async fn frame_heartbeat_against_echo_server() {
         let (mut client, _server) = pair(|s| frame_server(s, echo_pong)).await;
-        let hb = FrameHeartbeat::new();
+        let hb = FramePing::new();
         for expected_seq in 1..=5u32 {
-            within("frame beat", hb.beat(&mut client))
+            within("frame ping", hb.ping(&mut client))
                 .await
                 .unwrap_or_else(|e| panic!("beat {expected_seq} failed: {e:?}"));
             assert_eq!(hb.seq.load(Ordering::Relaxed), expected_seq);
@@ -577,7 +542,7 @@ mod tests {
         let (mut client, _server) = pair(move |mut sock| async move {
             let mut ping = [0u8; 8];
             while sock.read_exact(&mut ping).await.is_ok() {
-                let (_, seq, _) = FrameHeartbeat::decode(&ping);
+                let (_, seq, _) = FramePing::decode(&ping);
                 let _ = tx.send(seq);
                 if sock.write_all(&echo_pong(ping)).await.is_err() {
                     break;
@@ -585,9 +550,9 @@ mod tests {
             }
         })
         .await;
-        let hb = FrameHeartbeat::new();
+        let hb = FramePing::new();
         for _ in 0..3 {
-            within("frame beat", hb.beat(&mut client))
+            within("frame ping", hb.ping(&mut client))
                 .await
                 .expect("beat against echo server");
         }
@@ -601,11 +566,11 @@ mod tests {
     #[tokio::test]
     async fn frame_heartbeat_wrong_type_is_bad_reply() {
         fn wrong_type(ping: [u8; 8]) -> [u8; 8] {
-            let (_, seq, ts) = FrameHeartbeat::decode(&ping);
-            FrameHeartbeat::encode(0x7f, seq, ts)
+            let (_, seq, ts) = FramePing::decode(&ping);
+            FramePing::encode(0x7f, seq, ts)
         }
         let (mut client, _server) = pair(|s| frame_server(s, wrong_type)).await;
-        let err = within("frame beat", FrameHeartbeat::new().beat(&mut client))
+        let err = within("frame ping", FramePing::new().ping(&mut client))
             .await
             .expect_err("wrong type must fail");
         assert!(err.is_bad_reply(), "{err:?}");
@@ -618,11 +583,11 @@ mod tests {
     #[tokio::test]
     async fn frame_heartbeat_wrong_seq_is_bad_reply() {
         fn wrong_seq(ping: [u8; 8]) -> [u8; 8] {
-            let (_, seq, ts) = FrameHeartbeat::decode(&ping);
-            FrameHeartbeat::encode(FrameHeartbeat::PONG, seq.wrapping_add(41), ts)
+            let (_, seq, ts) = FramePing::decode(&ping);
+            FramePing::encode(FramePing::PONG, seq.wrapping_add(41), ts)
         }
         let (mut client, _server) = pair(|s| frame_server(s, wrong_seq)).await;
-        let err = within("frame beat", FrameHeartbeat::new().beat(&mut client))
+        let err = within("frame ping", FramePing::new().ping(&mut client))
             .await
             .expect_err("wrong seq must fail");
         assert!(err.is_bad_reply(), "{err:?}");
@@ -636,7 +601,7 @@ mod tests {
     async fn frame_heartbeat_server_closes() {
         let (mut client, server) = pair(|sock| async move { drop(sock) }).await;
         within("server task", server).await.expect("server task");
-        assert_closed_or_io(within("frame beat", FrameHeartbeat::new().beat(&mut client)).await);
+        assert_closed_or_io(within("frame ping", FramePing::new().ping(&mut client)).await);
     }
 
     #[tokio::test]
@@ -650,13 +615,13 @@ mod tests {
                 .expect("write half pong");
         })
         .await;
-        assert_closed_or_io(within("frame beat", FrameHeartbeat::new().beat(&mut client)).await);
+        assert_closed_or_io(within("frame ping", FramePing::new().ping(&mut client)).await);
     }
 
     #[tokio::test]
     async fn redis_heartbeat_pong_ok() {
         let (mut client, _server) = pair(|s| redis_server(s, b"+PONG\r\n")).await;
-        within("redis beat", RedisHeartbeat.beat(&mut client))
+        within("redis ping", RedisPing.ping(&mut client))
             .await
             .expect("+PONG must succeed");
     }
@@ -665,7 +630,7 @@ mod tests {
     async fn redis_heartbeat_error_reply_is_bad_reply() {
         let (mut client, _server) =
             pair(|s| redis_server(s, b"-LOADING Redis is loading the dataset in memory\r\n")).await;
-        let err = within("redis beat", RedisHeartbeat.beat(&mut client))
+        let err = within("redis ping", RedisPing.ping(&mut client))
             .await
             .expect_err("-LOADING must fail");
         assert!(err.is_bad_reply(), "{err:?}");
@@ -677,7 +642,7 @@ mod tests {
     #[tokio::test]
     async fn redis_heartbeat_short_error_reply_quotes_whole_line() {
         let (mut client, _server) = pair(|s| redis_server(s, b"-NOAUTH x\r\n")).await;
-        let err = within("redis beat", RedisHeartbeat.beat(&mut client))
+        let err = within("redis ping", RedisPing.ping(&mut client))
             .await
             .expect_err("-NOAUTH must fail");
         assert!(err.is_bad_reply(), "{err:?}");
@@ -689,7 +654,7 @@ mod tests {
     #[tokio::test]
     async fn redis_heartbeat_garbage_is_bad_reply() {
         let (mut client, _server) = pair(|s| redis_server(s, b"$5\r\nhello\r\n")).await;
-        let err = within("redis beat", RedisHeartbeat.beat(&mut client))
+        let err = within("redis ping", RedisPing.ping(&mut client))
             .await
             .expect_err("garbage must fail");
         assert!(err.is_bad_reply(), "{err:?}");
@@ -700,6 +665,6 @@ mod tests {
     async fn redis_heartbeat_peer_closed() {
         let (mut client, server) = pair(|sock| async move { drop(sock) }).await;
         within("server task", server).await.expect("server task");
-        assert_closed_or_io(within("redis beat", RedisHeartbeat.beat(&mut client)).await);
+        assert_closed_or_io(within("redis ping", RedisPing.ping(&mut client)).await);
     }
 }

@@ -15,6 +15,44 @@
 //! The checkout fast path stays one `recv(MSG_PEEK)`: protocol code runs only on setup,
 //! heartbeat, return, and when bytes are present.
 
+// `Protocol` for a raw-bytes type (its connection is the `Io` itself, setup does nothing),
+// with the type's own `ping` as its heartbeat when one is named. Defined before the modules
+// that use it.
+macro_rules! raw_protocol {
+    ($ty:ty $(, $ping:ident)?) => {
+        impl $crate::protocol::Protocol for $ty {
+            type Conn = $crate::io::Io;
+
+            fn io(conn: &$crate::io::Io) -> &$crate::io::Io {
+                conn
+            }
+
+            fn io_mut(conn: &mut $crate::io::Io) -> &mut $crate::io::Io {
+                conn
+            }
+
+            async fn setup(
+                &self,
+                io: $crate::io::Io,
+            ) -> Result<$crate::io::Io, $crate::protocol::SetupError> {
+                Ok(io)
+            }
+            $(
+            fn has_heartbeat(&self) -> bool {
+                true
+            }
+
+            async fn heartbeat(
+                &self,
+                conn: &mut $crate::io::Io,
+            ) -> Result<(), $crate::protocol::HeartbeatError> {
+                self.$ping(conn).await
+            }
+            )?
+        }
+    };
+}
+
 pub(crate) mod heartbeat;
 pub(crate) mod hosted;
 
@@ -22,9 +60,8 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
 
-pub use heartbeat::{FrameHeartbeat, Heartbeat, HeartbeatError, RedisHeartbeat};
+pub use heartbeat::{FramePing, HeartbeatError, RedisPing};
 pub use hosted::{Driven, Driver, DriverEnd, Hosted, HostedConn};
 
 use crate::io::Io;
@@ -228,66 +265,16 @@ pub(crate) fn evict_reason_of(e: &io::Error) -> EvictReason {
 }
 
 /// The default protocol: raw bytes. Its connection is the [`Io`] itself; setup does nothing;
-/// an optional [`Heartbeat`] pings idle members.
+/// idle members get no heartbeat. [`FramePing`] and [`RedisPing`] are raw bytes with a ping.
 ///
 /// ```
-/// let raw = livepool::Raw::new().heartbeat(livepool::FrameHeartbeat::new());
-/// # let _ = raw;
+/// let pool = livepool::Pool::builder("127.0.0.1:7000").protocol(livepool::Raw);
+/// # let _ = pool;
 /// ```
-#[derive(Clone, Debug, Default)]
-pub struct Raw {
-    heartbeat: Option<Arc<dyn Heartbeat>>,
-}
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Raw;
 
-impl Raw {
-    /// Raw bytes, no heartbeat.
-    ///
-    /// ```
-    /// let raw = livepool::Raw::new();
-    /// # let _ = raw;
-    /// ```
-    pub fn new() -> Self {
-        Raw::default()
-    }
-
-    /// Pings idle members with `heartbeat`.
-    ///
-    /// ```
-    /// let raw = livepool::Raw::new().heartbeat(livepool::RedisHeartbeat);
-    /// # let _ = raw;
-    /// ```
-    pub fn heartbeat(mut self, heartbeat: impl Heartbeat) -> Self {
-        self.heartbeat = Some(Arc::new(heartbeat));
-        self
-    }
-}
-
-impl Protocol for Raw {
-    type Conn = Io;
-
-    fn io(conn: &Io) -> &Io {
-        conn
-    }
-
-    fn io_mut(conn: &mut Io) -> &mut Io {
-        conn
-    }
-
-    async fn setup(&self, io: Io) -> Result<Io, SetupError> {
-        Ok(io)
-    }
-
-    fn has_heartbeat(&self) -> bool {
-        self.heartbeat.is_some()
-    }
-
-    async fn heartbeat(&self, conn: &mut Io) -> Result<(), HeartbeatError> {
-        match &self.heartbeat {
-            Some(hb) => hb.beat(conn).await,
-            None => Ok(()),
-        }
-    }
-}
+raw_protocol!(Raw);
 
 /// Why [`Protocol::setup`] could not make a connection ready.
 ///

@@ -556,8 +556,9 @@ pub fn token(n: u64) -> [u8; 8] {
     t
 }
 
-/// One request/response exchange on a pooled connection.
-pub async fn exchange(conn: &mut livepool::Conn, n: u64) -> std::io::Result<[u8; 8]> {
+/// One request/response exchange on a pooled connection (of any raw-bytes protocol: `Raw`,
+/// `FramePing`, …).
+pub async fn exchange(conn: &mut livepool::Io, n: u64) -> std::io::Result<[u8; 8]> {
     conn.write_all(&token(n)).await?;
     let mut buf = [0u8; 8];
     conn.read_exact(&mut buf).await?;
@@ -568,7 +569,10 @@ pub mod netns;
 
 /// Checks out one connection, does exchange `n` on it (asserting the echo), returns it to the
 /// pool idle; returns its local address.
-pub async fn idle_member(pool: &livepool::Pool, n: u64) -> SocketAddr {
+pub async fn idle_member<P: livepool::Protocol<Conn = livepool::Io>>(
+    pool: &livepool::Pool<P>,
+    n: u64,
+) -> SocketAddr {
     let mut c = within(5, "get", pool.get()).await.expect("get");
     let reply = within(5, "exchange", exchange(&mut c, n))
         .await
