@@ -143,7 +143,7 @@ impl Error {
     }
 
     /// A connect (or setup) that failed because this process ran out of a resource; `cause`
-    /// names it (see `breaker::blame`).
+    /// names it (see `transport::blame`).
     pub(crate) fn local_resource(endpoint: Arc<str>, cause: &'static str, e: io::Error) -> Self {
         Error {
             kind: Kind::LocalResource { cause },

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::breaker::{Admit, Blame, Outcome, blame};
+use crate::breaker::{Admit, Outcome};
 use crate::io::Io;
 use crate::member::state::Kind;
 use crate::member::{Checkout, Member, Shared};
@@ -19,7 +19,7 @@ use crate::pool::error::Error;
 use crate::pool::shared::PoolShared;
 use crate::protocol::{Protocol, SetupError};
 use crate::stats::EvictReason;
-use crate::transport::{self, Stream};
+use crate::transport::{self, Blame, Stream, blame};
 
 /// Creates and recycles pooled members for deadpool.
 pub(crate) struct Manager<P: Protocol> {

@@ -11,10 +11,11 @@
 use std::io;
 use std::sync::Arc;
 
-use crate::breaker::{Blame, Outcome, blame};
+use crate::breaker::Outcome;
 use crate::member::Shared;
 use crate::protocol::{HeartbeatError, Protocol};
 use crate::stats::EvictReason;
+use crate::transport::{Blame, blame};
 
 /// Returns the member if it is alive (to schedule its next heartbeat).
 pub(super) async fn beat<P: Protocol>(

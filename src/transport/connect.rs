@@ -260,7 +260,7 @@ impl ConnectError {
             | ConnectError {
                 failure: Failure::Attempts { last: Some(e), .. },
                 ..
-            } if matches!(crate::breaker::blame(&e), crate::breaker::Blame::Local(_)) => {
+            } if matches!(super::blame(&e), super::Blame::Local(_)) => {
                 io::Error::new(kind, Caused { message, source: e })
             }
             _ => io::Error::new(kind, message),

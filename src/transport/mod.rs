@@ -1,7 +1,9 @@
 //! The bottom layer: where to connect ([`Endpoint`]), the socket kinds (TCP, Unix), opening
 //! one connection (DNS at every connect, socket options, optional TLS), the byte stream over
-//! it ([`Stream`]) and the kernel probe. Nothing here knows about pools or protocols.
+//! it ([`Stream`]), the kernel probe, and whose fault a failed connect is (`blame.rs`: the
+//! endpoint's or this process's). Nothing here knows about pools or protocols.
 
+mod blame;
 pub(crate) mod connect;
 pub(crate) mod probe;
 pub(crate) mod runtime;
@@ -22,6 +24,7 @@ use tokio::io::ReadBuf;
 #[cfg(feature = "tls")]
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub(crate) use blame::{Blame, blame};
 pub(crate) use connect::{Target, TcpOptions};
 pub(crate) use socket::Socket;
 
