@@ -23,6 +23,7 @@
 //! reason whoever condemned it stored first.
 
 mod conn;
+mod idle;
 pub(crate) mod state;
 
 use std::fmt;
@@ -38,6 +39,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use conn::Conn;
+pub(crate) use idle::{MAX_IDLE_READS, read_idle_bytes};
 use state::{Kind, State, StateWord};
 
 use crate::jitter::share_of;

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::breaker::{Admit, Outcome};
 use crate::io::Io;
 use crate::member::state::Kind;
-use crate::member::{Checkout, Member, Shared};
+use crate::member::{Checkout, MAX_IDLE_READS, Member, Shared, read_idle_bytes};
 use crate::pool::error::Error;
 use crate::pool::shared::PoolShared;
 use crate::protocol::{Protocol, SetupError};
@@ -109,10 +109,9 @@ impl<P: Protocol> deadpool::managed::Manager for Manager<P> {
                     // Bytes on an idle member: the protocol reads them and decides.
                     Checkout::Bytes => {
                         idle_reads += 1;
-                        if idle_reads <= crate::reaper::MAX_IDLE_READS {
+                        if idle_reads <= MAX_IDLE_READS {
                             if sh.begin_busy(st) {
-                                Box::pin(crate::reaper::idle::read_idle_bytes(sh.clone(), true))
-                                    .await;
+                                Box::pin(read_idle_bytes(sh.clone(), true)).await;
                             }
                             continue;
                         }

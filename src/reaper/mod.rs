@@ -4,9 +4,9 @@
 //! - `watch.rs` — the **idle watch**: one small future per member (in a `FuturesUnordered`
 //!   inside this task, not a tokio task each, to keep the memory per idle connection small)
 //!   awaits the idle socket's readiness and condemns the member the moment the peer closes or
-//!   resets it; bytes that arrive go to the protocol (`idle.rs`).
-//! - `idle.rs` — **idle bytes**: the protocol reads them through its own stack, bounded by
-//!   `heartbeat_timeout`, and keeps or evicts the member.
+//!   resets it; bytes that arrive go to the protocol, which reads them through its own
+//!   stack, bounded by `heartbeat_timeout`, and keeps or evicts the member (a member
+//!   operation: `member/idle.rs`, which a checkout that finds bytes runs too).
 //! - `wheel.rs` + `turn.rs` — the **schedule** (`reap_interval` ticks): every member sits
 //!   on a timing wheel at the time it next needs a look (its heartbeat, its lifetime end, its
 //!   idle timeout), and each tick visits only the members that fall due, deciding for each
@@ -27,13 +27,10 @@
 //! idle member is still pinged at least once per interval.
 
 mod beat;
-pub(crate) mod idle;
 mod refill;
 mod turn;
 mod watch;
 mod wheel;
-
-pub(crate) use watch::MAX_IDLE_READS;
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -20,17 +20,12 @@ use futures_util::FutureExt;
 use tokio::io::Interest;
 use tokio::time::Instant;
 
-use super::idle::read_idle_bytes;
-use crate::member::Shared;
 use crate::member::state::{Kind, State};
+use crate::member::{MAX_IDLE_READS, Shared, read_idle_bytes};
 use crate::protocol::Protocol;
 use crate::stats::EvictReason;
 use crate::stats::idle_limit::{self, Sample, Settings};
 use crate::transport::probe::{self, Health};
-
-/// After this many benign idle reads in a row with bytes still waiting, the protocol is not
-/// draining what arrives: evict instead of spinning.
-pub(crate) const MAX_IDLE_READS: u32 = 16;
 
 /// Watches one member's socket while it is idle; ends when the member is dead.
 pub(super) async fn watch<P: Protocol>(sh: Arc<Shared<P>>) {

@@ -1,11 +1,17 @@
 //! Bytes that arrived on an idle member: the protocol reads them through its own stack
-//! (TLS included) and keeps the member or evicts it with a reason.
+//! (TLS included) and keeps the member or evicts it with a reason. A member operation, run
+//! by whoever found the bytes: the reaper's idle watch, or a checkout's peek
+//! (`Manager::recycle`).
 
 use std::sync::Arc;
 
-use crate::member::Shared;
+use super::Shared;
 use crate::protocol::{IdleVerdict, Protocol};
 use crate::stats::EvictReason;
+
+/// After this many benign idle reads in a row with bytes still waiting, the protocol is not
+/// draining what arrives: evict instead of spinning.
+pub(crate) const MAX_IDLE_READS: u32 = 16;
 
 /// Runs the protocol's `idle_bytes` on a member the caller made busy, bounded by
 /// `heartbeat_timeout`, and ends the busy state with its verdict. Returns true when the
