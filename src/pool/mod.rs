@@ -1,12 +1,13 @@
 //! The pool layer: [`Pool`], the handle users clone, and `get()`; its parts are the leaf
-//! shared state (`shared.rs`), the deadpool manager (`manager.rs`), the builder, the
-//! validated configuration and the errors.
+//! shared state (`shared.rs`), the occupancy snapshot ([`Status`], `status.rs`), the deadpool
+//! manager (`manager.rs`), the builder, the validated configuration and the errors.
 
 pub(crate) mod builder;
 pub(crate) mod config;
 pub(crate) mod error;
 pub(crate) mod manager;
 pub(crate) mod shared;
+pub(crate) mod status;
 
 use std::fmt;
 use std::future::Future;
@@ -21,7 +22,6 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::breaker::BreakerState;
 use crate::member::{Conn, Shared};
 use crate::protocol::{Protocol, Raw};
 use crate::reaper::Reaper;
@@ -31,6 +31,8 @@ use config::{Config, check_sizes};
 use error::{BuildError, Error, TimeoutPhase};
 use manager::Manager;
 use shared::{PoolShared, ReaperRunning};
+pub use status::Status;
+use status::occupancy;
 
 pub(crate) struct PoolInner<P: Protocol> {
     pub(crate) dp: deadpool::managed::Pool<Manager<P>, Conn<P>>,
@@ -42,31 +44,9 @@ pub(crate) struct PoolInner<P: Protocol> {
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
 }
 
-/// The pool's occupancy from deadpool's status and the breaker, without the husks (entries
-/// of members evicted in place, which deadpool still counts).
-pub(crate) fn status_of(s: deadpool::Status, shared: &PoolShared) -> Status {
-    let (size, idle) = occupancy(&s, shared);
-    Status {
-        max_size: s.max_size,
-        size,
-        idle,
-        in_use: size - idle,
-        waiting: s.waiting,
-        breaker: shared.breaker_state(),
-    }
-}
-
-/// Members (live, husks excluded) and idle members from deadpool's status.
-fn occupancy(s: &deadpool::Status, shared: &PoolShared) -> (usize, usize) {
-    let husks = shared.husks();
-    let idle = s.available.saturating_sub(husks);
-    let size = s.size.saturating_sub(husks).max(s.size - s.available);
-    (size, idle)
-}
-
 impl<P: Protocol> PoolInner<P> {
     pub(crate) fn status(&self) -> Status {
-        status_of(self.dp.status(), &self.shared)
+        self.shared.status(self.dp.status())
     }
 
     fn stop_reaper(&self) {
@@ -191,35 +171,6 @@ impl<P: Protocol> Clone for Pool<P> {
             inner: self.inner.clone(),
         }
     }
-}
-
-/// A snapshot of the pool's occupancy, eventually consistent. It counts live members only:
-/// a member evicted while idle is gone from it at once, although its empty entry may stay
-/// in the underlying queue until a checkout or the refill reuses it.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let pool = livepool::Pool::builder("127.0.0.1:1").build().unwrap();
-/// let s = pool.status();
-/// assert_eq!((s.size, s.idle, s.in_use, s.waiting), (0, 0, 0, 0));
-/// # }
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[must_use]
-#[non_exhaustive]
-pub struct Status {
-    /// Most connections allowed.
-    pub max_size: usize,
-    /// Connections open now, idle or in use.
-    pub size: usize,
-    /// Connections idle in the pool.
-    pub idle: usize,
-    /// Connections checked out.
-    pub in_use: usize,
-    /// Callers waiting for a connection.
-    pub waiting: usize,
-    /// The circuit breaker's state (always closed when the breaker is off).
-    pub breaker: BreakerState,
 }
 
 impl Pool {
@@ -531,7 +482,7 @@ impl<P: Protocol> Pool<P> {
     /// members in use plus callers waiting. Skips the breaker's lock that `status()` takes.
     pub(crate) fn load(&self) -> (bool, usize) {
         let s = self.inner.dp.status();
-        let (size, idle) = occupancy(&s, &self.inner.shared);
+        let (size, idle) = occupancy(&s, self.inner.shared.husks());
         (idle == 0, size - idle + s.waiting)
     }
 

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::breaker::{Admit, Breaker, BreakerState, Evidence, Outcome, Transition};
 use crate::pool::config::Config;
+use crate::pool::status::Status;
 use crate::stats::{BreakerEvent, EvictionEvent, Stats};
 
 /// How long a configuration error found at setup is remembered: `get()` answers with it
@@ -180,6 +181,11 @@ impl PoolShared {
     /// Empty entries in deadpool's queue, which `status()` does not count.
     pub(crate) fn husks(&self) -> usize {
         self.husks.load(Relaxed)
+    }
+
+    /// The pool's [`Status`] from deadpool's (`s`), without the husks.
+    pub(crate) fn status(&self, s: deadpool::Status) -> Status {
+        Status::new(&s, self.husks(), self.breaker_state())
     }
 
     /// Keeps a husk for the refill (dropping entries that are gone when the list is full).

@@ -186,9 +186,7 @@ impl<P: Protocol> Reaper<P> {
         if ticked {
             self.turns(Instant::now());
             #[cfg(feature = "metrics")]
-            shared
-                .metrics
-                .status(&crate::pool::status_of(dp.status(), &shared));
+            shared.metrics.status(&shared.status(dp.status()));
             if let Some(threshold) = shared.config.leak_threshold {
                 leaks(&shared, threshold);
             }
