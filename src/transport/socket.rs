@@ -171,7 +171,7 @@ impl Socket {
             std::task::ready!(self.poll_read_ready(cx))?;
             let mut read = None;
             let res = self.try_io(Interest::READABLE, || {
-                let n = super::sys::recv_uninit(self, buf)?;
+                let n = super::sys::recv_uninit(self.sock_ref(), buf)?;
                 read = Some(n);
                 if n > 0 && buf.remaining() > 0 {
                     // Short: drained. Keep the bytes, clear the readiness.
@@ -234,7 +234,7 @@ impl AsyncRead for SockIo {
 /// One real `recv` into the unfilled part of `buf`.
 #[cfg_attr(not(feature = "tls"), allow(dead_code))]
 pub(crate) fn recv_into(sock: &Socket, buf: &mut ReadBuf<'_>) -> io::Result<()> {
-    super::sys::recv_uninit(sock, buf).map(drop)
+    super::sys::recv_uninit(sock.sock_ref(), buf).map(drop)
 }
 
 impl AsyncWrite for SockIo {

@@ -7,17 +7,16 @@
 
 use std::io;
 
+use socket2::SockRef;
 use tokio::io::ReadBuf;
 
-use super::Socket;
-
-/// One non-blocking `recv` into the unfilled part of `buf`; the bytes read are added to
-/// its filled part. `Ok(0)` at end of stream (or when `buf` has no room).
-pub(crate) fn recv_uninit(sock: &Socket, buf: &mut ReadBuf<'_>) -> io::Result<usize> {
+/// One non-blocking `recv` on `sock` into the unfilled part of `buf`; the bytes read are
+/// added to its filled part. `Ok(0)` at end of stream (or when `buf` has no room).
+pub(crate) fn recv_uninit(sock: SockRef<'_>, buf: &mut ReadBuf<'_>) -> io::Result<usize> {
     // SAFETY: `recv` only writes into the slice, and nothing here de-initialises any of its
     // bytes (the one thing `unfilled_mut` forbids).
     let dst = unsafe { buf.unfilled_mut() };
-    let n = sock.sock_ref().recv(dst)?;
+    let n = sock.recv(dst)?;
     // SAFETY: the kernel wrote the first `n` bytes of the unfilled part.
     unsafe { buf.assume_init(n) };
     buf.advance(n);
