@@ -33,7 +33,7 @@
 //! Balancer rows (target: selection adds at most 1.2x over a single pool, i.e.
 //! `balancer-3 / livepool` <= 1.2 both uncontended and contended; `balancer-1` separates the
 //! balancer's fixed cost from the two-choice draw):
-//! - `balancer-1`: `Balancer::new([addr], |b| b.max_size(POOL_SIZE))`, one endpoint with the
+//! - `balancer-1`: `Balancer::builder()` with `max_size: POOL_SIZE`, one endpoint with the
 //!   `livepool` row's settings: every `get()` snapshots the endpoint list and checks the
 //!   breaker, but has no choice to make;
 //! - `balancer-3`: the same over the server's three addresses, each endpoint's pool with
@@ -531,10 +531,14 @@ fn make_pool(rt: &Runtime, server: &Server, cfg: Config, warm: usize) -> AnyPool
             Config::Deadpool(which) => AnyPool::Dead(deadpool_pool(addr, which)),
             Config::Bb8 { ping } => AnyPool::Bb8(bb8_pool(addr, ping).await),
             Config::Balancer { endpoints } => {
-                let b = livepool::Balancer::new(all[..endpoints].iter().copied(), |b| {
-                    b.max_size(POOL_SIZE)
-                })
-                .expect("balancer");
+                let b = livepool::Balancer::builder()
+                    .config(livepool::PoolConfig {
+                        max_size: POOL_SIZE,
+                        ..livepool::PoolConfig::default()
+                    })
+                    .endpoints(all[..endpoints].iter().copied())
+                    .build()
+                    .expect("balancer");
                 assert_eq!(b.endpoints().len(), endpoints, "balancer endpoints");
                 AnyPool::Balancer(b)
             }

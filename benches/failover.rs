@@ -87,6 +87,7 @@ use std::time::{Duration, Instant};
 
 use livepool::{
     Balancer, BalancerEventKind, BreakerConfig, BreakerState, Ejection, EvictReason, FramePing,
+    PoolConfig,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -369,20 +370,22 @@ fn run_once(ns: Arc<Netns>, s: &Settings) -> Run {
 async fn client(ns: Arc<Netns>, names: Arc<[String; 3]>, s: Settings) -> Run {
     let (h, t, c, breaker) = (s.heartbeat, s.heartbeat_timeout, s.connect, s.breaker);
     let min_idle = s.min_idle;
-    let bal = Balancer::builder(move |b| {
-        b.max_size(MAX_SIZE)
-            .min_idle(min_idle)
-            .connect_timeout(Some(c))
-            .protocol(FramePing::new())
-            .heartbeat_interval(h)
-            .heartbeat_timeout(t)
-            .reap_interval(REAP)
-            .breaker((breaker > 0).then(|| BreakerConfig::new().failure_threshold(breaker)))
-    })
-    .endpoints(names.iter().map(String::as_str))
-    .ejection(Some(Ejection::new().consecutive_failures(s.failures)))
-    .build()
-    .expect("balancer settings");
+    let bal = Balancer::builder()
+        .config(PoolConfig {
+            max_size: MAX_SIZE,
+            min_idle,
+            connect_timeout: Some(c),
+            heartbeat_interval: h,
+            heartbeat_timeout: t,
+            reap_interval: REAP,
+            breaker: (breaker > 0).then(|| BreakerConfig::new().failure_threshold(breaker)),
+            ..PoolConfig::default()
+        })
+        .protocol(FramePing::new())
+        .endpoints(names.iter().map(String::as_str))
+        .ejection(Some(Ejection::new().consecutive_failures(s.failures)))
+        .build()
+        .expect("balancer settings");
     let far = &names[2];
     let mut events = bal.events();
     let mut breaker_events = bal.pool(far).expect("far pool").breaker_events();

@@ -59,8 +59,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use livepool::{
-    Balancer, BalancerEvent, BalancerEventKind, BreakerConfig, BreakerEvent, BreakerState, Builder,
-    Conn, Ejection, EndpointStatus, Events, EventsError, EvictReason, FramePing, Pool, Statistics,
+    Balancer, BalancerEvent, BalancerEventKind, BreakerConfig, BreakerEvent, BreakerState, Conn,
+    Ejection, EndpointStatus, Events, EventsError, EvictReason, FramePing, Pool, PoolConfig,
+    Statistics,
 };
 use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -667,21 +668,23 @@ fn joined<K: std::fmt::Display>(items: impl IntoIterator<Item = (K, u64)>) -> St
     v.join(", ")
 }
 
-/// Every endpoint's pool settings (the single pool's too).
-fn configure(b: Builder) -> Builder<FramePing> {
-    b.max_size(16)
-        .min_idle(4)
-        .protocol(FramePing::new())
-        .heartbeat_interval(Duration::from_millis(500))
-        .heartbeat_timeout(Duration::from_millis(200))
-        .reap_interval(Duration::from_millis(100))
-        .connect_timeout(Some(Duration::from_secs(1)))
+/// Every endpoint's pool settings (the single pool's too); the protocol is `FramePing`.
+fn settings() -> PoolConfig {
+    PoolConfig {
+        max_size: 16,
+        min_idle: 4,
+        heartbeat_interval: Duration::from_millis(500),
+        heartbeat_timeout: Duration::from_millis(200),
+        reap_interval: Duration::from_millis(100),
+        connect_timeout: Some(Duration::from_secs(1)),
         // A restart lasts 1 s: probe again soon rather than after the default 30 s.
-        .breaker(Some(
+        breaker: Some(
             BreakerConfig::new()
                 .open_for(Duration::from_millis(200))
                 .max_open_for(Duration::from_millis(500)),
-        ))
+        ),
+        ..PoolConfig::default()
+    }
 }
 
 /// Outlier ejection with several endpoints: quick enough that ejections, returns and
@@ -1047,7 +1050,9 @@ async fn main() -> ExitCode {
     let names: Vec<&str> = chaos.servers.iter().map(|s| s.name.as_str()).collect();
 
     let (client, pools) = if several {
-        let balancer = Balancer::builder(configure)
+        let balancer = Balancer::builder()
+            .config(settings())
+            .protocol(FramePing::new())
             .endpoints(chaos.servers.iter().map(|s| s.addr))
             .ejection(Some(ejection()))
             .build()
@@ -1058,7 +1063,9 @@ async fn main() -> ExitCode {
             .collect();
         (Client::Balancer(balancer), pools)
     } else {
-        let pool = configure(Pool::builder(chaos.servers[0].addr))
+        let pool = Pool::builder(chaos.servers[0].addr)
+            .config(settings())
+            .protocol(FramePing::new())
             .build()
             .expect("valid configuration");
         (Client::Pool(pool.clone()), vec![pool])

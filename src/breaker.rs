@@ -218,14 +218,24 @@ const DEFAULT_MAX_OPEN_FOR: Duration = Duration::from_secs(30);
 /// assert_ne!(config, BreakerConfig::default());
 /// assert_eq!(BreakerConfig::new(), BreakerConfig::default());
 /// ```
+///
+/// The fields are public, for reading (`config.open_for`) and for building from your own
+/// configuration with `..BreakerConfig::default()`; each setter has its field's name.
+/// `build()` checks them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BreakerConfig {
-    failure_threshold: u32,
-    open_for: Duration,
-    /// `None`: [`DEFAULT_MAX_OPEN_FOR`], or `open_for` if that is longer.
-    max_open_for: Option<Duration>,
-    outage_fraction: f64,
-    jitter: f64,
+    /// Consecutive failures that open the breaker (see [`failure_threshold`](Self::failure_threshold())).
+    pub failure_threshold: u32,
+    /// The shortest open period (see [`open_for`](Self::open_for())).
+    pub open_for: Duration,
+    /// The longest open period; `None`: 30 s, or `open_for` if that is longer (see
+    /// [`max_open_for`](Self::max_open_for())).
+    pub max_open_for: Option<Duration>,
+    /// How the open period grows with the outage (see
+    /// [`outage_fraction`](Self::outage_fraction())).
+    pub outage_fraction: f64,
+    /// The random spread of each open period (see [`jitter`](Self::jitter())).
+    pub jitter: f64,
 }
 
 impl Default for BreakerConfig {

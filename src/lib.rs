@@ -31,6 +31,7 @@ pub use breaker::{BreakerConfig, BreakerState, Transition};
 pub use io::Io;
 pub use member::Conn;
 pub use pool::builder::{Builder, IntoAddr};
+pub use pool::config::PoolConfig;
 pub use pool::error::{BuildError, Error, TimeoutPhase};
 pub use pool::{Pool, Status};
 pub use protocol::{
@@ -43,3 +44,4 @@ pub use rustls;
 pub use stats::{
     BreakerEvent, BreakerEvents, Events, EventsError, EvictReason, EvictionEvent, Statistics,
 };
+pub use transport::TcpOptions;

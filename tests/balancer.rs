@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use livepool::{Balancer, BalancerEventKind, BreakerConfig, BreakerState, Ejection};
+use livepool::{Balancer, BalancerEventKind, BreakerConfig, BreakerState, Ejection, PoolConfig};
 use support::*;
 
 const MS: Duration = Duration::from_millis(1);
@@ -23,21 +23,23 @@ fn refusing(ip: &str) -> SocketAddr {
 }
 
 fn balancer(endpoints: &[SocketAddr]) -> Balancer {
-    Balancer::builder(|b| {
-        b.max_size(8)
-            .wait_timeout(Some(Duration::from_secs(5)))
-            .breaker(Some(
+    Balancer::builder()
+        .config(PoolConfig {
+            max_size: 8,
+            wait_timeout: Some(Duration::from_secs(5)),
+            breaker: Some(
                 BreakerConfig::new()
                     .failure_threshold(2)
                     .open_for(200 * MS)
                     .max_open_for(200 * MS)
                     .jitter(0.0),
-            ))
-    })
-    .endpoints(endpoints.iter().copied())
-    .ejection(None)
-    .build()
-    .unwrap()
+            ),
+            ..PoolConfig::default()
+        })
+        .endpoints(endpoints.iter().copied())
+        .ejection(None)
+        .build()
+        .unwrap()
 }
 
 /// `rounds` times: checks out `at_once` connections together (each with an exchange), then
@@ -270,7 +272,12 @@ async fn keyed_selection_moves_only_the_keys_of_the_ejected_endpoint() {
     let c = FaultServer::start_on("127.0.0.4:0".parse().unwrap()).await;
     let b_name = b.addr.to_string();
     // No breaker: only ejection moves keys here.
-    let bal = Balancer::builder(|b| b.max_size(4).breaker(None))
+    let bal = Balancer::builder()
+        .config(PoolConfig {
+            max_size: 4,
+            breaker: None,
+            ..PoolConfig::default()
+        })
         .endpoints([a.addr, b.addr, c.addr])
         .ejection(Some(
             Ejection::new()

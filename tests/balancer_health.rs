@@ -9,7 +9,9 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use livepool::{Balancer, BalancerEventKind, BalancerEvents, BreakerConfig, Ejection, FramePing};
+use livepool::{
+    Balancer, BalancerEventKind, BalancerEvents, BreakerConfig, Ejection, FramePing, PoolConfig,
+};
 use support::hosts::HostsGuard;
 use support::netns::Netns;
 use support::*;
@@ -89,7 +91,12 @@ async fn a_refusing_endpoint_is_ejected_returns_on_probation_and_recovers() {
     let down_name = down.to_string();
     // No breaker: ejection alone takes the endpoint out (a breaker would stop the connects
     // that count as failures).
-    let bal = Balancer::builder(|b| b.max_size(4).breaker(None))
+    let bal = Balancer::builder()
+        .config(PoolConfig {
+            max_size: 4,
+            breaker: None,
+            ..PoolConfig::default()
+        })
         .endpoints([a.addr, down])
         .ejection(Some(
             Ejection::new()
@@ -172,23 +179,26 @@ async fn when_an_ejection_ends_the_breaker_lets_the_endpoint_be_probed_at_once()
     let down = refusing("127.0.0.3");
     let down_name = down.to_string();
     // The breaker would hold connects for a minute; the ejection lasts 300 ms.
-    let bal = Balancer::builder(|b| {
-        b.max_size(4).breaker(Some(
-            BreakerConfig::new()
-                .failure_threshold(1)
-                .open_for(Duration::from_secs(60))
-                .jitter(0.0),
+    let bal = Balancer::builder()
+        .config(PoolConfig {
+            max_size: 4,
+            breaker: Some(
+                BreakerConfig::new()
+                    .failure_threshold(1)
+                    .open_for(Duration::from_secs(60))
+                    .jitter(0.0),
+            ),
+            ..PoolConfig::default()
+        })
+        .endpoints([a.addr, down])
+        .ejection(Some(
+            Ejection::new()
+                .consecutive_failures(5)
+                .base(300 * MS)
+                .max(300 * MS),
         ))
-    })
-    .endpoints([a.addr, down])
-    .ejection(Some(
-        Ejection::new()
-            .consecutive_failures(5)
-            .base(300 * MS)
-            .max(300 * MS),
-    ))
-    .build()
-    .unwrap();
+        .build()
+        .unwrap();
     let mut events = bal.events();
     // The refusing endpoint's breaker opens on its first refused connect, which ejects it.
     let mut i = until_ejected(&bal, 1, &a.addr.to_string()).await;
@@ -226,7 +236,12 @@ async fn ejection_never_takes_more_than_the_share_nor_the_last_endpoint() {
         refusing("127.0.0.4"),
     ];
     let build = |share: f64| {
-        Balancer::builder(|b| b.max_size(2).breaker(None))
+        Balancer::builder()
+            .config(PoolConfig {
+                max_size: 2,
+                breaker: None,
+                ..PoolConfig::default()
+            })
             .endpoints(eps)
             .ejection(Some(
                 Ejection::new()
@@ -289,33 +304,35 @@ fn one_refusing_one_blackholed_one_healthy_endpoint() {
         let good = FaultServer::start_on("127.0.0.2:0".parse().unwrap()).await;
         let down = refusing("127.0.0.3");
         let down_name = down.to_string();
-        let bal = Balancer::builder(|b| {
-            b.max_size(4)
-                .min_idle(1)
-                .connect_timeout(Some(300 * MS))
-                .wait_timeout(Some(Duration::from_secs(5)))
-                .protocol(FramePing::new())
-                .heartbeat_interval(200 * MS)
-                .heartbeat_timeout(150 * MS)
-                .reap_interval(50 * MS)
-                .breaker(Some(
+        let bal = Balancer::builder()
+            .config(PoolConfig {
+                max_size: 4,
+                min_idle: 1,
+                connect_timeout: Some(300 * MS),
+                wait_timeout: Some(Duration::from_secs(5)),
+                heartbeat_interval: 200 * MS,
+                heartbeat_timeout: 150 * MS,
+                reap_interval: 50 * MS,
+                breaker: Some(
                     BreakerConfig::new()
                         .failure_threshold(2)
                         .open_for(300 * MS)
                         .max_open_for(300 * MS)
                         .jitter(0.0),
-                ))
-        })
-        .endpoints([good.addr, down, far])
-        .ejection(Some(
-            Ejection::new()
-                .consecutive_failures(2)
-                .base(Duration::from_secs(1))
-                .max(Duration::from_secs(2))
-                .max_ejected_share(1.0),
-        ))
-        .build()
-        .unwrap();
+                ),
+                ..PoolConfig::default()
+            })
+            .protocol(FramePing::new())
+            .endpoints([good.addr, down, far])
+            .ejection(Some(
+                Ejection::new()
+                    .consecutive_failures(2)
+                    .base(Duration::from_secs(1))
+                    .max(Duration::from_secs(2))
+                    .max_ejected_share(1.0),
+            ))
+            .build()
+            .unwrap();
         let mut events = bal.events();
         // The far endpoint serves before the blackhole (its min_idle member is up).
         let far_pool = bal.pool(&far_name).unwrap();
@@ -436,7 +453,11 @@ fn dns_endpoints_follow_the_address_set() {
         let port = s2.addr.port();
         let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
         let hosts = HostsGuard::map_all(&[ip("127.0.0.2"), ip("127.0.0.3")]);
-        let bal = Balancer::builder(|b| b.max_size(4))
+        let bal = Balancer::builder()
+            .config(PoolConfig {
+                max_size: 4,
+                ..PoolConfig::default()
+            })
             .dns(&format!("{}:{port}", hosts.name()))
             .dns_interval(100 * MS)
             .build()
@@ -499,7 +520,11 @@ fn dns_endpoints_follow_the_address_set() {
 
 #[tokio::test]
 async fn a_dns_name_that_never_resolves_fails_get_with_the_reason() {
-    let bal = Balancer::builder(|b| b.wait_timeout(Some(Duration::from_secs(5))))
+    let bal = Balancer::builder()
+        .config(PoolConfig {
+            wait_timeout: Some(Duration::from_secs(5)),
+            ..PoolConfig::default()
+        })
         .dns("no-such-host.invalid:6379")
         .dns_interval(Duration::from_secs(1))
         .build()

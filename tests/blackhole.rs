@@ -74,9 +74,17 @@ async fn serve(mut sock: tokio::net::TcpStream) {
 fn quiet_pool(addr: SocketAddr) -> livepool::Builder {
     Pool::builder(addr)
         .max_size(4)
-        .tcp_keepalive(None)
-        .tcp_user_timeout(None)
+        .tcp(quiet_tcp())
         .breaker(None)
+}
+
+/// TCP keepalive and TCP_USER_TIMEOUT off.
+fn quiet_tcp() -> livepool::TcpOptions {
+    livepool::TcpOptions {
+        keepalive: None,
+        user_timeout: None,
+        ..livepool::TcpOptions::default()
+    }
 }
 
 #[test]
@@ -118,9 +126,12 @@ fn keepalive_alone_finds_blackholed_idle_peer() {
     Netns::run_in(&ns.a, || async {
         let server = NsServer::start(&ns);
         let pool = quiet_pool(server.addr)
-            .tcp_keepalive(Some(Duration::from_secs(1)))
-            .tcp_keepalive_interval(Duration::from_secs(1))
-            .tcp_keepalive_retries(3)
+            .tcp(livepool::TcpOptions {
+                keepalive: Some(Duration::from_secs(1)),
+                keepalive_interval: Duration::from_secs(1),
+                keepalive_retries: 3,
+                ..quiet_tcp()
+            })
             .build()
             .expect("valid config");
         let local = idle_member(&pool, 1).await;
@@ -146,7 +157,10 @@ fn user_timeout_finds_blackhole_with_unacked_data() {
     Netns::run_in(&ns.a, || async {
         let server = NsServer::start(&ns);
         let pool = quiet_pool(server.addr)
-            .tcp_user_timeout(Some(Duration::from_secs(1)))
+            .tcp(livepool::TcpOptions {
+                user_timeout: Some(Duration::from_secs(1)),
+                ..quiet_tcp()
+            })
             .build()
             .expect("valid config");
         let mut conn: Conn = within(5, "get", pool.get()).await.expect("get");

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use livepool::{BreakerConfig, FramePing, Pool};
+use livepool::{BreakerConfig, FramePing, Pool, TcpOptions};
 use proptest::prelude::*;
 
 const Z: Duration = Duration::ZERO;
@@ -26,22 +26,27 @@ async fn every_bad_field_is_named() {
     refused(b().max_size(0), "max_size");
     refused(b().max_size(2).min_idle(3), "min_idle");
     refused(b().connect_timeout(Some(Z)), "connect_timeout");
-    refused(b().tcp_keepalive(Some(Z)), "tcp_keepalive");
+    let tcp = |f: fn(&mut TcpOptions)| {
+        let mut o = TcpOptions::default();
+        f(&mut o);
+        b().tcp(o)
+    };
+    refused(tcp(|o| o.keepalive = Some(Z)), "tcp.keepalive");
     refused(
-        b().tcp_keepalive(Some(Duration::from_secs(40_000))),
-        "tcp_keepalive",
+        tcp(|o| o.keepalive = Some(Duration::from_secs(40_000))),
+        "tcp.keepalive",
     );
-    refused(b().tcp_keepalive_interval(Z), "tcp_keepalive_interval");
+    refused(tcp(|o| o.keepalive_interval = Z), "tcp.keepalive_interval");
     refused(
-        b().tcp_keepalive_interval(Duration::from_secs(40_000)),
-        "tcp_keepalive_interval",
+        tcp(|o| o.keepalive_interval = Duration::from_secs(40_000)),
+        "tcp.keepalive_interval",
     );
-    refused(b().tcp_keepalive_retries(0), "tcp_keepalive_retries");
-    refused(b().tcp_keepalive_retries(128), "tcp_keepalive_retries");
-    refused(b().tcp_user_timeout(Some(Z)), "tcp_user_timeout");
+    refused(tcp(|o| o.keepalive_retries = 0), "tcp.keepalive_retries");
+    refused(tcp(|o| o.keepalive_retries = 128), "tcp.keepalive_retries");
+    refused(tcp(|o| o.user_timeout = Some(Z)), "tcp.user_timeout");
     refused(
-        b().tcp_user_timeout(Some(Duration::from_micros(10))),
-        "tcp_user_timeout",
+        tcp(|o| o.user_timeout = Some(Duration::from_micros(10))),
+        "tcp.user_timeout",
     );
     refused(b().idle_timeout(Some(Z)), "idle_timeout");
     refused(b().max_lifetime(Some(Z)), "max_lifetime");
@@ -103,8 +108,11 @@ async fn good_configurations_build() {
     b().build().unwrap();
     b().connect_timeout(None)
         .wait_timeout(Some(Z))
-        .tcp_keepalive(None)
-        .tcp_user_timeout(None)
+        .tcp(TcpOptions {
+            keepalive: None,
+            user_timeout: None,
+            ..TcpOptions::default()
+        })
         .idle_timeout(None)
         .max_lifetime(None)
         .breaker(None)
@@ -134,7 +142,7 @@ proptest! {
             .heartbeat_interval(Duration::from_millis(hb_i))
             .heartbeat_timeout(Duration::from_millis(hb_t))
             .lifetime_jitter(jit)
-            .tcp_keepalive_retries(retries)
+            .tcp(TcpOptions { keepalive_retries: retries, ..TcpOptions::default() })
             .build();
         match res {
             Ok(p) => {

@@ -362,11 +362,13 @@ async fn tcp_options_are_skipped_on_unix_sockets_without_a_warning() {
     let pool = builder(&server)
         .max_size(3)
         .min_idle(2)
-        .tcp_nodelay(true)
-        .tcp_keepalive(Some(Duration::from_secs(5)))
-        .tcp_keepalive_interval(Duration::from_secs(1))
-        .tcp_keepalive_retries(3)
-        .tcp_user_timeout(Some(Duration::from_secs(5)))
+        .tcp(livepool::TcpOptions {
+            nodelay: true,
+            keepalive: Some(Duration::from_secs(5)),
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_retries: 3,
+            user_timeout: Some(Duration::from_secs(5)),
+        })
         .build()
         .unwrap();
     wait_until(5, "refill to min_idle 2", || pool.status().idle == 2).await;

@@ -38,8 +38,11 @@ fn a_blackholed_server_is_evicted_within_the_heartbeat_bound() {
             .heartbeat_jitter(0.0)
             .reap_interval(Duration::from_millis(100))
             // Only the heartbeat: no keepalive, no TCP_USER_TIMEOUT, no breaker.
-            .tcp_keepalive(None)
-            .tcp_user_timeout(None)
+            .tcp(livepool::TcpOptions {
+                keepalive: None,
+                user_timeout: None,
+                ..livepool::TcpOptions::default()
+            })
             .breaker(None)
             .build()
             .expect("valid config");

@@ -1045,32 +1045,35 @@ async fn a_ring_of_three_behind_a_balancer_moves_only_a_killed_shards_keys() {
         servers.push(s);
     }
     let addrs: Vec<_> = servers.iter().map(|s| s.addr()).collect();
-    let bal = livepool::Balancer::builder(|b| {
-        beating(
-            b.protocol(Redis::new(RedisConfig::new().password(PASSWORD)))
-                .connect_timeout(Some(Duration::from_secs(2)))
-                .wait_timeout(Some(Duration::from_secs(10))),
-        )
-        .max_size(4)
-        .min_idle(1)
-        // The breaker opens during the outage too (the refill's refused connects); its
-        // default 30 s would hold the connects back long after the ejection is over.
-        .breaker(Some(
-            livepool::BreakerConfig::new()
-                .open_for(200 * MS)
-                .max_open_for(400 * MS),
+    let bal = livepool::Balancer::builder()
+        .config(livepool::PoolConfig {
+            reap_interval: 50 * MS,
+            heartbeat_interval: 300 * MS,
+            heartbeat_timeout: 200 * MS,
+            connect_timeout: Some(Duration::from_secs(2)),
+            wait_timeout: Some(Duration::from_secs(10)),
+            max_size: 4,
+            min_idle: 1,
+            // The breaker opens during the outage too (the refill's refused connects); its
+            // default 30 s would hold the connects back long after the ejection is over.
+            breaker: Some(
+                livepool::BreakerConfig::new()
+                    .open_for(200 * MS)
+                    .max_open_for(400 * MS),
+            ),
+            ..livepool::PoolConfig::default()
+        })
+        .protocol(Redis::new(RedisConfig::new().password(PASSWORD)))
+        .endpoints(addrs.iter().copied())
+        .ejection(Some(
+            livepool::Ejection::new()
+                .consecutive_failures(2)
+                .base(Duration::from_secs(1))
+                .max(Duration::from_secs(2))
+                .max_ejected_share(0.5),
         ))
-    })
-    .endpoints(addrs.iter().copied())
-    .ejection(Some(
-        livepool::Ejection::new()
-            .consecutive_failures(2)
-            .base(Duration::from_secs(1))
-            .max(Duration::from_secs(2))
-            .max_ejected_share(0.5),
-    ))
-    .build()
-    .expect("balancer");
+        .build()
+        .expect("balancer");
     let mut events = bal.events();
 
     // Each key is written on its owner, and read back there.

@@ -1,6 +1,7 @@
-//! Building a balancer: `Balancer::new`, `Balancer::builder` and [`BalancerBuilder`] (where
-//! the endpoints come from, outlier ejection, how each endpoint's pool is built), and
-//! `new_entry`, which builds one endpoint's pool: at `build()`, on `add` and on a DNS answer.
+//! Building a balancer: `Balancer::builder` and [`BalancerBuilder`] (where the endpoints
+//! come from, outlier ejection, the one [`PoolConfig`], protocol and TLS of every endpoint's
+//! pool, kept as a `Template`), and `new_entry`, which builds one endpoint's pool: at
+//! `build()`, on `add` and on a DNS answer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,21 +10,24 @@ use parking_lot::RwLock;
 
 use super::health::Ejector;
 use super::select::rendezvous;
-use super::{Balancer, Configure, Ejection, Entry, Inner, dns};
+use super::{Balancer, Ejection, Entry, Inner, dns};
 use crate::pool::Pool;
 use crate::pool::builder::{Builder, IntoAddr};
+use crate::pool::config::PoolConfig;
 use crate::pool::error::BuildError;
 use crate::protocol::{Protocol, Raw};
 
 /// Configures a [`Balancer`]: where its endpoints come from, outlier ejection, and how every
-/// endpoint's pool is built. `build()` validates it.
+/// endpoint's pool is built (one [`PoolConfig`], one protocol, TLS: the same for every
+/// endpoint). `build()` validates it.
 ///
 /// ```
 /// use std::time::Duration;
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let b = livepool::Balancer::builder(|b| b.max_size(8))
+/// let b = livepool::Balancer::builder()
+///     .config(livepool::PoolConfig { max_size: 8, ..Default::default() })
 ///     .endpoints(["127.0.0.1:7000", "127.0.0.2:7000"])
-///     .ejection(Some(livepool::Ejection::new().consecutive_failures(3)))
+///     .ejection(livepool::Ejection::new().consecutive_failures(3))
 ///     .build()
 ///     .unwrap();
 /// assert_eq!(b.endpoints().len(), 2);
@@ -31,58 +35,63 @@ use crate::protocol::{Protocol, Raw};
 /// ```
 #[must_use = "a builder does nothing until build() is called"]
 pub struct BalancerBuilder<P: Protocol = Raw> {
-    configure: Box<Configure<P>>,
+    template: Template<P>,
     endpoints: Vec<Builder>,
     dns: Option<String>,
     dns_interval: Duration,
     ejection: Option<Ejection>,
 }
 
-impl Balancer {
-    /// A balancer over `endpoints`, each endpoint's pool built by `configure` from
-    /// `Pool::builder(endpoint)` (so every endpoint gets the same settings and protocol),
-    /// with the default [`Ejection`]. Nothing connects here.
-    ///
-    /// # Errors
-    /// The first endpoint's configuration error, if `configure` makes an invalid one.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let b = livepool::Balancer::new(["127.0.0.1:1", "127.0.0.2:1"], |b| b.max_size(4)).unwrap();
-    /// assert_eq!(b.endpoints().len(), 2);
-    /// # }
-    /// ```
-    pub fn new<P, A, F>(
-        endpoints: impl IntoIterator<Item = A>,
-        configure: F,
-    ) -> Result<Balancer<P>, BuildError>
-    where
-        P: Protocol,
-        A: IntoAddr,
-        F: Fn(Builder) -> Builder<P> + Send + Sync + 'static,
-    {
-        Balancer::builder(configure).endpoints(endpoints).build()
+/// How every endpoint's pool is built: the same settings, protocol and TLS for each.
+pub(super) struct Template<P: Protocol> {
+    settings: PoolConfig,
+    /// One value for every endpoint's pool.
+    protocol: Arc<P>,
+    #[cfg(feature = "tls")]
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
+}
+
+impl<P: Protocol> Template<P> {
+    /// `builder` (from `Pool::builder(endpoint)`) with the balancer's settings.
+    fn apply(&self, builder: Builder) -> Builder<P> {
+        let b = builder
+            .config(self.settings.clone())
+            .shared_protocol(self.protocol.clone());
+        #[cfg(feature = "tls")]
+        let b = match &self.tls {
+            Some((config, name)) => b.tls(config.clone(), name),
+            None => b,
+        };
+        b
     }
 
-    /// A builder: endpoints from a list and/or a DNS name, outlier ejection, and `configure`
-    /// to build each endpoint's pool from `Pool::builder(endpoint)`.
+    /// The pools' wait timeout, for the wait on the first DNS answer (before any pool).
+    pub(super) fn wait_timeout(&self) -> Option<Duration> {
+        self.settings.wait_timeout
+    }
+}
+
+impl Balancer {
+    /// A builder: endpoints from a list and/or a DNS name, outlier ejection, and the
+    /// settings, protocol and TLS of every endpoint's pool.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let b = livepool::Balancer::builder(|b| b.max_size(4))
+    /// let b = livepool::Balancer::builder()
     ///     .dns("localhost:6379")
     ///     .dns_interval(std::time::Duration::from_secs(10))
     ///     .build()
     ///     .unwrap();
     /// # }
     /// ```
-    pub fn builder<P, F>(configure: F) -> BalancerBuilder<P>
-    where
-        P: Protocol,
-        F: Fn(Builder) -> Builder<P> + Send + Sync + 'static,
-    {
+    pub fn builder() -> BalancerBuilder {
         BalancerBuilder {
-            configure: Box::new(configure),
+            template: Template {
+                settings: PoolConfig::default(),
+                protocol: Arc::new(Raw),
+                #[cfg(feature = "tls")]
+                tls: None,
+            },
             endpoints: Vec::new(),
             dns: None,
             dns_interval: Duration::from_secs(5),
@@ -92,10 +101,59 @@ impl Balancer {
 }
 
 impl<P: Protocol> BalancerBuilder<P> {
+    /// The settings of every endpoint's pool.
+    ///
+    /// ```
+    /// let b = livepool::Balancer::builder()
+    ///     .config(livepool::PoolConfig { max_size: 4, min_idle: 1, ..Default::default() });
+    /// ```
+    /// Default: [`PoolConfig::default`].
+    pub fn config(mut self, config: PoolConfig) -> Self {
+        self.template.settings = config;
+        self
+    }
+
+    /// The protocol of every endpoint's pool (one value, shared by them all).
+    ///
+    /// ```
+    /// let b = livepool::Balancer::builder().protocol(livepool::RedisPing);
+    /// ```
+    /// Default: [`Raw`].
+    pub fn protocol<Q: Protocol>(self, protocol: Q) -> BalancerBuilder<Q> {
+        BalancerBuilder {
+            template: Template {
+                settings: self.template.settings,
+                protocol: Arc::new(protocol),
+                #[cfg(feature = "tls")]
+                tls: self.template.tls,
+            },
+            endpoints: self.endpoints,
+            dns: self.dns,
+            dns_interval: self.dns_interval,
+            ejection: self.ejection,
+        }
+    }
+
+    /// TLS on every endpoint's connections, as [`Builder::tls`]: every server's certificate
+    /// must be valid for `server_name` (endpoints from DNS are named by address).
+    ///
+    /// ```no_run
+    /// # fn demo(config: std::sync::Arc<livepool::rustls::ClientConfig>) {
+    /// let b = livepool::Balancer::builder().dns("redis.internal:6380").tls(config, "redis.internal");
+    /// # }
+    /// ```
+    /// Default: plain TCP.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(mut self, config: Arc<rustls::ClientConfig>, server_name: &str) -> Self {
+        self.template.tls = Some((config, server_name.to_string()));
+        self
+    }
+
     /// Adds endpoints from a list (each as [`Pool::builder`] takes it).
     ///
     /// ```
-    /// let b = livepool::Balancer::builder(|b| b).endpoints(["10.0.0.1:5432", "10.0.0.2:5432"]);
+    /// let b = livepool::Balancer::builder().endpoints(["10.0.0.1:5432", "10.0.0.2:5432"]);
     /// ```
     pub fn endpoints<A: IntoAddr>(mut self, endpoints: impl IntoIterator<Item = A>) -> Self {
         self.endpoints
@@ -107,10 +165,10 @@ impl<P: Protocol> BalancerBuilder<P> {
     /// [`dns_interval`](Self::dns_interval): addresses that appear are added, those that
     /// disappear are drained. Until the first answer, `get()` waits for it (within the wait
     /// timeout). Endpoints are named by address (`"10.0.0.7:6379"`); for TLS, give the
-    /// server name in `configure` (`.tls(config, "redis.internal")`).
+    /// server name to [`tls`](Self::tls).
     ///
     /// ```
-    /// let b = livepool::Balancer::builder(|b| b).dns("redis.internal:6379");
+    /// let b = livepool::Balancer::builder().dns("redis.internal:6379");
     /// ```
     pub fn dns(mut self, name: &str) -> Self {
         self.dns = Some(name.to_string());
@@ -120,7 +178,7 @@ impl<P: Protocol> BalancerBuilder<P> {
     /// How often the DNS name is resolved again. Not zero.
     ///
     /// ```
-    /// let b = livepool::Balancer::builder(|b| b).dns("redis.internal:6379")
+    /// let b = livepool::Balancer::builder().dns("redis.internal:6379")
     ///     .dns_interval(std::time::Duration::from_secs(30));
     /// ```
     /// Default: 5 s (Envoy's STRICT_DNS refresh rate): a change reaches new checkouts within
@@ -133,11 +191,12 @@ impl<P: Protocol> BalancerBuilder<P> {
     /// Outlier ejection, or `None` to rely on the breakers alone.
     ///
     /// ```
-    /// let b = livepool::Balancer::builder(|b| b).ejection(None);
+    /// let b = livepool::Balancer::builder().ejection(None);
+    /// let b = livepool::Balancer::builder().ejection(livepool::Ejection::new().consecutive_failures(3));
     /// ```
     /// Default: [`Ejection::default`].
-    pub fn ejection(mut self, ejection: Option<Ejection>) -> Self {
-        self.ejection = ejection;
+    pub fn ejection(mut self, ejection: impl Into<Option<Ejection>>) -> Self {
+        self.ejection = ejection.into();
         self
     }
 
@@ -151,7 +210,7 @@ impl<P: Protocol> BalancerBuilder<P> {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let err = livepool::Balancer::builder(|b| b).dns("no port").build().unwrap_err();
+    /// let err = livepool::Balancer::builder().dns("no port").build().unwrap_err();
     /// assert_eq!(err.field(), "dns");
     /// # }
     /// ```
@@ -175,13 +234,11 @@ impl<P: Protocol> BalancerBuilder<P> {
         let entries = self
             .endpoints
             .into_iter()
-            .map(|b| new_entry(&*self.configure, &ejector, b, false))
+            .map(|b| new_entry(&self.template, &ejector, b, false))
             .collect::<Result<Vec<_>, _>>()?;
-        let wait_timeout = (self.configure)(Pool::builder("0.0.0.0:0")).wait_timeout_setting();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let inner = Arc::new(Inner {
-            wait_timeout,
-            configure: self.configure,
+            template: self.template,
             entries: RwLock::new(entries.into()),
             ejector,
             dns: dns.clone(),
@@ -200,13 +257,13 @@ impl<P: Protocol> BalancerBuilder<P> {
 
 /// Builds an endpoint's pool with the balancer's settings and joins it to the ejector.
 pub(super) fn new_entry<P: Protocol>(
-    configure: &Configure<P>,
+    template: &Template<P>,
     ejector: &Arc<Ejector>,
     builder: Builder,
     from_dns: bool,
 ) -> Result<Entry<P>, BuildError> {
     // Validate before joining, so that a bad endpoint leaves no count behind.
-    let b = configure(builder);
+    let b = template.apply(builder);
     let endpoint: Arc<str> = b.endpoint_name().into();
     // Each endpoint its own jitter (breaker periods, lifetimes), stable for its name.
     let salt = rendezvous(&endpoint, "jitter");

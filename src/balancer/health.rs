@@ -56,12 +56,22 @@ use crate::stats::{EventsError, EvictReason, Subscription};
 ///     .max_ejected_share(0.5);
 /// assert_ne!(e, livepool::Ejection::default());
 /// ```
+///
+/// The fields are public, for reading (`ejection.base`) and for building from your own
+/// configuration with `..Ejection::default()`; each setter has its field's name.
+/// `build()` checks them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ejection {
-    consecutive_failures: u32,
-    base: Duration,
-    max: Duration,
-    max_ejected_share: f64,
+    /// Failures in a row that eject an endpoint (see
+    /// [`consecutive_failures`](Self::consecutive_failures())).
+    pub consecutive_failures: u32,
+    /// The first ejection's length (see [`base`](Self::base())).
+    pub base: Duration,
+    /// The longest ejection (see [`max`](Self::max())).
+    pub max: Duration,
+    /// The largest share of the endpoints ejected at once (see
+    /// [`max_ejected_share`](Self::max_ejected_share())).
+    pub max_ejected_share: f64,
 }
 
 impl Default for Ejection {

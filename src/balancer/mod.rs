@@ -41,9 +41,6 @@ use crate::protocol::{Protocol, Raw};
 use crate::stats::Statistics;
 use health::{Ejector, Health};
 
-/// Builds an endpoint's pool from the builder `Pool::builder(addr)` returns.
-type Configure<P> = dyn Fn(Builder) -> Builder<P> + Send + Sync;
-
 /// One endpoint: its pool and its health record.
 struct Entry<P: Protocol> {
     pool: Pool<P>,
@@ -82,13 +79,12 @@ impl<P: Protocol> select::Observed for Entry<P> {
 }
 
 struct Inner<P: Protocol> {
-    configure: Box<Configure<P>>,
+    /// How every endpoint's pool is built.
+    template: builder::Template<P>,
     /// A snapshot that `get()` clones (an `Arc`); `add` and `remove` replace it.
     entries: RwLock<Arc<[Entry<P>]>>,
     ejector: Arc<Ejector>,
     dns: Option<Arc<dns::Dns>>,
-    /// The pools' wait timeout, for the wait on the first DNS answer (before any pool).
-    wait_timeout: Option<Duration>,
     /// Ends the DNS task when the balancer goes.
     _dns_stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -101,10 +97,10 @@ struct Inner<P: Protocol> {
 ///
 /// ```no_run
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let balancer = livepool::Balancer::new(
-///     ["10.0.0.1:6379", "10.0.0.2:6379", "10.0.0.3:6379"],
-///     |b| b.max_size(8).min_idle(1),
-/// )?;
+/// let balancer = livepool::Balancer::builder()
+///     .endpoints(["10.0.0.1:6379", "10.0.0.2:6379", "10.0.0.3:6379"])
+///     .config(livepool::PoolConfig { max_size: 8, min_idle: 1, ..Default::default() })
+///     .build()?;
 /// let conn = balancer.get().await?;
 /// println!("served by {}", conn.endpoint());
 /// # Ok(()) }
@@ -216,7 +212,7 @@ impl<P: Protocol> Balancer<P> {
             return Ok(self.inner.entries.read().clone());
         };
         if !dns.answered() {
-            dns.wait_answered(self.inner.wait_timeout).await;
+            dns.wait_answered(self.inner.template.wait_timeout()).await;
         }
         let entries = self.inner.entries.read().clone();
         if entries.is_empty() {
@@ -234,7 +230,7 @@ impl<P: Protocol> Balancer<P> {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let b = livepool::Balancer::new(["127.0.0.1:1"], |b| b).unwrap();
+    /// let b = livepool::Balancer::builder().endpoints(["127.0.0.1:1"]).build().unwrap();
     /// let mut events = b.events();
     /// b.add("127.0.0.2:1").unwrap();
     /// assert_eq!(events.try_recv().unwrap().unwrap().kind, livepool::BalancerEventKind::Added);
@@ -248,7 +244,7 @@ impl<P: Protocol> Balancer<P> {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let b = livepool::Balancer::new(["127.0.0.1:1"], |b| b).unwrap();
+    /// let b = livepool::Balancer::builder().endpoints(["127.0.0.1:1"]).build().unwrap();
     /// assert_eq!(b.endpoints()[0].endpoint, "127.0.0.1:1");
     /// assert!(b.endpoints()[0].ejected_for.is_none());
     /// # }
@@ -277,7 +273,7 @@ impl<P: Protocol> Balancer<P> {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let b = livepool::Balancer::new(["127.0.0.1:1"], |b| b).unwrap();
+    /// let b = livepool::Balancer::builder().endpoints(["127.0.0.1:1"]).build().unwrap();
     /// let _events = b.pool("127.0.0.1:1").unwrap().events();
     /// assert!(b.pool("127.0.0.9:1").is_none());
     /// # }
@@ -294,7 +290,7 @@ impl<P: Protocol> Balancer<P> {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let b = livepool::Balancer::new(["127.0.0.1:1"], |b| b).unwrap();
+    /// let b = livepool::Balancer::builder().endpoints(["127.0.0.1:1"]).build().unwrap();
     /// b.add("127.0.0.2:1").unwrap();
     /// assert_eq!(b.endpoints().len(), 2);
     /// # }
@@ -308,12 +304,8 @@ impl<P: Protocol> Balancer<P> {
         if self.has(&name) {
             return Ok(());
         }
-        let entry = builder::new_entry(
-            &*self.inner.configure,
-            &self.inner.ejector,
-            builder,
-            from_dns,
-        )?;
+        let entry =
+            builder::new_entry(&self.inner.template, &self.inner.ejector, builder, from_dns)?;
         let mut entries = self.inner.entries.write();
         if find(&entries, entry.pool.endpoint()).is_some() {
             drop(entries);
@@ -339,7 +331,7 @@ impl<P: Protocol> Balancer<P> {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let b = livepool::Balancer::new(["127.0.0.1:1", "127.0.0.2:1"], |b| b).unwrap();
+    /// let b = livepool::Balancer::builder().endpoints(["127.0.0.1:1", "127.0.0.2:1"]).build().unwrap();
     /// assert!(b.remove("127.0.0.1:1"));
     /// assert!(!b.remove("127.0.0.1:1"));
     /// assert_eq!(b.endpoints().len(), 1);
@@ -396,7 +388,10 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let b = Balancer::new(["127.0.0.1:1", "127.0.0.2:1"], |b| b).unwrap();
+            let b = Balancer::builder()
+                .endpoints(["127.0.0.1:1", "127.0.0.2:1"])
+                .build()
+                .unwrap();
             let entries = b.inner.entries.read().clone();
             assert_eq!(entries[1].name(), "127.0.0.2:1");
             // Nothing connected yet: in service, breaker closed, no idle member, none in use.
@@ -418,7 +413,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let b = Balancer::new(Vec::<&str>::new(), |b| b).unwrap();
+            let b = Balancer::builder().build().unwrap();
             let e = b.get().await.unwrap_err();
             assert!(e.is_all_endpoints());
             assert!(e.endpoint_errors().is_empty());

@@ -1,18 +1,19 @@
 //! `Pool::builder(addr)` → setters → `build()`, where all validation happens.
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::breaker::BreakerConfig;
 use crate::pool::Pool;
-use crate::pool::config::Config;
+use crate::pool::config::{Config, HealthObserver, PoolConfig};
 use crate::pool::error::BuildError;
 use crate::protocol::{Protocol, Raw};
-use crate::transport::{Endpoint, Target};
+use crate::transport::{Endpoint, TcpOptions};
 
 /// An endpoint address. Nothing is resolved here: a host name is resolved again at every
 /// connect (asynchronously), so that new connections follow DNS changes.
 ///
-/// - a [`SocketAddr`] or `(IpAddr, u16)`;
+/// - a [`SocketAddr`](std::net::SocketAddr) or `(IpAddr, u16)`;
 /// - `"host:port"` or `"1.2.3.4:port"` or `"[::1]:port"`;
 /// - `"unix:/path/to/socket"`, or a [`Path`](std::path::Path)/[`PathBuf`](std::path::PathBuf), for a Unix domain socket (the TCP
 ///   options are skipped there).
@@ -80,7 +81,9 @@ mod sealed {
 
 impl<T: sealed::Sealed> IntoAddr for T {}
 
-/// Configures and builds a [`Pool`]. Setters consume the builder; nothing is checked until
+/// Configures and builds a [`Pool`]: the endpoint, the protocol, TLS, and the settings of a
+/// [`PoolConfig`], whole ([`config`](Self::config)) or one at a time with the setter of the
+/// field's name. Setters consume the builder; nothing is checked until
 /// [`Builder::build`], which names the first wrong field.
 ///
 /// ```
@@ -88,35 +91,50 @@ impl<T: sealed::Sealed> IntoAddr for T {}
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let pool = livepool::Pool::builder("127.0.0.1:6379")
 ///     .max_size(32)
-///     .connect_timeout(Some(Duration::from_secs(2)))
-///     .idle_timeout(Some(Duration::from_secs(60)))
+///     .connect_timeout(Duration::from_secs(2))
+///     .idle_timeout(Duration::from_secs(60))
 ///     .build()
 ///     .expect("valid configuration");
 /// assert_eq!(pool.status().max_size, 32);
 /// # }
 /// ```
 #[must_use = "a builder does nothing until build() is called"]
-#[derive(Debug)]
 pub struct Builder<P: Protocol = Raw> {
     endpoint: Result<Endpoint, String>,
-    config: Config,
-    protocol: P,
+    settings: PoolConfig,
+    /// Shared: a balancer builds every endpoint's pool with one protocol value.
+    protocol: Arc<P>,
     #[cfg(feature = "tls")]
     tls: Option<Result<crate::transport::tls::TlsSettings, String>>,
+    /// Mixed into the jitter seed (a balancer's endpoints must not share one).
+    salt: u64,
+    /// Hears every outcome the breaker hears (a balancer's outlier detection).
+    observer: Option<Arc<dyn HealthObserver>>,
 }
 
 impl Builder<Raw> {
     pub(crate) fn new(addr: impl IntoAddr) -> Self {
-        let endpoint = sealed::Sealed::into_endpoint(addr);
-        let placeholder = Endpoint::Tcp(Target::Addr(SocketAddr::from(([0, 0, 0, 0], 0))));
         Builder {
-            config: Config::new(endpoint.clone().unwrap_or(placeholder)),
-            endpoint,
-            protocol: Raw,
+            endpoint: sealed::Sealed::into_endpoint(addr),
+            settings: PoolConfig::default(),
+            protocol: Arc::new(Raw),
             #[cfg(feature = "tls")]
             tls: None,
+            salt: 0,
+            observer: None,
         }
     }
+}
+
+/// A setter of the builder for the [`PoolConfig`] field of the same name.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty $(=> $into:ident)?;)*) => {$(
+        $(#[$doc])*
+        pub fn $field(mut self, value: $ty) -> Self {
+            self.settings.$field = value$(.$into())?;
+            self
+        }
+    )*};
 }
 
 impl<P: Protocol> Builder<P> {
@@ -135,12 +153,19 @@ impl<P: Protocol> Builder<P> {
     /// Default: [`Raw`] (raw bytes, no heartbeat). [`FramePing`](crate::FramePing) and
     /// [`RedisPing`](crate::RedisPing) are raw bytes with a ping.
     pub fn protocol<Q: Protocol>(self, protocol: Q) -> Builder<Q> {
+        self.shared_protocol(Arc::new(protocol))
+    }
+
+    /// The protocol, shared with other pools (a balancer's endpoints).
+    pub(crate) fn shared_protocol<Q: Protocol>(self, protocol: Arc<Q>) -> Builder<Q> {
         Builder {
             endpoint: self.endpoint,
-            config: self.config,
+            settings: self.settings,
             protocol,
             #[cfg(feature = "tls")]
             tls: self.tls,
+            salt: self.salt,
+            observer: self.observer,
         }
     }
 
@@ -167,274 +192,136 @@ impl<P: Protocol> Builder<P> {
     /// Default: plain TCP.
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
-    pub fn tls(mut self, config: std::sync::Arc<rustls::ClientConfig>, server_name: &str) -> Self {
+    pub fn tls(mut self, config: Arc<rustls::ClientConfig>, server_name: &str) -> Self {
         self.tls = Some(crate::transport::tls::TlsSettings::new(config, server_name));
         self
     }
 
-    /// Most connections open at once, idle or in use. Must be at least 1.
+    /// Every setting at once, replacing what earlier setters set (later setters change
+    /// single fields of it).
     ///
     /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").max_size(8);
+    /// let config = livepool::PoolConfig { max_size: 8, ..livepool::PoolConfig::default() };
+    /// let b = livepool::Pool::builder("127.0.0.1:1").config(config).min_idle(2);
     /// ```
-    /// Default: 16.
-    pub fn max_size(mut self, value: usize) -> Self {
-        self.config.max_size = value;
+    /// Default: [`PoolConfig::default`].
+    pub fn config(mut self, config: PoolConfig) -> Self {
+        self.settings = config;
         self
     }
 
-    /// Idle connections the reaper keeps open in the background (refilled after evictions,
-    /// never above `max_size`). Idle timeout never closes these.
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").min_idle(2);
-    /// ```
-    /// Default: 0.
-    pub fn min_idle(mut self, value: usize) -> Self {
-        self.config.min_idle = value;
-        self
-    }
-
-    /// Bound on opening one connection, all of it: resolving the name, connecting (each
-    /// address tried gets an even share of what is left), the TLS handshake and the
-    /// protocol's setup. `None` leaves it to the kernel (and `tcp_user_timeout`, which also
-    /// bounds SYN retries). Zero is refused.
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").connect_timeout(Some(std::time::Duration::from_secs(1)));
-    /// ```
-    /// Default: 5 s.
-    pub fn connect_timeout(mut self, value: Option<Duration>) -> Self {
-        self.config.connect_timeout = value;
-        self
-    }
-
-    /// Bound on waiting for a free slot when `max_size` connections are in use; `None` waits
-    /// forever; zero fails at once when nothing is free.
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").wait_timeout(None);
-    /// ```
-    /// Default: 30 s.
-    pub fn wait_timeout(mut self, value: Option<Duration>) -> Self {
-        self.config.wait_timeout = value;
-        self
-    }
-
-    /// Sets `TCP_NODELAY` on new connections.
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").tcp_nodelay(false);
-    /// ```
-    /// Default: true.
-    pub fn tcp_nodelay(mut self, value: bool) -> Self {
-        self.config.tcp_nodelay = value;
-        self
-    }
-
-    /// TCP keepalive idle time (`TCP_KEEPIDLE`) before the first probe; `None` disables
-    /// keepalive. At most 32,767 s.
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").tcp_keepalive(Some(std::time::Duration::from_secs(30)));
-    /// ```
-    /// Default: 60 s.
-    pub fn tcp_keepalive(mut self, value: Option<Duration>) -> Self {
-        self.config.tcp_keepalive = value;
-        self
-    }
-
-    /// Time between keepalive probes (`TCP_KEEPINTVL`). At most 32,767 s.
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").tcp_keepalive_interval(std::time::Duration::from_secs(5));
-    /// ```
-    /// Default: 10 s.
-    pub fn tcp_keepalive_interval(mut self, value: Duration) -> Self {
-        self.config.tcp_keepalive_interval = value;
-        self
-    }
-
-    /// Unanswered keepalive probes before the kernel drops the connection (`TCP_KEEPCNT`),
-    /// 1 to 127. Linux ignores it when `tcp_user_timeout` is set.
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").tcp_keepalive_retries(5);
-    /// ```
-    /// Default: 3.
-    pub fn tcp_keepalive_retries(mut self, value: u32) -> Self {
-        self.config.tcp_keepalive_retries = value;
-        self
-    }
-
-    /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before the kernel
-    /// drops the connection; also bounds connect retries. `None` keeps the kernel's ~15 min.
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").tcp_user_timeout(Some(std::time::Duration::from_secs(10)));
-    /// ```
-    /// Default: 30 s.
-    pub fn tcp_user_timeout(mut self, value: Option<Duration>) -> Self {
-        self.config.tcp_user_timeout = value;
-        self
-    }
-
-    /// Close connections idle (since returned, or since their last good heartbeat) longer
-    /// than this, except the `min_idle` warmest. `None` disables it. Not longer than
-    /// `max_lifetime`.
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").idle_timeout(None);
-    /// ```
-    /// Default: 300 s.
-    pub fn idle_timeout(mut self, value: Option<Duration>) -> Self {
-        self.config.idle_timeout = value;
-        self
-    }
-
-    /// Close connections older than this (less a per-connection jitter); a connection
-    /// that expires while checked out is closed when returned. `None` disables it.
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").max_lifetime(Some(std::time::Duration::from_secs(600)));
-    /// ```
-    /// Default: 30 min.
-    pub fn max_lifetime(mut self, value: Option<Duration>) -> Self {
-        self.config.max_lifetime = value;
-        self
-    }
-
-    /// Each connection's lifetime is shortened by a random fraction up to this, so that
-    /// connections opened together do not expire together. In [0, 1).
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").lifetime_jitter(0.0);
-    /// ```
-    /// Default: 0.05.
-    pub fn lifetime_jitter(mut self, value: f64) -> Self {
-        self.config.lifetime_jitter = value;
-        self
-    }
-
-    /// Request/response policy: a connection on which a write was not followed by a read
-    /// is not returned to the pool (its response would reach the next caller). Set `false`
-    /// for one-way protocols.
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").request_response(false);
-    /// ```
-    /// Default: true.
-    pub fn request_response(mut self, value: bool) -> Self {
-        self.config.request_response = value;
-        self
-    }
-
-    /// The granularity of the reaper's schedule: idle timeout, max lifetime and heartbeats
-    /// fall due on ticks this far apart. Each tick visits only the members that fall due (a
-    /// timing wheel), so a short interval costs wake-ups, not passes over the pool.
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").reap_interval(std::time::Duration::from_millis(250));
-    /// ```
-    /// Default: 1 s.
-    pub fn reap_interval(mut self, value: Duration) -> Self {
-        self.config.reap_interval = value;
-        self
-    }
-
-    /// How long an idle member may go without a heartbeat (less jitter).
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").heartbeat_interval(std::time::Duration::from_secs(10));
-    /// ```
-    /// Default: 30 s.
-    pub fn heartbeat_interval(mut self, value: Duration) -> Self {
-        self.config.heartbeat_interval = value;
-        self
-    }
-
-    /// Deadline of one heartbeat (a member that does not answer in time is evicted), and of
-    /// the protocol's reading of bytes that arrived on an idle member. Must be shorter than
-    /// `heartbeat_interval`.
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").heartbeat_timeout(std::time::Duration::from_secs(1));
-    /// ```
-    /// Default: 5 s.
-    pub fn heartbeat_timeout(mut self, value: Duration) -> Self {
-        self.config.heartbeat_timeout = value;
-        self
-    }
-
-    /// Each member's heartbeat interval is shortened by a fraction up to this, so that
-    /// heartbeats spread out. In [0, 1). (The first heartbeat after a return is drawn
-    /// uniformly over the whole interval in any case: members returned or created together
-    /// are not pinged together.)
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").heartbeat_jitter(0.0);
-    /// ```
-    /// Default: 0.1.
-    pub fn heartbeat_jitter(mut self, value: f64) -> Self {
-        self.config.heartbeat_jitter = value;
-        self
-    }
-
-    /// Watch idle members' sockets and evict one the moment the peer closes or resets it,
-    /// or sends bytes nobody asked for.
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").idle_watch(false);
-    /// ```
-    /// Default: true.
-    pub fn idle_watch(mut self, value: bool) -> Self {
-        self.config.idle_watch = value;
-        self
-    }
-
-    /// Seed of the lifetime, heartbeat and breaker jitter (deterministic per connection id).
-    /// Pools with the same seed draw the same jitter, so the default is a fresh random seed
-    /// for every pool (from the operating system's randomness): many processes started
-    /// together do not expire connections, ping or probe a recovering endpoint in step. Set
-    /// one to make a test reproducible. A [`Balancer`](crate::Balancer) mixes each
-    /// endpoint's name into it.
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").jitter_seed(42);
-    /// ```
-    /// Default: random, different for every pool.
-    pub fn jitter_seed(mut self, value: u64) -> Self {
-        self.config.jitter_seed = value;
-        self
-    }
-
-    /// Leak detection: a connection held longer than this logs a warning (once per
-    /// checkout) with its id and the place of the `get()` call, and is counted in
-    /// [`Statistics::leaks`](crate::Statistics::leaks). Checked every `reap_interval`.
-    /// `None` turns it off (and saves a clock read per checkout).
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1").leak_threshold(Some(std::time::Duration::from_secs(30)));
-    /// ```
-    /// Default: none.
-    pub fn leak_threshold(mut self, value: Option<Duration>) -> Self {
-        self.config.leak_threshold = value;
-        self
-    }
-
-    /// The circuit breaker for this endpoint; `None` turns it off (every `get()` that
-    /// needs a new connection then tries to connect).
-    ///
-    /// ```
-    /// let b = livepool::Pool::builder("127.0.0.1:1")
-    ///     .breaker(Some(livepool::BreakerConfig::new().failure_threshold(5)));
-    /// let off = livepool::Pool::builder("127.0.0.1:1").breaker(None);
-    /// ```
-    /// Default: `Some(BreakerConfig::default())` (3 failures in a row; open 200 ms, growing
-    /// with the outage to a tenth of it, at most 30 s).
-    pub fn breaker(mut self, value: Option<crate::breaker::BreakerConfig>) -> Self {
-        self.config.breaker = value;
-        self
+    setters! {
+        /// [`PoolConfig::max_size`]: most connections open at once.
+        ///
+        /// ```
+        /// let b = livepool::Pool::builder("127.0.0.1:1").max_size(8);
+        /// ```
+        max_size: usize;
+        /// [`PoolConfig::min_idle`]: idle connections kept open in the background.
+        ///
+        /// ```
+        /// let b = livepool::Pool::builder("127.0.0.1:1").min_idle(2);
+        /// ```
+        min_idle: usize;
+        /// [`PoolConfig::connect_timeout`]: bound on opening one connection (`None`: the
+        /// kernel's).
+        ///
+        /// ```
+        /// let b = livepool::Pool::builder("127.0.0.1:1").connect_timeout(std::time::Duration::from_secs(1));
+        /// ```
+        connect_timeout: impl Into<Option<Duration>> => into;
+        /// [`PoolConfig::wait_timeout`]: bound on waiting for a free slot (`None`: forever).
+        ///
+        /// ```
+        /// let b = livepool::Pool::builder("127.0.0.1:1").wait_timeout(None);
+        /// ```
+        wait_timeout: impl Into<Option<Duration>> => into;
+        /// [`PoolConfig::tcp`]: the socket options of every new TCP connection.
+        ///
+        /// ```
+        /// let tcp = livepool::TcpOptions { nodelay: false, ..Default::default() };
+        /// let b = livepool::Pool::builder("127.0.0.1:1").tcp(tcp);
+        /// ```
+        tcp: TcpOptions;
+        /// [`PoolConfig::idle_timeout`]: close connections idle longer than this (`None`:
+        /// never).
+        ///
+        /// ```
+        /// let b = livepool::Pool::builder("127.0.0.1:1").idle_timeout(std::time::Duration::from_secs(60));
+        /// ```
+        idle_timeout: impl Into<Option<Duration>> => into;
+        /// [`PoolConfig::max_lifetime`]: close connections older than this (`None`: never).
+        ///
+        /// ```
+        /// let b = livepool::Pool::builder("127.0.0.1:1").max_lifetime(None);
+        /// ```
+        max_lifetime: impl Into<Option<Duration>> => into;
+        /// [`PoolConfig::lifetime_jitter`]: the random share taken off each lifetime.
+        ///
+        /// ```
+        /// let b = livepool::Pool::builder("127.0.0.1:1").lifetime_jitter(0.1);
+        /// ```
+        lifetime_jitter: f64;
+        /// [`PoolConfig::request_response`]: a write must be followed by a read before the
+        /// connection may go back.
+        ///
+        /// ```
+        /// let b = livepool::Pool::builder("127.0.0.1:1").request_response(false);
+        /// ```
+        request_response: bool;
+        /// [`PoolConfig::reap_interval`]: the granularity of the reaper's schedule.
+        ///
+        /// ```
+        /// let b = livepool::Pool::builder("127.0.0.1:1").reap_interval(std::time::Duration::from_millis(100));
+        /// ```
+        reap_interval: Duration;
+        /// [`PoolConfig::heartbeat_interval`]: how long an idle member may go without a
+        /// heartbeat.
+        ///
+        /// ```
+        /// let b = livepool::Pool::builder("127.0.0.1:1").heartbeat_interval(std::time::Duration::from_secs(10));
+        /// ```
+        heartbeat_interval: Duration;
+        /// [`PoolConfig::heartbeat_timeout`]: the deadline of one heartbeat.
+        ///
+        /// ```
+        /// let b = livepool::Pool::builder("127.0.0.1:1").heartbeat_timeout(std::time::Duration::from_secs(1));
+        /// ```
+        heartbeat_timeout: Duration;
+        /// [`PoolConfig::heartbeat_jitter`]: the random share taken off each heartbeat
+        /// interval.
+        ///
+        /// ```
+        /// let b = livepool::Pool::builder("127.0.0.1:1").heartbeat_jitter(0.0);
+        /// ```
+        heartbeat_jitter: f64;
+        /// [`PoolConfig::idle_watch`]: evict idle members the moment the peer closes.
+        ///
+        /// ```
+        /// let b = livepool::Pool::builder("127.0.0.1:1").idle_watch(false);
+        /// ```
+        idle_watch: bool;
+        /// [`PoolConfig::breaker`]: the circuit breaker (`None`: off).
+        ///
+        /// ```
+        /// let b = livepool::Pool::builder("127.0.0.1:1")
+        ///     .breaker(livepool::BreakerConfig::new().failure_threshold(5));
+        /// let off = livepool::Pool::builder("127.0.0.1:1").breaker(None);
+        /// ```
+        breaker: impl Into<Option<BreakerConfig>> => into;
+        /// [`PoolConfig::leak_threshold`]: warn about connections held longer than this
+        /// (`None`: off).
+        ///
+        /// ```
+        /// let b = livepool::Pool::builder("127.0.0.1:1").leak_threshold(std::time::Duration::from_secs(30));
+        /// ```
+        leak_threshold: impl Into<Option<Duration>> => into;
+        /// [`PoolConfig::jitter_seed`]: the seed of every jitter (`None`: random per pool).
+        ///
+        /// ```
+        /// let b = livepool::Pool::builder("127.0.0.1:1").jitter_seed(42);
+        /// ```
+        jitter_seed: impl Into<Option<u64>> => into;
     }
 
     /// The endpoint's name as the pool will report it (the parse error text if it has none).
@@ -445,22 +332,15 @@ impl<P: Protocol> Builder<P> {
         }
     }
 
-    pub(crate) fn wait_timeout_setting(&self) -> Option<Duration> {
-        self.config.wait_timeout
-    }
-
     /// Mixes `salt` into the jitter seed (the balancer's endpoints must not share one).
     pub(crate) fn salt_jitter_seed(mut self, salt: u64) -> Self {
-        self.config.jitter_seed ^= salt;
+        self.salt ^= salt;
         self
     }
 
     /// Tells `observer` every outcome the breaker hears (a balancer's outlier detection).
-    pub(crate) fn observer(
-        mut self,
-        observer: std::sync::Arc<dyn crate::pool::config::HealthObserver>,
-    ) -> Self {
-        self.config.observer = Some(observer);
+    pub(crate) fn observer(mut self, observer: Arc<dyn HealthObserver>) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -469,7 +349,8 @@ impl<P: Protocol> Builder<P> {
     ///
     /// # Errors
     /// A [`BuildError`] naming the first wrong field (`addr` when the address cannot be
-    /// parsed; nothing is resolved here).
+    /// parsed; nothing is resolved here; `tcp.keepalive` and the like for a field of a
+    /// nested setting).
     ///
     /// Outside a tokio runtime it returns an error for the field `runtime`.
     ///
@@ -480,9 +361,12 @@ impl<P: Protocol> Builder<P> {
     /// # }
     /// ```
     pub fn build(self) -> Result<Pool<P>, BuildError> {
-        let mut config = self.config;
-        config.endpoint = self.endpoint.map_err(|e| BuildError::new("addr", e))?;
-        config.has_heartbeat = self.protocol.has_heartbeat();
+        let endpoint = self.endpoint.map_err(|e| BuildError::new("addr", e))?;
+        let has_heartbeat = self.protocol.has_heartbeat();
+        self.settings.validate(has_heartbeat)?;
+        let mut config = Config::new(endpoint, self.settings, has_heartbeat);
+        config.jitter_seed ^= self.salt;
+        config.observer = self.observer;
         #[cfg(feature = "tls")]
         {
             config.tls = self
@@ -490,10 +374,18 @@ impl<P: Protocol> Builder<P> {
                 .transpose()
                 .map_err(|e| BuildError::new("tls", e))?;
         }
-        config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             BuildError::new("runtime", "build() must be called within a tokio runtime")
         })?;
         Pool::from_config(config, self.protocol, &runtime)
+    }
+}
+
+impl<P: Protocol> std::fmt::Debug for Builder<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("endpoint", &self.endpoint)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }

@@ -1,4 +1,6 @@
-//! The validated pool configuration and its defaults.
+//! A pool's settings as data ([`PoolConfig`], public, with its defaults and their reasons),
+//! their validation, and what a built pool runs with (`Config`: the settings plus what the
+//! builder resolved around them).
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,36 +15,189 @@ use crate::transport::{Endpoint, TcpOptions};
 const MAX_KEEPALIVE_SECS: u64 = 32_767;
 const MAX_KEEPALIVE_RETRIES: u32 = 127;
 
+/// Every setting of a pool, as data: fill it from your own configuration and hand it to
+/// [`Builder::config`](crate::Builder::config) or
+/// [`BalancerBuilder::config`](crate::BalancerBuilder::config), or set one field at a time
+/// with the [`Builder`](crate::Builder)'s setter of the same name. Nothing is checked until
+/// `build()`, which names the first wrong field.
+///
+/// Write it with `..PoolConfig::default()` (as below), so that a field added in a later
+/// version keeps your code compiling.
+///
+/// ```
+/// use std::time::Duration;
+/// use livepool::{PoolConfig, TcpOptions};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let config = PoolConfig {
+///     max_size: 32,
+///     idle_timeout: Some(Duration::from_secs(60)),
+///     tcp: TcpOptions { keepalive: Some(Duration::from_secs(30)), ..TcpOptions::default() },
+///     ..PoolConfig::default()
+/// };
+/// let pool = livepool::Pool::builder("127.0.0.1:6379").config(config.clone()).build().unwrap();
+/// assert_eq!(pool.status().max_size, 32);
+/// assert_eq!(config.max_size, 32);
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolConfig {
+    /// Most connections open at once, idle or in use. At least 1.
+    ///
+    /// Default: 16 (enough for a busy service on a few cores; databases cap clients at a
+    /// few hundred).
+    pub max_size: usize,
+    /// Idle connections the reaper keeps open in the background (refilled after evictions,
+    /// through the breaker; never above `max_size`). Idle timeout never closes these.
+    ///
+    /// Default: 0 (no background connects unless asked for).
+    pub min_idle: usize,
+    /// Bound on opening one connection, all of it: resolving the name, connecting (each
+    /// address tried gets an even share of what is left), the TLS handshake and the
+    /// protocol's setup. `None` leaves it to the kernel (and `tcp.user_timeout`, which also
+    /// bounds SYN retries). Not zero.
+    ///
+    /// Default: 5 s (a loopback or LAN connect takes microseconds to milliseconds; 5 s
+    /// covers a slow WAN).
+    pub connect_timeout: Option<Duration>,
+    /// Bound on waiting for a free slot when `max_size` connections are in use; `None`
+    /// waits forever; zero fails at once when nothing is free.
+    ///
+    /// Default: 30 s (a caller hears "pool exhausted" long before a request deadline of
+    /// minutes).
+    pub wait_timeout: Option<Duration>,
+    /// The socket options of every new TCP connection (skipped on Unix sockets).
+    ///
+    /// Default: [`TcpOptions::default`].
+    pub tcp: TcpOptions,
+    /// Close connections idle (since returned, or since their last good heartbeat) longer
+    /// than this, except the `min_idle` warmest. `None` disables it. Not zero, not longer
+    /// than `max_lifetime`.
+    ///
+    /// Default: 300 s (below common server and NAT idle limits: Redis 0 or 300 s, AWS NLB
+    /// 350 s).
+    pub idle_timeout: Option<Duration>,
+    /// Close connections older than this (less a per-connection jitter); a connection that
+    /// expires while checked out is closed when returned. `None` disables it. Not zero.
+    ///
+    /// Default: 30 min (rotates connections, so that DNS and failover changes — every
+    /// connect resolves the name again — and server-side leaks heal).
+    pub max_lifetime: Option<Duration>,
+    /// Each connection's lifetime is shortened by a random fraction up to this, so that
+    /// connections opened together do not expire together. In [0, 1).
+    ///
+    /// Default: 0.05.
+    pub lifetime_jitter: f64,
+    /// Request/response policy: a connection on which a write was not followed by a read
+    /// is not returned to the pool (its response would reach the next caller). `false` for
+    /// one-way protocols.
+    ///
+    /// Default: true.
+    pub request_response: bool,
+    /// The granularity of the reaper's schedule: idle timeout, max lifetime and heartbeats
+    /// fall due on ticks this far apart. Each tick visits only the members that fall due (a
+    /// timing wheel), so a short interval costs wake-ups, not passes over the pool. Not zero.
+    ///
+    /// Default: 1 s.
+    pub reap_interval: Duration,
+    /// How long an idle member may go without a heartbeat (less jitter), when the protocol
+    /// pings ([`Protocol::heartbeat`](crate::Protocol::heartbeat)). Not zero.
+    ///
+    /// Default: 30 s (keeps NAT and load-balancer state warm and finds a hung peer within
+    /// about 35 s).
+    pub heartbeat_interval: Duration,
+    /// Deadline of one heartbeat (a member that does not answer in time is evicted), and of
+    /// the protocol's reading of bytes that arrived on an idle member. Shorter than
+    /// `heartbeat_interval` when the protocol pings. Not zero.
+    ///
+    /// Default: 5 s (a healthy peer answers a ping in well under a second).
+    pub heartbeat_timeout: Duration,
+    /// Each member's heartbeat interval is shortened by a fraction up to this, so that
+    /// heartbeats spread out. In [0, 1). (The first heartbeat after a return is drawn
+    /// uniformly over the whole interval in any case: members returned or created together
+    /// are not pinged together.)
+    ///
+    /// Default: 0.1.
+    pub heartbeat_jitter: f64,
+    /// Watch idle members' sockets and evict one the moment the peer closes or resets it,
+    /// or sends bytes nobody asked for.
+    ///
+    /// Default: true.
+    pub idle_watch: bool,
+    /// The circuit breaker for this endpoint; `None` turns it off (every `get()` that needs
+    /// a new connection then tries to connect).
+    ///
+    /// Default: `Some(BreakerConfig::default())` (3 failures in a row; open 200 ms, growing
+    /// with the outage to a tenth of it, at most 30 s).
+    pub breaker: Option<BreakerConfig>,
+    /// Leak detection: a connection held longer than this logs a warning (once per
+    /// checkout) with its id and the place of the `get()` call, and is counted in
+    /// [`Statistics::leaks`](crate::Statistics::leaks). Checked every `reap_interval`.
+    /// `None` turns it off (and saves a clock read per checkout). Not zero.
+    ///
+    /// Default: none (what counts as "held too long" depends on the application).
+    pub leak_threshold: Option<Duration>,
+    /// Seed of the lifetime, heartbeat and breaker jitter (deterministic per connection
+    /// id). Pools with the same seed draw the same jitter, so `None` draws a fresh random
+    /// seed for every pool (from the operating system's randomness): processes started
+    /// together do not expire connections, ping or probe a recovering endpoint in step.
+    /// Set one to make a test reproducible. A [`Balancer`](crate::Balancer) mixes each
+    /// endpoint's name into it.
+    ///
+    /// Default: none (random, different for every pool).
+    pub jitter_seed: Option<u64>,
+}
+
+impl Default for PoolConfig {
+    /// The defaults each field's documentation gives, with the reason for each.
+    ///
+    /// ```
+    /// assert_eq!(livepool::PoolConfig::default().max_size, 16);
+    /// ```
+    fn default() -> Self {
+        PoolConfig {
+            max_size: 16,
+            min_idle: 0,
+            connect_timeout: Some(Duration::from_secs(5)),
+            wait_timeout: Some(Duration::from_secs(30)),
+            tcp: TcpOptions::default(),
+            idle_timeout: Some(Duration::from_secs(300)),
+            max_lifetime: Some(Duration::from_secs(30 * 60)),
+            lifetime_jitter: 0.05,
+            request_response: true,
+            reap_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(5),
+            heartbeat_jitter: 0.1,
+            idle_watch: true,
+            breaker: Some(BreakerConfig::default()),
+            leak_threshold: None,
+            jitter_seed: None,
+        }
+    }
+}
+
+/// What a built pool runs with: its settings, and what the builder resolved around them.
+/// Derefs to the [`PoolConfig`], so `cfg.max_size` reads the setting.
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) endpoint: Endpoint,
-    pub(crate) max_size: usize,
-    pub(crate) min_idle: usize,
-    pub(crate) connect_timeout: Option<Duration>,
-    pub(crate) wait_timeout: Option<Duration>,
-    pub(crate) tcp_nodelay: bool,
-    pub(crate) tcp_keepalive: Option<Duration>,
-    pub(crate) tcp_keepalive_interval: Duration,
-    pub(crate) tcp_keepalive_retries: u32,
-    pub(crate) tcp_user_timeout: Option<Duration>,
-    pub(crate) idle_timeout: Option<Duration>,
-    pub(crate) max_lifetime: Option<Duration>,
-    pub(crate) lifetime_jitter: f64,
-    pub(crate) request_response: bool,
-    pub(crate) reap_interval: Duration,
+    pub(crate) settings: PoolConfig,
+    /// `settings.jitter_seed`, or a fresh random one.
+    pub(crate) jitter_seed: u64,
     /// Whether the protocol pings idle members (taken from it at `build()`).
     pub(crate) has_heartbeat: bool,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::transport::tls::TlsSettings>,
-    pub(crate) heartbeat_interval: Duration,
-    pub(crate) heartbeat_timeout: Duration,
-    pub(crate) heartbeat_jitter: f64,
-    pub(crate) idle_watch: bool,
-    pub(crate) breaker: Option<BreakerConfig>,
-    pub(crate) leak_threshold: Option<Duration>,
-    pub(crate) jitter_seed: u64,
     /// Hears every outcome the breaker hears (a balancer's outlier detection).
     pub(crate) observer: Option<Arc<dyn HealthObserver>>,
+}
+
+impl std::ops::Deref for Config {
+    type Target = PoolConfig;
+
+    fn deref(&self) -> &PoolConfig {
+        &self.settings
+    }
 }
 
 /// Told of every connect, setup and heartbeat outcome of one pool's endpoint, as the
@@ -57,97 +212,44 @@ pub(crate) trait HealthObserver: Send + Sync {
     fn request(&self, failure: Option<crate::stats::EvictReason>);
 }
 
-impl Config {
-    pub(crate) fn new(endpoint: Endpoint) -> Self {
-        Config {
-            endpoint,
-            // Enough for a busy service on a few cores; databases cap clients at a few hundred.
-            max_size: 16,
-            // No background connects unless asked for.
-            min_idle: 0,
-            // A loopback or LAN connect takes microseconds to milliseconds; 5 s covers a slow WAN.
-            connect_timeout: Some(Duration::from_secs(5)),
-            // A caller should hear "pool exhausted" long before a request deadline of minutes.
-            wait_timeout: Some(Duration::from_secs(30)),
-            // Request/response traffic: Nagle adds up to 40 ms per small request.
-            tcp_nodelay: true,
-            // Finds a blackholed idle peer in ~90 s instead of Linux's 2 h 11 min.
-            tcp_keepalive: Some(Duration::from_secs(60)),
-            tcp_keepalive_interval: Duration::from_secs(10),
-            tcp_keepalive_retries: 3,
-            // Bounds unacked data to 30 s instead of ~15 min (tcp_retries2); keepalive pauses then.
-            tcp_user_timeout: Some(Duration::from_secs(30)),
-            // Below common server and NAT idle limits (Redis 0/300 s, AWS NLB 350 s, PG none).
-            idle_timeout: Some(Duration::from_secs(300)),
-            // Rotates connections so that DNS and failover changes (every connect resolves the
-            // name again) and server-side leaks heal.
-            max_lifetime: Some(Duration::from_secs(30 * 60)),
-            // Spreads out the expiry of connections opened together.
-            lifetime_jitter: 0.05,
-            // The common case: a write is a request whose response must be read.
-            request_response: true,
-            // Idle/lifetime/heartbeat granularity; a tick visits only the members that are due.
-            reap_interval: Duration::from_secs(1),
-            // Heartbeats need a protocol; the raw protocol has none by default.
-            has_heartbeat: false,
-            // Plain TCP unless asked for.
-            #[cfg(feature = "tls")]
-            tls: None,
-            // Keeps NAT/LB state warm and finds a hung peer within ~35 s.
-            heartbeat_interval: Duration::from_secs(30),
-            // A healthy peer answers a ping in well under a second.
-            heartbeat_timeout: Duration::from_secs(5),
-            // Varies later heartbeat intervals (the first after a return is spread over the
-            // whole interval anyway).
-            heartbeat_jitter: 0.1,
-            // Event-driven eviction of idle members closed by the peer.
-            idle_watch: true,
-            // Fail fast after 3 failures in a row; probe every 200 ms, then a tenth of the
-            // outage so far, at most every 30 s.
-            breaker: Some(BreakerConfig::default()),
-            // Off: what counts as "held too long" depends on the application.
-            leak_threshold: None,
-            // Drawn at random per pool, so that processes started together do not expire,
-            // ping or probe in step; tests set one to reproduce a run.
-            jitter_seed: crate::jitter::fresh_seed(),
-            observer: None,
-        }
-    }
-
-    pub(crate) fn validate(&self) -> Result<(), BuildError> {
+impl PoolConfig {
+    /// Checks every field; `has_heartbeat`: whether the protocol pings (the heartbeat
+    /// timeout must then be shorter than the interval).
+    pub(crate) fn validate(&self, has_heartbeat: bool) -> Result<(), BuildError> {
         let e = |f: &'static str, r: &dyn std::fmt::Display| BuildError::new(f, r.to_string());
         check_sizes(self.max_size, self.min_idle, "min_idle")?;
         nonzero("connect_timeout", self.connect_timeout)?;
-        nonzero("tcp_keepalive", self.tcp_keepalive)?;
-        nonzero("tcp_keepalive_interval", Some(self.tcp_keepalive_interval))?;
-        nonzero("tcp_user_timeout", self.tcp_user_timeout)?;
+        nonzero("tcp.keepalive", self.tcp.keepalive)?;
+        nonzero("tcp.keepalive_interval", Some(self.tcp.keepalive_interval))?;
+        nonzero("tcp.user_timeout", self.tcp.user_timeout)?;
         nonzero("idle_timeout", self.idle_timeout)?;
         nonzero("max_lifetime", self.max_lifetime)?;
         nonzero("reap_interval", Some(self.reap_interval))?;
         nonzero("heartbeat_interval", Some(self.heartbeat_interval))?;
         nonzero("heartbeat_timeout", Some(self.heartbeat_timeout))?;
         nonzero("leak_threshold", self.leak_threshold)?;
-        if let Some(t) = self.tcp_keepalive
+        let tcp = &self.tcp;
+        if let Some(t) = tcp.keepalive
             && t.as_secs() > MAX_KEEPALIVE_SECS
         {
-            return Err(e("tcp_keepalive", &"Linux allows at most 32767 s"));
+            return Err(e("tcp.keepalive", &"Linux allows at most 32767 s"));
         }
-        if self.tcp_keepalive_interval.as_secs() > MAX_KEEPALIVE_SECS {
-            return Err(e("tcp_keepalive_interval", &"Linux allows at most 32767 s"));
+        if tcp.keepalive_interval.as_secs() > MAX_KEEPALIVE_SECS {
+            return Err(e("tcp.keepalive_interval", &"Linux allows at most 32767 s"));
         }
-        if self.tcp_keepalive_retries == 0 || self.tcp_keepalive_retries > MAX_KEEPALIVE_RETRIES {
-            return Err(e("tcp_keepalive_retries", &"must be between 1 and 127"));
+        if tcp.keepalive_retries == 0 || tcp.keepalive_retries > MAX_KEEPALIVE_RETRIES {
+            return Err(e("tcp.keepalive_retries", &"must be between 1 and 127"));
         }
-        if let Some(t) = self.tcp_user_timeout
+        if let Some(t) = tcp.user_timeout
             && t.as_millis() > u128::from(u32::MAX)
         {
-            return Err(e("tcp_user_timeout", &"must fit in u32 milliseconds"));
+            return Err(e("tcp.user_timeout", &"must fit in u32 milliseconds"));
         }
-        if self
-            .tcp_user_timeout
+        if tcp
+            .user_timeout
             .is_some_and(|t| t < Duration::from_millis(1))
         {
-            return Err(e("tcp_user_timeout", &"must be at least 1 ms"));
+            return Err(e("tcp.user_timeout", &"must be at least 1 ms"));
         }
         if let (Some(idle), Some(life)) = (self.idle_timeout, self.max_lifetime)
             && idle > life
@@ -159,7 +261,7 @@ impl Config {
         }
         fraction("lifetime_jitter", self.lifetime_jitter)?;
         fraction("heartbeat_jitter", self.heartbeat_jitter)?;
-        if self.has_heartbeat && self.heartbeat_timeout >= self.heartbeat_interval {
+        if has_heartbeat && self.heartbeat_timeout >= self.heartbeat_interval {
             return Err(e(
                 "heartbeat_timeout",
                 &format!(
@@ -183,16 +285,28 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// What `build()` runs with: `settings` (validated by the caller), the jitter seed
+    /// resolved, no TLS and no observer yet.
+    pub(crate) fn new(endpoint: Endpoint, settings: PoolConfig, has_heartbeat: bool) -> Self {
+        Config {
+            endpoint,
+            jitter_seed: settings
+                .jitter_seed
+                .unwrap_or_else(crate::jitter::fresh_seed),
+            settings,
+            has_heartbeat,
+            #[cfg(feature = "tls")]
+            tls: None,
+            observer: None,
+        }
+    }
 
     /// The TCP options of every new connection (skipped on Unix sockets).
     pub(crate) fn tcp_options(&self) -> TcpOptions {
-        TcpOptions {
-            nodelay: self.tcp_nodelay,
-            keepalive: self.tcp_keepalive,
-            keepalive_interval: self.tcp_keepalive_interval,
-            keepalive_retries: self.tcp_keepalive_retries,
-            user_timeout: self.tcp_user_timeout,
-        }
+        self.settings.tcp.clone()
     }
 
     /// This member's maximum lifetime, shortened by up to `lifetime_jitter` of it.
@@ -252,15 +366,9 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("endpoint", &self.endpoint)
-            .field("max_size", &self.max_size)
-            .field("min_idle", &self.min_idle)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("wait_timeout", &self.wait_timeout)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("max_lifetime", &self.max_lifetime)
+            .field("settings", &self.settings)
+            .field("jitter_seed", &self.jitter_seed)
             .field("has_heartbeat", &self.has_heartbeat)
-            .field("heartbeat_interval", &self.heartbeat_interval)
-            .field("heartbeat_timeout", &self.heartbeat_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -270,12 +378,16 @@ mod tests {
     use super::*;
 
     fn cfg() -> Config {
-        Config::new(Endpoint::parse("127.0.0.1:1").unwrap())
+        Config::new(
+            Endpoint::parse("127.0.0.1:1").unwrap(),
+            PoolConfig::default(),
+            false,
+        )
     }
 
     #[test]
     fn defaults_are_valid() {
-        cfg().validate().unwrap();
+        PoolConfig::default().validate(true).unwrap();
     }
 
     #[test]
@@ -294,7 +406,7 @@ mod tests {
             let l = c.lifetime_for(id).unwrap();
             assert!(l <= c.max_lifetime.unwrap() && l >= c.max_lifetime.unwrap().mul_f64(0.95));
         }
-        c.lifetime_jitter = 0.0;
+        c.settings.lifetime_jitter = 0.0;
         assert_eq!(c.lifetime_for(7), c.max_lifetime);
     }
 }

@@ -190,11 +190,10 @@ impl Pool {
 impl<P: Protocol> Pool<P> {
     pub(crate) fn from_config(
         config: Config,
-        protocol: P,
+        protocol: Arc<P>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Pool<P>, BuildError> {
         let shared = Arc::new(PoolShared::new(config));
-        let protocol = Arc::new(protocol);
         let cfg = &shared.config;
         let dp = deadpool::managed::Pool::builder(Manager {
             shared: shared.clone(),

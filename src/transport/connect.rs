@@ -153,19 +153,63 @@ impl fmt::Display for Target {
     }
 }
 
-/// Socket options set on every new socket before it connects.
-#[derive(Clone, Debug)]
-pub(crate) struct TcpOptions {
+/// The socket options of every new TCP connection, set before it connects (Unix sockets
+/// have none). A field of [`PoolConfig`](crate::PoolConfig).
+///
+/// ```
+/// use std::time::Duration;
+/// let tcp = livepool::TcpOptions {
+///     keepalive: Some(Duration::from_secs(30)),
+///     user_timeout: Some(Duration::from_secs(10)),
+///     ..livepool::TcpOptions::default()
+/// };
+/// let b = livepool::Pool::builder("127.0.0.1:6379").tcp(tcp);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpOptions {
     /// `TCP_NODELAY`.
-    pub(crate) nodelay: bool,
-    /// `TCP_KEEPIDLE` (and `SO_KEEPALIVE` on); `None` leaves keepalive off.
-    pub(crate) keepalive: Option<Duration>,
-    /// `TCP_KEEPINTVL`, used when `keepalive` is set.
-    pub(crate) keepalive_interval: Duration,
-    /// `TCP_KEEPCNT`, used when `keepalive` is set.
-    pub(crate) keepalive_retries: u32,
-    /// `TCP_USER_TIMEOUT`; `None` keeps the kernel default.
-    pub(crate) user_timeout: Option<Duration>,
+    ///
+    /// Default: true (request/response traffic: Nagle's algorithm adds up to 40 ms per
+    /// small request).
+    pub nodelay: bool,
+    /// TCP keepalive idle time (`TCP_KEEPIDLE`, with `SO_KEEPALIVE` on) before the first
+    /// probe; `None` leaves keepalive off. Not zero, at most 32,767 s.
+    ///
+    /// Default: 60 s (finds a blackholed idle peer in about 90 s instead of Linux's
+    /// 2 h 11 min).
+    pub keepalive: Option<Duration>,
+    /// Time between keepalive probes (`TCP_KEEPINTVL`). Not zero, at most 32,767 s.
+    ///
+    /// Default: 10 s.
+    pub keepalive_interval: Duration,
+    /// Unanswered keepalive probes before the kernel drops the connection (`TCP_KEEPCNT`),
+    /// 1 to 127. Linux ignores it when `user_timeout` is set.
+    ///
+    /// Default: 3.
+    pub keepalive_retries: u32,
+    /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before the kernel
+    /// drops the connection; also bounds connect retries. `None` keeps the kernel's
+    /// ~15 min. At least 1 ms.
+    ///
+    /// Default: 30 s (keepalive pauses while data is unacknowledged; this bounds that).
+    pub user_timeout: Option<Duration>,
+}
+
+impl Default for TcpOptions {
+    /// The defaults each field's documentation gives.
+    ///
+    /// ```
+    /// assert!(livepool::TcpOptions::default().nodelay);
+    /// ```
+    fn default() -> Self {
+        TcpOptions {
+            nodelay: true,
+            keepalive: Some(Duration::from_secs(60)),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_retries: 3,
+            user_timeout: Some(Duration::from_secs(30)),
+        }
+    }
 }
 
 /// What went wrong, beyond the target.

@@ -25,7 +25,8 @@ use tokio::io::ReadBuf;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub(crate) use blame::{Blame, blame};
-pub(crate) use connect::{Target, TcpOptions};
+pub(crate) use connect::Target;
+pub use connect::TcpOptions;
 pub(crate) use socket::Socket;
 
 /// Where a pool connects: a TCP target (an address, or a host name resolved at every
