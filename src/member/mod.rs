@@ -9,20 +9,56 @@
 //! the connection in the slot; the idle watch upgrades the weak reference while it waits.
 //!
 //! **Eviction in place.** A member that dies while idle (the watch saw FIN/RST, a heartbeat
-//! or an idle read failed, a timeout on the heartbeat wheel) is evicted where it lies: its
-//! connection is dropped (the socket closes), the eviction is recorded and the member count
-//! drops, all under the slot's lock, at a cost that does not depend on the idle count. Its
-//! entry stays in deadpool's queue as an empty *husk* (deadpool can only remove an entry by
-//! a pass over its whole queue): the next checkout that pops it drops it at the cost of one
-//! pop, [`Status`](crate::Status) does not count it, and it is never handed out (its state is
-//! dead).
+//! or an idle read failed, a timeout on the heartbeat wheel) is evicted where it lies, at a
+//! cost that does not depend on the idle count: under the slot's lock its state word goes
+//! dead and its entry becomes a husk; then, after the lock, its connection is dropped (the
+//! socket closes), the member count drops and the eviction is recorded. Its entry stays in
+//! deadpool's queue as an empty *husk* (deadpool can only remove an entry by a pass over its
+//! whole queue): the next checkout that pops it drops it at the cost of one pop,
+//! [`Status`](crate::Status) does not count it, it is never handed out (its state is dead),
+//! and the refill may put a new connection into it. What the entry holds (live, husk,
+//! claimed by a checkout for deadpool to drop, gone; and which life) is one small machine,
+//! drawn and tested in `entry.rs`.
 //!
 //! deadpool has no return hook, so [`Conn`]'s `Drop` is the return path: it decides whether
 //! the connection is clean and either puts it back or drops the member. Every member is
-//! dropped exactly once, and `Member::drop` is where every eviction is recorded, with the
-//! reason whoever condemned it stored first.
+//! dropped exactly once, and each life's eviction is recorded exactly once: by `evict_if`
+//! for an eviction in place, else by `Member::drop`, with the reason whoever condemned it
+//! stored first.
+//!
+//! # Locks
+//!
+//! The locks of one pool, outermost first; a lock may be taken while holding only locks
+//! above it in this list, never one below it:
+//!
+//! 1. `PoolInner::shutdown` (the reaper's stop signal): held while a reaper is (re)started,
+//!    which takes 2 and 5.
+//! 2. `Manager::watch_tx` (the reaper's channel for new members): held while a member is
+//!    registered (5) or a husk revived (4, then 5), so that a restarted reaper's hand-over
+//!    sees each member exactly once.
+//! 3. deadpool's queue lock (its `slots` mutex): deadpool drops members under it when the
+//!    pool shrinks or closes, so `Member::drop` (4, then 5 after releasing 4) runs inside it.
+//!    Nothing here calls into deadpool (a return, `status()`) while holding 4 or 5.
+//! 4. A member's slot (`Shared::slot`): the idle connection, the entry machine, the
+//!    addresses. Held only for the moves of the state word and the entry, the taking or
+//!    putting of the connection and the checkout's peek, plus, in `revive`, the reset of
+//!    the leak stamp and the new life's registration (5: an eviction of the new life must
+//!    find its place). An eviction's side effects (the close, the registry, statistics,
+//!    metrics, tracing, the event broadcast, the husk offer, wake-ups) come after it.
+//! 5. Leaves, each held alone for a few instructions: a member's leak stamp, `PoolShared`'s
+//!    registry, husk list, breaker, last error and configuration hold, the idle-limit
+//!    detector in `Stats`, the transport's table of runtimes, and inside tokio the
+//!    broadcast channels and `Notify` lists. The breaker's lock is released before a
+//!    transition is told (events, tracing, the balancer's observer).
+//!
+//! The state word, the member's other fields and `PoolShared`'s counters are atomics, read
+//! and written without a lock. A balancer's own locks (its endpoint list, then an
+//! endpoint's health, then the ejector's counts) come before all of these: it reads a
+//! pool's status under its list's lock, and the pool tells its observer only after
+//! releasing its own locks.
 
 mod conn;
+mod entry;
 mod idle;
 pub(crate) mod state;
 
@@ -39,6 +75,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use conn::Conn;
+use entry::{Dropped, Entry};
 pub(crate) use idle::{MAX_IDLE_READS, read_idle_bytes};
 use state::{Kind, State, StateWord};
 
@@ -49,15 +86,14 @@ use crate::stats::{EvictReason, EvictionEvent};
 use crate::transport::Socket;
 use crate::transport::probe::{self, Health};
 
-/// The idle slot: the protocol's connection while the member is idle, whether the member
-/// was evicted in place (its eviction is recorded; its drop must not record it again), and
-/// the parts of its identity that a revival replaces (see `Shared::revive`).
+/// The idle slot: the protocol's connection while the member is idle, what its entry in
+/// deadpool's queue holds (`entry.rs`: live, a husk whose eviction is recorded, claimed for
+/// deadpool to drop, gone; and which life), and the parts of its identity that a revival
+/// replaces (see `Shared::revive`).
 struct Slot<C> {
     /// Boxed, so that a checkout moves a pointer, not the protocol's whole session.
     conn: Option<Box<C>>,
-    husk: bool,
-    /// A checkout popped this dead entry: deadpool drops it next, so it is not revived.
-    claimed: bool,
+    entry: Entry,
     /// Weak: the connection owns the socket, so dropping it closes the descriptor.
     sock: Weak<Socket>,
     local: Option<SocketAddr>,
@@ -87,12 +123,13 @@ pub(crate) enum Checkout<C> {
 pub(crate) struct Shared<P: Protocol> {
     /// The connection's id (a revived entry gets the new connection's).
     id: AtomicU64,
-    /// Bumped by each revival: a watcher or schedule entry of an earlier life ends.
+    /// The entry's life (`Entry::life`), mirrored for readers without the slot's lock: a
+    /// watcher or schedule entry of an earlier life ends. Stored only under the slot's lock.
     life: AtomicU32,
     /// This life's place in the pool's registry.
     place: AtomicU32,
     pub(crate) state: StateWord,
-    /// The idle connection (taken by a checkout or a reaper job) and the husk flag.
+    /// The idle connection (taken by a checkout or a reaper job) and the entry machine.
     slot: Mutex<Slot<P::Conn>>,
     /// 0 while no reason is stored, else `EvictReason::index() + 1`.
     reason: AtomicU8,
@@ -128,8 +165,7 @@ impl<P: Protocol> Shared<P> {
             state: StateWord::new(),
             slot: Mutex::new(Slot {
                 conn: None,
-                husk: false,
-                claimed: false,
+                entry: Entry::new(),
                 sock: Arc::downgrade(sock),
                 local: sock.local_addr(),
                 peer: sock.peer_addr(),
@@ -287,9 +323,16 @@ impl<P: Protocol> Shared<P> {
         self.evict_if(StateWord::kill_in_use, reason)
     }
 
-    /// The eviction of both: `kill` moves the state word to dead (false: it had moved on),
-    /// then, under the slot's lock, the rest: a drop of the entry meanwhile (a checkout
-    /// popped it) waits for this and then sees the husk flag.
+    /// The eviction of both. Under the slot's lock: `kill` moves the state word to dead
+    /// (false: it had moved on), the entry becomes a husk, and the connection and what the
+    /// record needs are taken out. A drop of the entry meanwhile (a checkout popped it)
+    /// waits for this and then sees the husk.
+    ///
+    /// The side effects come after the lock (see "Locks" in the module docs): the close,
+    /// the registry, the record (statistics, metrics, tracing, the event broadcast), the
+    /// offer to the refill, the wake-up. Nothing can change what they read meanwhile: only
+    /// a revival replaces the member's identity, and the refill finds this husk only once
+    /// it is offered, last.
     fn evict_if(
         self: &Arc<Self>,
         kill: impl FnOnce(&StateWord) -> bool,
@@ -301,22 +344,32 @@ impl<P: Protocol> Shared<P> {
         }
         let now = Instant::now();
         self.condemn(reason, now);
+        let evicted = slot.entry.evict();
+        debug_assert!(evicted, "a killed member's entry was {:?}", slot.entry);
+        let pool = &self.pool;
+        if evicted {
+            // Under the lock, so that the drop of the entry (`husk_gone`) comes after it.
+            pool.husk_added();
+        }
+        let revivable = slot.entry.revivable();
+        let conn = slot.conn.take();
+        let sock = slot.sock.upgrade();
+        let (local, peer) = (slot.local, slot.peer);
+        let place = self.place.load(Ordering::Relaxed);
+        drop(slot);
         // The peer sees the close now even if the idle watch, armed on the socket's
         // readiness, holds it for the moment it takes to wake up and let go.
-        if let Some(sock) = slot.sock.upgrade() {
+        if let Some(sock) = sock {
             let _ = sock.shutdown(Shutdown::Both);
         }
-        drop(slot.conn.take());
-        slot.husk = true;
-        let pool = &self.pool;
-        pool.husk_added();
-        pool.member_gone(self.place.load(Ordering::Relaxed));
-        self.record(now, slot.local, slot.peer);
-        if pool.min_idle() > 0 {
+        // Closed before the eviction is recorded.
+        drop(conn);
+        pool.member_gone(place);
+        self.record(now, local, peer);
+        if revivable && pool.min_idle() > 0 {
             let me: Weak<dyn std::any::Any + Send + Sync> = Arc::downgrade(self) as _;
             pool.offer_husk(me);
         }
-        drop(slot);
         self.notify.notify_waiters();
         true
     }
@@ -332,13 +385,15 @@ impl<P: Protocol> Shared<P> {
         id: u64,
     ) -> Result<(), Box<P::Conn>> {
         let mut slot = self.slot.lock();
-        if !slot.husk || slot.claimed || self.state().kind() != Kind::Dead {
+        // A husk's state word is dead (see `entry.rs`); checked all the same, since the
+        // word is what hands the member out.
+        if self.state().kind() != Kind::Dead || !slot.entry.revive() {
             return Err(conn);
         }
         let pool = &self.pool;
         let now = Instant::now();
         let ns = pool.ns(now);
-        self.life.fetch_add(1, Ordering::AcqRel);
+        self.life.store(slot.entry.life(), Ordering::Release);
         self.id.store(id, Ordering::Relaxed);
         self.deadline_ns
             .store(deadline_ns(pool, id, now), Ordering::Relaxed);
@@ -354,8 +409,9 @@ impl<P: Protocol> Shared<P> {
         slot.local = sock.local_addr();
         slot.peer = sock.peer_addr();
         slot.conn = Some(conn);
-        slot.husk = false;
         pool.husk_gone();
+        // Registered before the state word says idle: an eviction of the new life must
+        // find its new place.
         let me: Weak<dyn MemberOps> = Arc::downgrade(self) as _;
         self.place.store(pool.member_created(me), Ordering::Relaxed);
         self.spread_first_beat(ns);
@@ -368,12 +424,7 @@ impl<P: Protocol> Shared<P> {
     /// must not revive it from now on (a connection revived into it would be closed at
     /// once). False if the refill revived it since the checkout saw life `life`.
     pub(crate) fn claim(&self, life: u32) -> bool {
-        let mut slot = self.slot.lock();
-        if self.life() != life {
-            return false;
-        }
-        slot.claimed = true;
-        true
+        self.slot.lock().entry.claim(life)
     }
 
     /// Records this member's eviction (once: by its drop or by `evict_if`).
@@ -587,26 +638,31 @@ impl<P: Protocol> Drop for Member<P> {
         let mut slot = sh.slot.lock();
         sh.state.kill();
         let pool = &sh.pool;
-        if slot.husk {
-            // Evicted in place: recorded then; only the entry goes now.
-            slot.husk = false;
-            drop(slot);
-            pool.husk_gone();
-            return;
+        match slot.entry.drop_entry() {
+            Dropped::Live => {}
+            Dropped::Husk => {
+                // Evicted in place: recorded then; only the entry goes now.
+                drop(slot);
+                pool.husk_gone();
+                return;
+            }
+            Dropped::Twice => return,
         }
         sh.condemn(EvictReason::PoolClosed, now);
-        // A reaper job may still hold the socket for a moment; the peer sees the close now,
-        // and the protocol's connection (TLS state, buffers) goes with the member.
-        if let Some(sock) = slot.sock.upgrade() {
-            let _ = sock.shutdown(Shutdown::Both);
-        }
+        let sock = slot.sock.upgrade();
         let idle = slot.conn.take();
         let (local, peer) = (slot.local, slot.peer);
+        let place = sh.place.load(Ordering::Relaxed);
         drop(slot);
+        // A reaper job may still hold the socket for a moment; the peer sees the close now,
+        // and the protocol's connection (TLS state, buffers) goes with the member.
+        if let Some(sock) = sock {
+            let _ = sock.shutdown(Shutdown::Both);
+        }
         drop(self.conn.take());
         drop(idle);
         sh.notify.notify_waiters();
-        pool.member_gone(sh.place.load(Ordering::Relaxed));
+        pool.member_gone(place);
         sh.record(now, local, peer);
     }
 }

@@ -5,6 +5,10 @@
 //! use it (members, manager, reaper, the pool handle), and it is not generic over the
 //! protocol. Members reach it through an `Arc`; it reaches members only through the
 //! object-safe [`MemberOps`] in its registry.
+//!
+//! Its locks (registry, husk list, breaker, last error, configuration hold) are leaves of the
+//! pool's lock order (see "Locks" in the member module's docs): each is held alone, and
+//! nothing is sent out (events, tracing, the observer) while one is held.
 
 use std::fmt;
 use std::io;
