@@ -32,7 +32,7 @@ pub use io::Io;
 pub use member::Conn;
 pub use pool::builder::{Builder, IntoAddr};
 pub use pool::config::PoolConfig;
-pub use pool::error::{BuildError, Error, TimeoutPhase};
+pub use pool::error::{BuildError, Error, SizeError, TimeoutPhase};
 pub use pool::{Pool, Status};
 pub use protocol::{
     Driven, Driver, DriverEnd, FramePing, HeartbeatError, Hosted, HostedConn, IdleVerdict,

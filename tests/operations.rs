@@ -117,7 +117,11 @@ async fn resize_shrinks_idle_first_and_never_more_than_needed() {
     assert_eq!(pool.status().size, 3);
     pool.resize(8).unwrap();
     assert_eq!(pool.status().max_size, 8);
-    assert_eq!(pool.resize(0).unwrap_err().field(), "max_size");
+    let err = pool.resize(0).unwrap_err();
+    assert_eq!((err.max_size(), err.min_idle()), (0, 0));
+    assert_eq!(err.to_string(), "max_size must be at least 1");
+    // Refused: the pool keeps its size.
+    assert_eq!(pool.status().max_size, 8);
 }
 
 #[tokio::test]
@@ -127,6 +131,9 @@ async fn set_min_idle_refills_and_is_validated() {
     assert_eq!(pool.status().size, 0);
     pool.set_min_idle(3).unwrap();
     wait_until(5, "refill to the new min_idle", || pool.status().idle == 3).await;
-    assert_eq!(pool.set_min_idle(5).unwrap_err().field(), "min_idle");
-    assert_eq!(pool.resize(2).unwrap_err().field(), "max_size");
+    let err = pool.set_min_idle(5).unwrap_err();
+    assert_eq!(err.to_string(), "min_idle 5 is larger than max_size 4");
+    let err = pool.resize(2).unwrap_err();
+    assert_eq!((err.max_size(), err.min_idle()), (2, 3));
+    assert_eq!(pool.status().max_size, 4);
 }

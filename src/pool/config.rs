@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::breaker::BreakerConfig;
 use crate::jitter::unit;
-use crate::pool::error::BuildError;
+use crate::pool::error::{BuildError, SizeError};
 use crate::transport::{Endpoint, TcpOptions};
 
 /// Linux caps TCP_KEEPIDLE and TCP_KEEPINTVL at 32,767 s and TCP_KEEPCNT at 127.
@@ -217,7 +217,7 @@ impl PoolConfig {
     /// timeout must then be shorter than the interval).
     pub(crate) fn validate(&self, has_heartbeat: bool) -> Result<(), BuildError> {
         let e = |f: &'static str, r: &dyn std::fmt::Display| BuildError::new(f, r.to_string());
-        check_sizes(self.max_size, self.min_idle, "min_idle")?;
+        check_sizes(self.max_size, self.min_idle)?;
         nonzero("connect_timeout", self.connect_timeout)?;
         nonzero("tcp.keepalive", self.tcp.keepalive)?;
         nonzero("tcp.keepalive_interval", Some(self.tcp.keepalive_interval))?;
@@ -322,23 +322,13 @@ impl Config {
     }
 }
 
-/// The size rule, at build time and for `resize`/`set_min_idle` at runtime: `max_size` at
-/// least 1 and `min_idle` not above it. `blame` names the field reported when they conflict.
-pub(crate) fn check_sizes(
-    max_size: usize,
-    min_idle: usize,
-    blame: &'static str,
-) -> Result<(), BuildError> {
-    if max_size == 0 {
-        return Err(BuildError::new("max_size", "must be at least 1"));
-    }
-    if min_idle > max_size {
-        return Err(BuildError::new(
-            blame,
-            format!("min_idle {min_idle} is larger than max_size {max_size}"),
-        ));
-    }
-    Ok(())
+/// The size rule at build time (the same as `resize`/`set_min_idle` apply at runtime):
+/// `max_size` at least 1 and `min_idle` not above it.
+fn check_sizes(max_size: usize, min_idle: usize) -> Result<(), BuildError> {
+    SizeError::check(max_size, min_idle).map_err(|e| {
+        let field = if max_size == 0 { "max_size" } else { "min_idle" };
+        BuildError::new(field, e.to_string())
+    })
 }
 
 fn nonzero(field: &'static str, d: Option<Duration>) -> Result<(), BuildError> {

@@ -489,3 +489,72 @@ impl fmt::Display for BuildError {
 }
 
 impl StdError for BuildError {}
+
+/// Sizes refused by [`Pool::resize`](crate::Pool::resize) or
+/// [`Pool::set_min_idle`](crate::Pool::set_min_idle): `max_size` zero, or `min_idle` above
+/// it. The pool keeps the sizes it had.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let pool = livepool::Pool::builder("127.0.0.1:1").max_size(4).build().unwrap();
+/// let err = pool.set_min_idle(5).unwrap_err();
+/// assert_eq!((err.max_size(), err.min_idle()), (4, 5));
+/// assert_eq!(err.to_string(), "min_idle 5 is larger than max_size 4");
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SizeError {
+    max_size: usize,
+    min_idle: usize,
+}
+
+impl SizeError {
+    /// `Some` when `max_size` and `min_idle` cannot go together.
+    pub(crate) fn check(max_size: usize, min_idle: usize) -> Result<(), SizeError> {
+        if max_size == 0 || min_idle > max_size {
+            Err(SizeError { max_size, min_idle })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The `max_size` that was asked for (or kept, for `set_min_idle`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool = livepool::Pool::builder("127.0.0.1:1").build().unwrap();
+    /// assert_eq!(pool.resize(0).unwrap_err().max_size(), 0);
+    /// # }
+    /// ```
+    pub fn max_size(&self) -> usize {
+        self.max_size
+    }
+
+    /// The `min_idle` that was asked for (or kept, for `resize`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool = livepool::Pool::builder("127.0.0.1:1").max_size(2).build().unwrap();
+    /// assert_eq!(pool.set_min_idle(3).unwrap_err().min_idle(), 3);
+    /// # }
+    /// ```
+    pub fn min_idle(&self) -> usize {
+        self.min_idle
+    }
+}
+
+impl fmt::Display for SizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.max_size == 0 {
+            f.write_str("max_size must be at least 1")
+        } else {
+            write!(
+                f,
+                "min_idle {} is larger than max_size {}",
+                self.min_idle, self.max_size
+            )
+        }
+    }
+}
+
+impl StdError for SizeError {}

@@ -27,8 +27,8 @@ use crate::protocol::{Protocol, Raw};
 use crate::reaper::Reaper;
 use crate::stats::{BreakerEvents, Events, Statistics};
 use builder::{Builder, IntoAddr};
-use config::{Config, check_sizes};
-use error::{BuildError, Error, TimeoutPhase};
+use config::Config;
+use error::{BuildError, Error, SizeError, TimeoutPhase};
 use manager::Manager;
 use shared::{PoolShared, ReaperRunning};
 pub use status::Status;
@@ -428,7 +428,7 @@ impl<P: Protocol> Pool<P> {
     /// are returned. Does nothing on a closed pool.
     ///
     /// # Errors
-    /// Zero, or less than the current `min_idle`.
+    /// A [`SizeError`]: zero, or less than the current `min_idle`.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -438,9 +438,9 @@ impl<P: Protocol> Pool<P> {
     /// assert!(pool.resize(0).is_err());
     /// # }
     /// ```
-    pub fn resize(&self, max_size: usize) -> Result<(), BuildError> {
+    pub fn resize(&self, max_size: usize) -> Result<(), SizeError> {
         let shared = &self.inner.shared;
-        check_sizes(max_size, shared.min_idle(), "max_size")?;
+        SizeError::check(max_size, shared.min_idle())?;
         shared.set_max_size(max_size);
         self.inner.dp.resize(max_size);
         Ok(())
@@ -449,7 +449,7 @@ impl<P: Protocol> Pool<P> {
     /// Changes `min_idle` at runtime; the reaper refills (or lets idle timeout shrink) toward it.
     ///
     /// # Errors
-    /// More than the current `max_size`.
+    /// A [`SizeError`]: more than the current `max_size`.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -458,9 +458,9 @@ impl<P: Protocol> Pool<P> {
     /// assert!(pool.set_min_idle(5).is_err());
     /// # }
     /// ```
-    pub fn set_min_idle(&self, min_idle: usize) -> Result<(), BuildError> {
+    pub fn set_min_idle(&self, min_idle: usize) -> Result<(), SizeError> {
         let shared = &self.inner.shared;
-        check_sizes(shared.max_size(), min_idle, "min_idle")?;
+        SizeError::check(shared.max_size(), min_idle)?;
         shared.set_min_idle(min_idle);
         Ok(())
     }
