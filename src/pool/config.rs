@@ -326,7 +326,11 @@ impl Config {
 /// `max_size` at least 1 and `min_idle` not above it.
 fn check_sizes(max_size: usize, min_idle: usize) -> Result<(), BuildError> {
     SizeError::check(max_size, min_idle).map_err(|e| {
-        let field = if max_size == 0 { "max_size" } else { "min_idle" };
+        let field = if max_size == 0 {
+            "max_size"
+        } else {
+            "min_idle"
+        };
         BuildError::new(field, e.to_string())
     })
 }
