@@ -148,9 +148,15 @@ impl RedisConfig {
     ///
     /// A call that timed out costs no reconnect and hands no late reply to anyone: the
     /// reply is still owed, and is read and dropped off the caller's path when the
-    /// connection goes back (or by the holder's next call); a server that never answers
-    /// gets the connection closed instead. Against a blackholed or stopped server this is
-    /// what turns a hang into a clean failure.
+    /// connection goes back (or by the holder's next call), within one more response
+    /// timeout; a server that does not answer that either gets the connection closed then.
+    /// Against a blackholed or stopped server this is what turns a hang into a clean
+    /// failure.
+    ///
+    /// It bounds a new connection's setup too (in a pool, a setup with nothing else to send
+    /// sends `PING`): a server that accepts connections but does not answer fails each
+    /// connect at this timeout, counted toward the pool's circuit breaker, which then
+    /// fails callers at once (see the crate docs, "A server that does not answer").
     ///
     /// Default: 500 ms (the redis crate's own default).
     ///

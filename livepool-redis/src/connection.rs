@@ -73,6 +73,16 @@ fn closed() -> RedisError {
     ))
 }
 
+/// The error of a reply (or of replies) not read within `limit`: the server did not answer
+/// in time. An I/O error of kind `TimedOut`, so that `RedisError::is_timeout` holds and the
+/// pool counts it against the endpoint where it may (a setup, a heartbeat).
+fn no_reply(limit: Duration, what: &str) -> RedisError {
+    RedisError::from(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no reply {what}within {limit:?} (RedisConfig::response_timeout)"),
+    ))
+}
+
 fn arg_bytes(a: Arg<&[u8]>) -> &[u8] {
     match a {
         Arg::Simple(b) => b,
@@ -517,11 +527,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
     /// Sets up a freshly connected stream: `HELLO 3 [AUTH user pass] [SETNAME name]` when
     /// RESP3 is configured, else `AUTH [user] pass` (when a password is set) and `CLIENT
     /// SETNAME`; then the `on_connect` commands and `SELECT db` when the database is not 0.
-    /// The steps are pipelined (one round trip).
+    /// The steps are pipelined (one round trip), and their replies awaited for the
+    /// [response timeout](RedisConfig::response_timeout). With nothing to set up, nothing is
+    /// sent (a pool's connection sends `PING` then, see [`Redis`](crate::Redis)).
     ///
     /// # Errors
     /// A step the server refuses: an error with the server's code and words (for example
-    /// `WRONGPASS`), never containing the password. An I/O error of the stream.
+    /// `WRONGPASS`), never containing the password. An I/O error of the stream; a timeout
+    /// (`RedisError::is_timeout`) when the replies did not come within the response timeout.
     ///
     /// # Cancel safety
     /// The call owns the stream: dropping the future drops the stream with it (a socket
@@ -538,7 +551,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
     /// # Ok(()) }
     /// ```
     pub async fn setup(stream: S, config: &RedisConfig) -> RedisResult<Self> {
-        Self::open(stream, Arc::new(config.clone()))
+        Self::open(stream, Arc::new(config.clone()), false)
             .await
             .map_err(|e| match e {
                 SetupFailure::Refused(_, Some(server)) => RedisError::from(server),
@@ -552,7 +565,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
             })
     }
 
-    pub(crate) async fn open(stream: S, config: Arc<RedisConfig>) -> Result<Self, SetupFailure> {
+    /// The setup's steps, each reply awaited for the response timeout. With `answered`, a
+    /// setup that has nothing to send sends `PING`: the pool reports a setup that succeeded
+    /// as evidence that the server serves (to its circuit breaker), and a server that
+    /// accepts connections without answering (stopped, hung, behind a proxy that lost it)
+    /// must fail it instead, in a response timeout, not the connect timeout.
+    pub(crate) async fn open(
+        stream: S,
+        config: Arc<RedisConfig>,
+        answered: bool,
+    ) -> Result<Self, SetupFailure> {
         let mut conn = RedisConnection {
             stream,
             buf: Vec::with_capacity(INITIAL_BUFFER),
@@ -570,7 +592,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
             subscribed: false,
             config,
         };
-        let steps = conn.config.setup_steps();
+        let mut steps = conn.config.setup_steps();
+        if answered && steps.is_empty() {
+            steps.push(("PING", vec![b"PING".to_vec()]));
+        }
         tracing::debug!(
             resp3 = conn.config.is_resp3(),
             auth = conn.config.has_password(),
@@ -584,8 +609,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
         Ok(conn)
     }
 
-    /// Sends `steps` in one write and reads every reply: the first refusal, scrubbed of the
-    /// password, or `None` when every step succeeded.
+    /// Sends `steps` in one write and reads every reply, within the response timeout: the
+    /// first refusal, scrubbed of the password, or `None` when every step succeeded. Cut
+    /// short by the timeout, the connection is broken (a reply is still owed).
     async fn run_steps(
         &mut self,
         steps: &[(&'static str, Vec<Vec<u8>>)],
@@ -593,6 +619,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
         if steps.is_empty() {
             return Ok(None);
         }
+        let Some(limit) = self.config.reply_timeout() else {
+            return self.send_steps(steps).await;
+        };
+        let res = tokio::time::timeout(limit, self.send_steps(steps)).await;
+        match res {
+            Ok(res) => res,
+            Err(_) => {
+                let e = self.fail(no_reply(limit, "to the setup "));
+                Err(SetupFailure::from_redis(e))
+            }
+        }
+    }
+
+    async fn send_steps(
+        &mut self,
+        steps: &[(&'static str, Vec<Vec<u8>>)],
+    ) -> Result<Option<(String, Option<redis::ServerError>)>, SetupFailure> {
         let mut out = Vec::new();
         for (_, args) in steps {
             let mut cmd = redis::Cmd::new();
@@ -701,10 +744,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
             Ok(res) => res,
             // Cut short like a dropped call: what is owed stays owed (drained later, off the
             // caller's path), a write cut short condemns the connection.
-            Err(_) => Err(RedisError::from(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no reply within {limit:?} (RedisConfig::response_timeout)"),
-            ))),
+            Err(_) => Err(no_reply(limit, "")),
         }
     }
 
@@ -723,6 +763,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
         }
         limit += longest;
         Some(limit)
+    }
+
+    /// Reads and drops every reply owed, within [`reply_limit`](Self::reply_limit) of
+    /// them; cut short by it, the connection is broken.
+    async fn drain_owed(&mut self) -> RedisResult<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let owed = self.pending.len();
+        let limit = self.reply_limit();
+        let drain = async {
+            while !self.pending.is_empty() {
+                self.recv(false).await?;
+            }
+            Ok(())
+        };
+        let Some(limit) = limit else {
+            return drain.await;
+        };
+        let res = tokio::time::timeout(limit, drain).await;
+        match res {
+            Ok(res) => res,
+            Err(_) => {
+                let what = if owed == 1 {
+                    "to the call that gave up ".to_string()
+                } else {
+                    format!("to the {owed} calls that gave up ")
+                };
+                Err(self.fail(no_reply(limit, &what)))
+            }
+        }
     }
 
     async fn send_and_read(
@@ -835,13 +906,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
     /// Brings a returned connection back to its setup state: reads and drops the replies
     /// owed, then undoes what the last holder left (`DISCARD`, `UNWATCH`, `SELECT`, or
     /// `RESET` and the setup again) in one round trip.
+    ///
+    /// Each part is bounded by the response timeout (the drain also by the longest block a
+    /// blocking command among the replies owed announced, as the call itself was): a
+    /// server that did not answer a call in time and does not answer the drain either gets
+    /// the connection closed then, not after the pool's own (heartbeat) bound.
     pub(crate) async fn settle(&mut self) -> Result<(), String> {
         if !self.can_settle() {
             return Err("cannot be settled".to_string());
         }
-        while !self.pending.is_empty() {
-            self.recv(false).await.map_err(|e| e.to_string())?;
-        }
+        self.drain_owed().await.map_err(|e| e.to_string())?;
         if !self.scan.is_idle() || self.buf.len() != self.scan.start() {
             return Err("bytes beyond the replies owed".to_string());
         }
@@ -1143,6 +1217,57 @@ mod tests {
         let n: i64 = c.incr("n", 1).await.unwrap();
         assert_eq!(n, 7, "the stale reply was dropped, not returned");
         assert_eq!(c.owed(), 0);
+    }
+
+    /// A pool's setup with nothing to set up still waits for one reply (`PING`), within
+    /// the response timeout: a server that accepts but does not answer fails it.
+    #[tokio::test]
+    async fn a_pooled_setup_with_nothing_to_send_pings_within_the_response_timeout() {
+        let cfg = Arc::new(RedisConfig::new().response_timeout(Some(Duration::from_millis(50))));
+        let (client, mut server) = tokio::io::duplex(1024);
+        let srv = tokio::spawn(async move {
+            let mut got = vec![0u8; 14];
+            server.read_exact(&mut got).await.unwrap();
+            server.write_all(b"+PONG\r\n").await.unwrap();
+            (got, server)
+        });
+        let c = RedisConnection::open(client, cfg.clone(), true)
+            .await
+            .unwrap();
+        assert!(c.is_clean());
+        let (got, _server) = srv.await.unwrap();
+        assert_eq!(got, b"*1\r\n$4\r\nPING\r\n");
+
+        // Nobody answers: a timeout, as an I/O error of kind TimedOut.
+        let (client, _server) = tokio::io::duplex(1024);
+        match RedisConnection::open(client, cfg.clone(), true).await {
+            Err(SetupFailure::Io(e)) => {
+                assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+                assert!(e.to_string().contains("no reply to the setup"), "{e}");
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+
+        // Standalone, nothing to set up sends nothing.
+        let (client, _server) = tokio::io::duplex(1024);
+        let c = RedisConnection::open(client, cfg, false).await.unwrap();
+        assert!(c.is_clean());
+    }
+
+    /// Settling a connection whose owed reply never comes gives up at the response timeout
+    /// and leaves the connection broken (never handed out).
+    #[tokio::test]
+    async fn an_unanswered_drain_gives_up_at_the_response_timeout() {
+        let cfg = RedisConfig::new().response_timeout(Some(Duration::from_millis(50)));
+        let (client, _server) = tokio::io::duplex(1024);
+        let mut c = RedisConnection::setup(client, &cfg).await.unwrap();
+        let e = c.ping().await.unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+        assert_eq!(c.owed(), 1);
+        assert!(c.can_settle());
+        let why = c.settle().await.unwrap_err();
+        assert!(why.contains("no reply to the call that gave up"), "{why}");
+        assert!(!c.can_settle() && !c.is_clean());
     }
 
     #[tokio::test]

@@ -40,9 +40,10 @@
 //!   once, without a checkout.
 //! - **Replies owed** are counted per command. A call dropped before its reply (a
 //!   `tokio::time::timeout` around a `BLPOP`) leaves them owed: they are read and dropped by
-//!   the holder's next call, or off the caller's path when the connection goes back (bounded
-//!   by the pool's `heartbeat_timeout`; a command that may block forever, such as
-//!   `BLPOP … 0`, closes the connection instead). No reconnect, never a stale reply.
+//!   the holder's next call, or off the caller's path when the connection goes back
+//!   (bounded by the response timeout, plus a blocking command's own; a command that may
+//!   block forever, such as `BLPOP … 0`, closes the connection instead). No reconnect,
+//!   never a stale reply.
 //! - **Session state** the server confirmed is undone before the next caller, on the same
 //!   connection: `DISCARD` for an open `MULTI`, `UNWATCH`, `SELECT` of the setup's database,
 //!   and for `CLIENT TRACKING`, `CLIENT SETNAME`, `HELLO`, `AUTH`, `READONLY`: `RESET` and
@@ -61,6 +62,30 @@
 //! redis crate), and a blocking command (`BLPOP k 5`, `XREAD BLOCK`, `WAIT`) gets its own
 //! timeout on top, so it is never cut short. A call that times out fails cleanly and costs
 //! no reconnect: its reply is drained off the caller's path, never handed to anyone.
+//!
+//! # A server that does not answer
+//!
+//! Stopped (`SIGSTOP`), hung, or behind a path that lost it (a blackhole), a server fails
+//! each call in flight at its response timeout. Then:
+//! - the drain of each timed-out call's reply gets one more response timeout (a slow
+//!   server answers within it: no reconnect); unanswered, the connection is closed then
+//!   (`not_clean`), not after the pool's `heartbeat_timeout`;
+//! - a new connection's setup waits for its replies for the response timeout too, and a
+//!   setup that has nothing to send (no password, database, name or `on_connect` command)
+//!   sends `PING`, so the pool never counts a connection the server did not answer as a
+//!   healthy connect (a server that wants a password answers `NOAUTH`: a configuration
+//!   error, [`livepool::Error::is_config`], at the first `get()`): a
+//!   server that accepts but does not answer fails each connect at the response timeout,
+//!   not the connect timeout, and each failure counts toward the circuit breaker. Once it
+//!   is open, callers get [`livepool::Error::is_circuit_open`] at once, with the last
+//!   error ("no reply to the setup within 500ms") as its source, until a probe's setup is
+//!   answered;
+//! - idle members' heartbeats (`PING`) time out at the response timeout, and count too.
+//!
+//! A call's own timeout and a drain that timed out are not counted toward the breaker:
+//! livepool's `Protocol` hooks report only setups and heartbeats to it. The connects that
+//! follow them are. A server that does not even complete the TCP handshake (a blackhole)
+//! is bounded by the pool's `connect_timeout`.
 
 #![forbid(unsafe_code)]
 #![warn(
@@ -110,7 +135,8 @@ pub type Pool = livepool::Pool<Redis>;
 pub type Conn = livepool::Conn<Redis>;
 
 /// The Redis protocol for a [`livepool::Pool`]: every new connection is set up (AUTH with a
-/// password or an ACL user, `HELLO 3`, `CLIENT SETNAME`, `SELECT`) before anyone sees it,
+/// password or an ACL user, `HELLO 3`, `CLIENT SETNAME`, `SELECT`; `PING` when there is
+/// nothing to set up, so that the server has answered) before anyone sees it,
 /// idle members are pinged (`PING`), a returned connection that is not as set up is brought
 /// back off the caller's path (replies owed drained, `DISCARD`, `UNWATCH`, `SELECT`, or
 /// `RESET` and the setup again) or closed, and RESP3 pushes on an idle member are benign.
@@ -192,7 +218,9 @@ impl livepool::Protocol for Redis {
     }
 
     async fn setup(&self, io: livepool::Io) -> Result<Self::Conn, livepool::SetupError> {
-        RedisConnection::open(io, self.config.clone())
+        // With a `PING` when there is nothing else to set up: a connection the pool counts
+        // as a success for its breaker is one the server answered.
+        RedisConnection::open(io, self.config.clone(), true)
             .await
             .map_err(|e| match e {
                 SetupFailure::Refused(text, _) => setup_refusal(text),

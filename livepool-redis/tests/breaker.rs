@@ -1,7 +1,8 @@
 //! The circuit breaker with the Redis protocol's setup: callers failing together count as
-//! one failure, and a server still loading its data (`-LOADING` to the setup) is retried
-//! within the connect and counts once. Scripted servers on loopback; real time, every wait
-//! bounded.
+//! one failure, a server still loading its data (`-LOADING` to the setup) is retried within
+//! the connect and counts once (scripted servers on loopback), and a missing password is a
+//! configuration error that counts not at all (a real `redis-server`). Real time, every
+//! wait bounded.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -119,4 +120,28 @@ async fn a_server_still_loading_is_retried_within_the_connect_and_counts_once() 
         assert_eq!(pool.statistics().breaker_state, want, "after get #{i}");
     }
     server.abort();
+}
+
+/// No password configured for a server that wants one: the setup's `PING` (sent when there
+/// is nothing else to set up) is answered `NOAUTH`, a configuration error at the first
+/// `get()`, which leaves the breaker alone (the server is up and answering).
+#[tokio::test]
+async fn no_password_for_a_server_that_wants_one_is_a_config_error_at_get() {
+    use support::redis_server::{RedisOptions, RedisServer};
+    let Some(server) = RedisServer::start_with(RedisOptions::new().password("sesame-41")).await
+    else {
+        return;
+    };
+    let pool: Pool = livepool::Pool::builder(server.addr())
+        .protocol(Redis::new(RedisConfig::new()))
+        .build()
+        .unwrap();
+    let e = within(10, "get", pool.get())
+        .await
+        .expect_err("no password configured");
+    assert!(e.is_config(), "{e}");
+    assert!(e.to_string().contains("NOAUTH"), "{e}");
+    let s = pool.statistics();
+    assert_eq!((s.created, s.connect_errors, s.config_errors), (0, 0, 1));
+    assert_eq!(s.breaker_state, BreakerState::Closed);
 }

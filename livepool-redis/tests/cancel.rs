@@ -1,8 +1,8 @@
 //! A cancelled command costs no reconnect and never hands a stale reply to anyone (a real
 //! `redis-server` the tests start): the replies it still owes are read and dropped off the
-//! caller's path (or by the holder's next call), within the pool's bound; a command that
-//! may block forever is not waited for (its connection is closed). And a large reply does
-//! not stay resident in an idle member.
+//! caller's path (or by the holder's next call), within the response timeout plus the
+//! command's own block; a command that may block forever is not waited for (its connection
+//! is closed). And a large reply does not stay resident in an idle member.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -10,11 +10,15 @@ mod support;
 #[path = "common/admin.rs"]
 mod admin;
 
+#[path = "common/stop.rs"]
+mod stop;
+
 use std::time::Duration;
 
 use livepool::EvictReason;
 use livepool_redis::redis::{self, AsyncCommands};
 use livepool_redis::{Conn, Pool, Redis, RedisConfig};
+use stop::{Stopped, server_pid};
 use support::redis_server::RedisServer;
 use support::within;
 
@@ -179,18 +183,20 @@ fn resident_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
-/// The response timeout turns a server that does not answer (here: busy in `DEBUG SLEEP`)
-/// into a clean, prompt failure; the late reply is drained off the caller's path, so the
-/// connection serves the next caller (no reconnect, no stale reply). A blocking command gets
-/// its own timeout on top: a `BLPOP` of 300 ms is not cut by a 100 ms response timeout.
+/// The response timeout turns a server that does not answer (here: stopped by SIGSTOP, as
+/// a server stalls) into a clean, prompt failure; the late reply is drained off the
+/// caller's path within one more response timeout, so the connection serves the next
+/// caller once the server answers again (no reconnect, no stale reply). A blocking command
+/// gets its own timeout on top: a 1 s `BLPOP` is not cut by the 500 ms response timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_timeout_fails_cleanly_and_costs_no_reconnect() {
     let Some(server) = RedisServer::start().await else {
         return;
     };
+    let pid = server_pid(&server).await;
     let pool: Pool = livepool::Pool::builder(server.addr())
         .protocol(Redis::new(
-            RedisConfig::new().response_timeout(Some(Duration::from_millis(100))),
+            RedisConfig::new().response_timeout(Some(Duration::from_millis(500))),
         ))
         .max_size(1)
         .connect_timeout(Some(Duration::from_secs(5)))
@@ -198,39 +204,23 @@ async fn a_response_timeout_fails_cleanly_and_costs_no_reconnect() {
         .build()
         .expect("build the pool");
     let mut conn = get(&pool).await;
-    let popped: Option<(String, String)> = within(5, "BLPOP 300 ms", conn.blpop("none", 0.3))
+    let popped: Option<(String, String)> = within(5, "BLPOP 1 s", conn.blpop("none", 1.0))
         .await
         .expect("a blocking command is not cut by the response timeout");
     assert_eq!(popped, None);
     let _: () = conn.set("k", "mine").await.unwrap();
 
-    // The server sleeps for a second: the GET times out, as an error, well before that.
-    let mut sleeper = server.admin().await;
-    let sleeping = tokio::spawn(async move {
-        let _: () = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg(1)
-            .query_async(&mut sleeper)
-            .await
-            .unwrap();
-    });
-    // DEBUG SLEEP has started once the server stops answering a PING of its own.
-    let err = within(5, "the GET fails", async {
-        loop {
-            match conn.get::<_, String>("k").await {
-                Err(e) => break e,
-                Ok(v) => {
-                    assert_eq!(v, "mine");
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        }
-    })
-    .await;
+    // The server stops: the GET times out, as an error.
+    let stopped = Stopped::stop(pid).await;
+    let err = within(5, "the GET fails", conn.get::<_, String>("k"))
+        .await
+        .expect_err("the server is stopped");
     assert!(err.is_timeout(), "{err}");
     assert_eq!(conn.owed(), 1, "its reply is still owed");
+    // Given back: the drain waits for the reply off the caller's path. The server goes on
+    // at once, well within the drain's bound (one more response timeout), and answers.
     drop(conn);
-    within(5, "the server wakes", sleeping).await.unwrap();
+    stopped.resume().await;
     // The late reply was drained; the same connection serves the next caller.
     let mut next = get(&pool).await;
     let token: String = redis::cmd("ECHO")
@@ -239,6 +229,39 @@ async fn a_response_timeout_fails_cleanly_and_costs_no_reconnect() {
         .await
         .unwrap();
     assert_eq!(token, "after-the-timeout");
+    assert!(next.is_clean());
     let stats = pool.statistics();
     assert_eq!((stats.created, stats.evicted_total()), (1, 0));
+}
+
+/// A `BLPOP` of 1 s cancelled by its caller (a `tokio::time::timeout` shorter than it): the
+/// drain waits for its reply as long as the command may block plus the response timeout,
+/// so a slow command of a live server costs no reconnect either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_one_second_blpop_is_drained_on_the_same_connection() {
+    let Some(server) = RedisServer::start().await else {
+        return;
+    };
+    let pool = pool_of_one(&server);
+    let mut conn = get(&pool).await;
+    cancel_once_parked(conn.blpop::<_, Option<(String, String)>>("slow-list", 1.0)).await;
+    assert_eq!(conn.owed(), 1);
+    drop(conn);
+    let mut next = get(&pool).await;
+    let token: String = redis::cmd("ECHO")
+        .arg("after-the-blpop")
+        .query_async(&mut next)
+        .await
+        .unwrap();
+    assert_eq!(
+        token, "after-the-blpop",
+        "its own reply, not the BLPOP's nil"
+    );
+    let stats = pool.statistics();
+    assert_eq!(
+        (stats.created, stats.evicted_total()),
+        (1, 0),
+        "{:?}",
+        stats.evictions()
+    );
 }
