@@ -95,6 +95,21 @@ struct Inner<P: Protocol> {
 ///
 /// Cheap to clone; every clone is the same balancer.
 ///
+/// # How an endpoint is chosen
+///
+/// - **`get()`**: two endpoints drawn at random, the less loaded wins: first one with an
+///   idle connection (no connect needed), then the fewer connections in use plus callers
+///   waiting (the power of two choices). Endpoints whose breaker is open are drawn only
+///   when no other is left, ejected endpoints only once every endpoint in service has been
+///   tried.
+/// - **`get_for(key)`**: rendezvous hashing, for sharded caches. A key stays on its
+///   endpoint; it moves to its next choice only while that endpoint is down, ejected or
+///   removed, and comes back when it recovers. The other keys do not move. (The hash is
+///   stable within one build, not across Rust releases.)
+/// - **Failover**: a refused or timed-out connect or a failed setup moves the same `get()`
+///   on to the next choice, within one wait timeout for the whole call; when every
+///   endpoint fails, the error lists each one's.
+///
 /// ```no_run
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let balancer = livepool::Balancer::builder()
