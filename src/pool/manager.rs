@@ -410,3 +410,344 @@ impl<F: FnOnce()> Drop for DropGuard<F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! `recycle` on real sockets (a listener on 127.0.0.1:0): every case it decides, and
+    //! what it leaves behind (the reason stored, the entry claimed, the eviction recorded
+    //! once).
+
+    use std::pin::pin;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    use deadpool::managed::Manager as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::io::Io;
+    use crate::pool::config::{Config, PoolConfig};
+    use crate::protocol::{IdleVerdict, Raw};
+    use crate::stats::Events;
+    use crate::transport::Endpoint;
+
+    /// A manager for `protocol` connecting to a fresh listener, with the default settings
+    /// as `tweak` leaves them.
+    async fn manager<P: Protocol>(
+        protocol: P,
+        tweak: impl FnOnce(&mut PoolConfig),
+    ) -> (Manager<P>, TcpListener) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut settings = PoolConfig::default();
+        tweak(&mut settings);
+        let cfg = Config::new(Endpoint::parse(&addr).unwrap(), settings, false);
+        let manager = Manager {
+            shared: Arc::new(PoolShared::new(cfg)),
+            protocol: Arc::new(protocol),
+            watch_tx: Mutex::new(None),
+        };
+        (manager, listener)
+    }
+
+    /// A new member, returned idle the way a clean `Conn` is, and the server's end of its
+    /// connection.
+    async fn idle_member<P: Protocol>(
+        m: &Manager<P>,
+        listener: &TcpListener,
+    ) -> (Member<P>, TcpStream) {
+        let (member, accepted) = tokio::join!(m.create(), listener.accept());
+        let mut member = member.unwrap();
+        let sh = &member.shared;
+        sh.put_conn(member.conn.take().unwrap());
+        sh.release(sh.pool.ns(Instant::now()));
+        assert_eq!(sh.state().kind(), Kind::Idle);
+        (member, accepted.unwrap().0)
+    }
+
+    /// Waits until the member's socket is readable: bytes or the peer's close have arrived
+    /// (readiness, not a sleep).
+    async fn arrived<P: Protocol>(member: &Member<P>) {
+        let sock = member
+            .shared
+            .socket()
+            .expect("the connection is in the slot");
+        sock.ready(Interest::READABLE).await.unwrap();
+    }
+
+    async fn recycle<P: Protocol>(m: &Manager<P>, member: &mut Member<P>) -> Result<(), String> {
+        m.recycle(member, &Metrics::default())
+            .await
+            .map_err(|e| match e {
+                RecycleError::Message(text) => text.into_owned(),
+                RecycleError::Backend(e) => e.to_string(),
+            })
+    }
+
+    /// The eviction events delivered so far.
+    fn evictions(events: &mut Events) -> Vec<EvictReason> {
+        std::iter::from_fn(|| events.try_recv().unwrap().map(|ev| ev.reason)).collect()
+    }
+
+    /// A refused member: its reason stored and its entry claimed, so that the refill cannot
+    /// revive it while deadpool drops it (a new connection is refused, not put into it).
+    async fn assert_refused<P: Protocol>(
+        m: &Manager<P>,
+        member: &Member<P>,
+        res: Result<(), String>,
+        reason: EvictReason,
+    ) {
+        assert_eq!(res, Err(reason.as_str().to_string()));
+        assert_eq!(member.shared.reason(), Some(reason));
+        assert!(member.conn.is_none());
+        let (sock, conn) = m.connect().await.unwrap();
+        assert!(
+            m.revive(&member.shared, &sock, Box::new(conn)).is_err(),
+            "a claimed entry must not be revived"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_clean_idle_member_is_handed_out() {
+        let (m, listener) = manager(Raw, |_| {}).await;
+        let (mut member, mut server) = idle_member(&m, &listener).await;
+        let life = member.shared.life();
+        assert_eq!(recycle(&m, &mut member).await, Ok(()));
+        assert_eq!(member.shared.state().kind(), Kind::InUse);
+        assert_eq!(member.shared.reason(), None);
+        // The connection is the caller's now, and it works.
+        member
+            .conn
+            .as_mut()
+            .unwrap()
+            .write_all(b"ping")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        // Not claimed: a later eviction in place leaves a husk the refill may revive.
+        assert!(member.shared.claim(life));
+    }
+
+    #[tokio::test]
+    async fn a_member_the_peer_closed_is_refused() {
+        let (m, listener) = manager(Raw, |_| {}).await;
+        let mut events = m.shared.stats.subscribe();
+        let (mut member, server) = idle_member(&m, &listener).await;
+        drop(server);
+        arrived(&member).await;
+        let res = recycle(&m, &mut member).await;
+        assert_refused(&m, &member, res, EvictReason::PeerClosed).await;
+        // Recorded once, by deadpool's drop of the entry.
+        assert_eq!(evictions(&mut events), []);
+        drop(member);
+        assert_eq!(evictions(&mut events), [EvictReason::PeerClosed]);
+    }
+
+    #[tokio::test]
+    async fn a_member_the_peer_reset_is_refused() {
+        let (m, listener) = manager(Raw, |_| {}).await;
+        let (mut member, server) = idle_member(&m, &listener).await;
+        // Linger 0: the close sends a reset.
+        socket2::SockRef::from(&server)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(server);
+        arrived(&member).await;
+        let res = recycle(&m, &mut member).await;
+        assert_refused(&m, &member, res, EvictReason::Reset).await;
+    }
+
+    #[tokio::test]
+    async fn a_member_evicted_in_place_is_refused_and_recorded_once() {
+        let (m, listener) = manager(Raw, |c| c.min_idle = 1).await;
+        let mut events = m.shared.stats.subscribe();
+        let (mut member, _server) = idle_member(&m, &listener).await;
+        let sh = member.shared.clone();
+        assert!(sh.evict_in_place(sh.state(), EvictReason::HeartbeatFailed));
+        assert_eq!(evictions(&mut events), [EvictReason::HeartbeatFailed]);
+        assert_eq!((m.shared.husks(), m.shared.members()), (1, 0));
+        assert!(m.shared.has_husks(), "offered to the refill");
+        let res = recycle(&m, &mut member).await;
+        assert_refused(&m, &member, res, EvictReason::HeartbeatFailed).await;
+        drop(member);
+        assert_eq!(m.shared.husks(), 0);
+        assert_eq!(evictions(&mut events), [], "recorded when it was evicted");
+    }
+
+    #[tokio::test]
+    async fn a_member_evicted_after_a_checkout_claimed_it_is_not_offered_to_the_refill() {
+        let (m, listener) = manager(Raw, |c| c.min_idle = 1).await;
+        let mut events = m.shared.stats.subscribe();
+        let (member, _server) = idle_member(&m, &listener).await;
+        let sh = member.shared.clone();
+        // A checkout found it dead and claimed it; the idle watch evicts it before deadpool
+        // drops the entry.
+        assert!(sh.claim(sh.life()));
+        assert!(sh.evict_in_place(sh.state(), EvictReason::PeerClosed));
+        assert_eq!(evictions(&mut events), [EvictReason::PeerClosed]);
+        assert_eq!(m.shared.husks(), 1);
+        assert!(
+            !m.shared.has_husks(),
+            "deadpool drops it next: nothing to revive"
+        );
+        drop(member);
+        assert_eq!(m.shared.husks(), 0);
+        assert_eq!(evictions(&mut events), [], "recorded once");
+    }
+
+    #[tokio::test]
+    async fn a_husk_revived_before_the_checkout_claims_it_is_handed_out() {
+        let (m, listener) = manager(Raw, |c| c.min_idle = 1).await;
+        let (mut member, _server) = idle_member(&m, &listener).await;
+        let sh = member.shared.clone();
+        assert!(sh.evict_in_place(sh.state(), EvictReason::HeartbeatFailed));
+        let (sock, conn) = m.connect().await.unwrap();
+        m.revive(&sh, &sock, Box::new(conn)).unwrap();
+        assert_eq!((sh.life(), m.shared.husks(), m.shared.members()), (1, 0, 1));
+        assert_eq!(recycle(&m, &mut member).await, Ok(()));
+        assert_eq!(sh.state().kind(), Kind::InUse);
+        assert_eq!(sh.reason(), None, "a revival clears the old life's reason");
+    }
+
+    #[tokio::test]
+    async fn bytes_the_protocol_rejects_evict_the_member() {
+        let (m, listener) = manager(Raw, |_| {}).await;
+        let mut events = m.shared.stats.subscribe();
+        let (mut member, mut server) = idle_member(&m, &listener).await;
+        server.write_all(b"unasked").await.unwrap();
+        arrived(&member).await;
+        let res = recycle(&m, &mut member).await;
+        // The raw protocol's idle read evicted it in place; the checkout claimed the husk.
+        assert_refused(&m, &member, res, EvictReason::UnexpectedData).await;
+        assert_eq!(m.shared.husks(), 1);
+        assert_eq!(evictions(&mut events), [EvictReason::UnexpectedData]);
+        drop(member);
+        assert_eq!(m.shared.husks(), 0);
+        assert_eq!(evictions(&mut events), []);
+    }
+
+    /// Reads what arrived while idle and keeps the member; with `drain: false` it keeps the
+    /// member without reading (a protocol that does not drain what arrives).
+    struct Keep {
+        drain: bool,
+    }
+
+    impl Protocol for Keep {
+        type Conn = Io;
+
+        fn io(conn: &Io) -> &Io {
+            conn
+        }
+
+        fn io_mut(conn: &mut Io) -> &mut Io {
+            conn
+        }
+
+        async fn setup(&self, io: Io) -> Result<Io, SetupError> {
+            Ok(io)
+        }
+
+        async fn idle_bytes(&self, conn: &mut Io) -> IdleVerdict {
+            if self.drain {
+                let mut buf = [0u8; 64];
+                if !matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {
+                    return IdleVerdict::Evict(EvictReason::PeerClosed);
+                }
+            }
+            IdleVerdict::Keep
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_the_protocol_reads_and_keeps_leave_the_member_to_hand_out() {
+        let (m, listener) = manager(Keep { drain: true }, |_| {}).await;
+        let (mut member, mut server) = idle_member(&m, &listener).await;
+        server.write_all(b"+push\r\n").await.unwrap();
+        arrived(&member).await;
+        assert_eq!(recycle(&m, &mut member).await, Ok(()));
+        assert_eq!(member.shared.state().kind(), Kind::InUse);
+        assert_eq!(m.shared.stats.idle_reads_kept.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn bytes_the_protocol_never_drains_evict_after_max_idle_reads() {
+        let (m, listener) = manager(Keep { drain: false }, |_| {}).await;
+        let (mut member, mut server) = idle_member(&m, &listener).await;
+        server.write_all(b"stuck").await.unwrap();
+        arrived(&member).await;
+        let res = recycle(&m, &mut member).await;
+        assert_refused(&m, &member, res, EvictReason::UnexpectedData).await;
+        assert_eq!(
+            m.shared.stats.idle_reads_kept.load(Relaxed),
+            u64::from(MAX_IDLE_READS)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_member_past_its_lifetime_is_refused() {
+        let (m, listener) = manager(Raw, |c| {
+            c.max_lifetime = Some(Duration::from_secs(60));
+            c.lifetime_jitter = 0.0;
+        })
+        .await;
+        let (mut member, _server) = idle_member(&m, &listener).await;
+        // Paused once the sockets are up: from here the clock moves only when told.
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let res = recycle(&m, &mut member).await;
+        assert_refused(&m, &member, res, EvictReason::MaxLifetime).await;
+    }
+
+    #[tokio::test]
+    async fn a_member_idle_too_long_is_refused_above_min_idle_only() {
+        let (m, listener) = manager(Raw, |c| {
+            c.idle_timeout = Some(Duration::from_secs(60));
+            c.max_lifetime = None;
+        })
+        .await;
+        let (mut kept, _s1) = idle_member(&m, &listener).await;
+        let (mut member, _s2) = idle_member(&m, &listener).await;
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        // Two members above `min_idle` 0: the first one checked goes.
+        let res = recycle(&m, &mut member).await;
+        assert_refused(&m, &member, res, EvictReason::IdleTimeout).await;
+        drop(member);
+        // One left, and `min_idle` 1 keeps it however long it idled.
+        m.shared.set_min_idle(1);
+        assert_eq!(recycle(&m, &mut kept).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_checkout_waits_for_the_reapers_job_and_then_decides() {
+        let (m, listener) = manager(Raw, |_| {}).await;
+        let (mut member, _server) = idle_member(&m, &listener).await;
+        let sh = member.shared.clone();
+        // A heartbeat holds the member.
+        assert!(sh.begin_busy(sh.state()));
+        let metrics = Metrics::default();
+        let mut checkout = pin!(m.recycle(&mut member, &metrics));
+        assert!(futures_util::poll!(checkout.as_mut()).is_pending());
+        // The heartbeat found it alive.
+        sh.end_busy(None);
+        assert!(checkout.await.is_ok());
+        assert_eq!(sh.state().kind(), Kind::InUse);
+    }
+
+    #[tokio::test]
+    async fn a_checkout_that_outwaits_the_heartbeat_timeout_refuses_the_member() {
+        let (m, listener) = manager(Raw, |c| c.heartbeat_timeout = Duration::from_secs(5)).await;
+        let (mut member, _server) = idle_member(&m, &listener).await;
+        let sh = member.shared.clone();
+        assert!(sh.begin_busy(sh.state()));
+        // The heartbeat never ends; the paused clock jumps to the timeout once the checkout
+        // waits for nothing else.
+        tokio::time::pause();
+        let res = recycle(&m, &mut member).await;
+        assert_refused(&m, &member, res, EvictReason::HeartbeatTimeout).await;
+        assert_eq!(sh.state().kind(), Kind::Dead);
+    }
+}
