@@ -9,19 +9,29 @@
     rustdoc::broken_intra_doc_links
 )]
 
-// Layers, bottom up; each imports only the ones above it in this list.
+// Layers, bottom up. Each file imports only from its own layer and the ones before it
+// (check with `grep -rn "crate::" src`); the one exception is a re-export of a module's own
+// file in its mod.rs (member/mod.rs re-exports `Conn`):
+//   jitter; breaker; stats; transport; io; protocol;
+//   pool's leaves (error.rs, status.rs, config.rs); metrics; pool/shared.rs;
+//   member (the state word, the entry machine, `Shared`, idle bytes);
+//   pool/manager.rs (deadpool's `Manager`); member/conn.rs (`Conn`, the return path);
+//   reaper; pool/mod.rs with pool/builder.rs (`Pool`, `Builder`); balancer.
+// `pool` and `member` hold files of more than one layer, so as whole modules they import
+// each other, and `reaper` and `metrics` import `pool`, which imports them; file by file
+// the order holds.
 mod balancer; //  one handle over several endpoints' pools: selection, failover
 mod breaker; //   the pure circuit-breaker machine
 mod io; //        tracked I/O: the clean-return bookkeeping, above TLS
 mod jitter; //    the one seeded PRNG behind every jitter
-mod member; //    the state word, a member's shared state, Conn and its return path
+mod member; //    the state word, the entry machine, a member's shared state, idle bytes, Conn
 #[cfg(feature = "metrics")]
 mod metrics;
-mod pool; //      leaf shared state, the deadpool manager, builder, config, errors, Pool
+mod pool; //      leaf shared state, Status, the deadpool manager, builder, config, errors, Pool
 mod protocol; //   the Protocol trait, the raw default, ready-made protocols
-mod reaper; //    the background task: watch, idle bytes, schedule (wheel), heartbeat, refill
+mod reaper; //    the background task: watch, schedule (wheel), heartbeat, refill
 mod stats; //     counters, histograms, event streams
-mod transport; // sockets (TCP, Unix), DNS at every connect, TLS, the kernel probe
+mod transport; // sockets (TCP, Unix), DNS at every connect, TLS, the kernel probe, blame
 
 pub use balancer::{
     Balancer, BalancerBuilder, BalancerEvent, BalancerEventKind, BalancerEvents, Ejection,
