@@ -111,12 +111,15 @@ pub async fn subjects(
 
     // livepool-postgres: one pool, or a Balancer over both addresses.
     if failover {
-        let protocol_config = session.clone();
-        let balancer = livepool::Balancer::new(hosts.clone(), move |b| {
-            b.protocol(Postgres::new(protocol_config.clone()))
-                .max_size(MAX_SIZE)
-        })
-        .map_err(|e| format!("livepool Balancer: {e}"))?;
+        let balancer = livepool::Balancer::builder()
+            .config(livepool::PoolConfig {
+                max_size: MAX_SIZE,
+                ..livepool::PoolConfig::default()
+            })
+            .protocol(Postgres::new(session.clone()))
+            .endpoints(hosts.clone())
+            .build()
+            .map_err(|e| format!("livepool Balancer: {e}"))?;
         rows.push(Arc::new(LpBalancer {
             name: "livepool-postgres (Balancer)".into(),
             balancer,

@@ -62,7 +62,7 @@
 //!
 //! Only pools that take several addresses for a standalone server can fail over from the
 //! first to the second, so then the only row is `livepool-redis (Balancer)`:
-//! `livepool::Balancer::new([primary, secondary], |b| b.protocol(Redis::new(RedisConfig::new())).max_size(4))`
+//! `livepool::Balancer::builder()` over `[primary, secondary]` with `max_size: 4` and `Redis::new(RedisConfig::new())`
 //! (4 per endpoint, default ejection); its `get()` picks an endpoint and fails over when one
 //! is down. The peers cannot: deadpool-redis's `Manager`, bb8-redis's `RedisConnectionManager`
 //! and the redis crate's `ConnectionManager` each take one `ConnectionInfo` (one address).
@@ -109,12 +109,16 @@ pub async fn subjects(
     secondary: Option<SocketAddr>,
 ) -> Result<Vec<Arc<dyn Subject>>, String> {
     let build = |e: livepool::BuildError| format!("livepool build: {e}");
-    let protocol = || Redis::new(RedisConfig::new());
     if let Some(secondary) = secondary {
-        let balancer = livepool::Balancer::new([primary, secondary], move |b| {
-            b.protocol(protocol()).max_size(MAX_SIZE)
-        })
-        .map_err(build)?;
+        let balancer = livepool::Balancer::builder()
+            .config(livepool::PoolConfig {
+                max_size: MAX_SIZE,
+                ..livepool::PoolConfig::default()
+            })
+            .protocol(Redis::new(RedisConfig::new()))
+            .endpoints([primary, secondary])
+            .build()
+            .map_err(build)?;
         return Ok(vec![Arc::new(Livepool {
             name: "livepool-redis (Balancer)".into(),
             source: Source::Balancer(balancer),
@@ -125,7 +129,7 @@ pub async fn subjects(
     let mut rows: Vec<Arc<dyn Subject>> = Vec::new();
 
     let pool = livepool::Pool::builder(primary)
-        .protocol(protocol())
+        .protocol(Redis::new(RedisConfig::new()))
         .max_size(MAX_SIZE)
         .build()
         .map_err(build)?;
