@@ -75,10 +75,7 @@
 mod common;
 use common::percentile;
 
-#[allow(dead_code)]
-#[path = "../tests/support/netns.rs"]
-mod netns;
-use netns::Netns;
+use livepool_testkit::netns::Netns;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -98,8 +95,8 @@ const MAX_SIZE: usize = 16;
 /// The heartbeat schedule's granularity.
 const REAP: Duration = Duration::from_millis(50);
 
-/// What `Netns::create` calls (as `super::skip_without`): true (after a `SKIPPED:` line)
-/// when `what` is missing, a panic instead under `LIVEPOOL_REQUIRE_ALL=1`.
+/// True (after a `SKIPPED:` line on stdout, under the bench's name) when `what` is missing,
+/// a panic instead under `LIVEPOOL_REQUIRE_ALL=1`.
 fn skip_without(available: bool, what: &str) -> bool {
     if available {
         return false;
@@ -677,12 +674,13 @@ fn main() {
     println!("failover: command: {}", command());
     let s = Settings::from_env();
     println!("failover: settings: {}", s.describe());
-    let Some(first) = Netns::create() else { return };
-    let mut first = Some(first);
+    if skip_without(Netns::available(), "root and ip netns") {
+        return;
+    }
     let started = Instant::now();
     let mut rows = Vec::new();
     for i in 1..=s.runs {
-        let ns = Arc::new(first.take().unwrap_or_else(Netns::setup));
+        let ns = Arc::new(Netns::setup());
         let r = run_once(ns, &s);
         let f = Figures::of(&r);
         let before: Vec<&Sample> = r

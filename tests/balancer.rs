@@ -5,14 +5,12 @@
 //! ejection is off in the other tests here (they are the breaker's); tests/balancer_health.rs
 //! has ejection, the blackholed endpoint and DNS.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use livepool::{Balancer, BalancerEventKind, BreakerConfig, BreakerState, Ejection, PoolConfig};
-use support::*;
+use livepool_testkit::*;
 
 const MS: Duration = Duration::from_millis(1);
 

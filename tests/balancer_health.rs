@@ -3,8 +3,6 @@
 //! and one is blackholed (network namespaces, root), and endpoints from a DNS name whose
 //! address set changes (`/etc/hosts`, root; restored by the guard whatever happens).
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -12,9 +10,9 @@ use std::time::Duration;
 use livepool::{
     Balancer, BalancerEventKind, BalancerEvents, BreakerConfig, Ejection, FramePing, PoolConfig,
 };
-use support::hosts::HostsGuard;
-use support::netns::Netns;
-use support::*;
+use livepool_testkit::hosts::HostsGuard;
+use livepool_testkit::netns::Netns;
+use livepool_testkit::*;
 
 const MS: Duration = Duration::from_millis(1);
 

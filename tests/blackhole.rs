@@ -6,15 +6,13 @@
 //!
 //! Detection times are printed for comparison with the configuration, never asserted.
 
-mod support;
-
 use std::error::Error as _;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use livepool::{BreakerConfig, Conn, EvictReason, FramePing, Pool};
-use support::netns::Netns;
-use support::{exchange, expect_eviction, idle_member, token, wait_until, within};
+use livepool_testkit::netns::Netns;
+use livepool_testkit::{exchange, expect_eviction, idle_member, token, wait_until, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A ping/pong + echo server whose listening socket (and so every accepted socket) lives in

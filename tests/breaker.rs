@@ -1,13 +1,11 @@
 //! The circuit breaker against a real endpoint that refuses connections, then comes back.
 //! Paused time: the open periods pass with `advance`, not with sleeps.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use livepool::{BreakerConfig, BreakerState, Pool};
-use support::*;
+use livepool_testkit::*;
 use tokio::time::advance;
 
 const SEC: Duration = Duration::from_secs(1);

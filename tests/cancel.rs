@@ -1,12 +1,10 @@
 //! Rule 1: a caller cancelled while awaiting a response never lets that response reach a
 //! later caller (the redis-py CVE-2023-28858 class of bug).
 
-mod support;
-
 use std::time::Duration;
 
 use livepool::{EvictReason, Pool};
-use support::*;
+use livepool_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn pool(addr: std::net::SocketAddr, max: usize) -> Pool {

@@ -2,12 +2,10 @@
 //! are closed, the reaper task ends and no file descriptor is left behind. One test per
 //! binary, because it counts the whole process's file descriptors.
 
-mod support;
-
 use std::time::Duration;
 
 use livepool::{EvictReason, FramePing, Pool};
-use support::*;
+use livepool_testkit::*;
 
 #[tokio::test]
 async fn close_and_drop_leave_nothing_behind() {

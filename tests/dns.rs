@@ -7,15 +7,13 @@
 //! Root only (to edit `/etc/hosts`): without it every test prints SKIPPED (or fails under
 //! `LIVEPOOL_REQUIRE_ALL=1`).
 
-mod support;
-
 use std::io::BufRead;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::hosts::HostsGuard;
-use support::within;
+use livepool_testkit::hosts::HostsGuard;
+use livepool_testkit::within;
 use tokio::net::TcpListener;
 
 /// One connect by name, through a fresh pool (no breaker, no idle watch): the pool's own
@@ -40,7 +38,7 @@ async fn connect_tcp(target: &str, timeout: Option<Duration>) -> std::io::Result
 const CHILD_ENV: &str = "LIVEPOOL_HOSTS_CHILD";
 
 fn skip() -> bool {
-    support::skip_without(HostsGuard::available(), "root (to edit /etc/hosts)")
+    livepool_testkit::skip_without(HostsGuard::available(), "root (to edit /etc/hosts)")
 }
 
 fn lo(n: u8) -> IpAddr {
@@ -319,13 +317,13 @@ async fn pool_follows_a_dns_change_and_max_lifetime_rotates_old_members() {
     let first = within(10, "first checkout", pool.get()).await.expect("get");
     assert_eq!(first.peer_addr().unwrap().ip(), lo(8));
     drop(first);
-    support::wait_until(10, "two members on the old address", || {
+    livepool_testkit::wait_until(10, "two members on the old address", || {
         old_side.load(Ordering::SeqCst) >= 2
     })
     .await;
 
     hosts.remap(lo(9));
-    support::wait_until(15, "every member rotated to the new address", || {
+    livepool_testkit::wait_until(15, "every member rotated to the new address", || {
         old_side.load(Ordering::SeqCst) == 0 && new_side.load(Ordering::SeqCst) >= 2
     })
     .await;

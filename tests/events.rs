@@ -1,11 +1,9 @@
 //! The event subscriptions as `futures::Stream`s: an eviction arrives as an item, and the
 //! stream ends once the pool is gone and every event was delivered.
 
-mod support;
-
 use futures_util::StreamExt;
 use livepool::{EvictReason, Pool};
-use support::within;
+use livepool_testkit::within;
 
 #[tokio::test]
 async fn eviction_events_stream_and_end_with_the_pool() {

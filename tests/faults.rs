@@ -3,13 +3,11 @@
 //! with the idle watch off (the checkout peek must catch it) and once with it on (it must be
 //! evicted without any checkout).
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use livepool::{EvictReason, Pool};
-use support::*;
+use livepool_testkit::*;
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {

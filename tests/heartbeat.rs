@@ -2,13 +2,11 @@
 //! meets a running heartbeat, heartbeat timeouts feeding the breaker (and wrong replies not
 //! feeding it), and `Conn::closed()`.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use livepool::{BreakerConfig, BreakerState, EvictReason, FramePing, Pool};
-use support::*;
+use livepool_testkit::*;
 
 const MS: Duration = Duration::from_millis(1);
 

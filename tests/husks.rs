@@ -2,14 +2,12 @@
 //! entry left in deadpool's queue is never handed out and never counted by `status()`, and
 //! the refill puts new connections into those entries.
 
-mod support;
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use livepool::{EvictReason, Pool};
-use support::*;
+use livepool_testkit::*;
 
 /// Checks out `n` connections at once (each with one exchange), then returns them all;
 /// returns their local addresses.

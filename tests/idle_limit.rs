@@ -10,16 +10,14 @@
 //! the server's configured limit. The runtimes are single-threaded, so the reaper logs on the
 //! test's thread, where the logs are captured.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use livepool::{EvictReason, FramePing, Pool, RedisPing};
-use support::redis_server::{RedisOptions, RedisServer};
-use support::{Captured, capture_logs, within};
+use livepool_testkit::redis_server::{RedisOptions, RedisServer};
+use livepool_testkit::{Captured, capture_logs, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

@@ -1,13 +1,11 @@
 //! Idle timeout, max lifetime (with jitter), heartbeat scheduling and min-idle refill, on
 //! tokio's paused clock with real loopback sockets.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use livepool::{EvictReason, FramePing, Pool};
-use support::*;
+use livepool_testkit::*;
 use tokio::time::advance;
 
 const SEC: Duration = Duration::from_secs(1);

@@ -6,14 +6,12 @@
 //! One test in its own binary: `setrlimit` and a full descriptor table affect the whole
 //! process. The limit is restored on the way out, panics included.
 
-mod support;
-
 use std::fs::File;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use livepool::{BreakerConfig, BreakerState, Pool};
-use support::*;
+use livepool_testkit::*;
 
 /// Lowers the soft `RLIMIT_NOFILE`; restores the old limits when dropped.
 struct NofileLimit(libc::rlimit);

@@ -1,11 +1,9 @@
 //! Operations: graceful drain (both outcomes), leak detection, resize and min_idle at runtime.
 
-mod support;
-
 use std::time::Duration;
 
 use livepool::{EvictReason, Pool};
-use support::*;
+use livepool_testkit::*;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -59,7 +57,7 @@ async fn drain_timeout_shuts_down_what_is_still_out() {
 #[tokio::test]
 async fn leak_detection_reports_once_per_checkout() {
     // This test's runtime is single-threaded, so the reaper logs on this thread.
-    let (captured, _guard) = support::capture_logs(tracing::Level::WARN);
+    let (captured, _guard) = livepool_testkit::capture_logs(tracing::Level::WARN);
     let server = FaultServer::start().await;
     let pool = builder(&server)
         .leak_threshold(Some(30 * MS))

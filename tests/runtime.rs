@@ -8,12 +8,10 @@
 //! The fault server runs on a runtime of its own that lives for the whole test, so that only
 //! the pool's runtime goes away. Runtimes are built by hand in plain `#[test]` functions.
 
-mod support;
-
 use std::time::Duration;
 
 use livepool::{EvictReason, Pool};
-use support::*;
+use livepool_testkit::*;
 use tokio::runtime::{Builder, Runtime};
 
 const MIN_IDLE: usize = 2;

@@ -16,7 +16,7 @@
 //! - **what the server did**: the server records each fault after the close or the write has
 //!   returned, with the number of bytes it had written on the connection by then;
 //! - **when the client's kernel showed it**: right after, the injector asks the kernel about
-//!   that one client socket over netlink (`support::diag`: an exact lookup by ports and by the
+//!   that one client socket over netlink (`livepool_testkit::diag`: an exact lookup by ports and by the
 //!   socket's cookie, taken at accept) until it is no longer ESTABLISHED, is gone (a reset
 //!   socket is unhashed), or has received every byte the server sent; then it records the
 //!   instant, under the lock the workers read it with.
@@ -32,16 +32,14 @@
 //!
 //! Runs 20 s by default; `LIVEPOOL_SOAK_SECS` changes that.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
 use livepool::{BreakerConfig, FramePing, HeartbeatError, Io, Pool, Protocol, SetupError};
+use livepool_testkit::*;
 use parking_lot::Mutex;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 

@@ -4,17 +4,15 @@
 //! response), heartbeats through TLS, and a certificate for the wrong name (setup error).
 #![cfg(feature = "tls")]
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use livepool::{EvictReason, FramePing, Pool};
+use livepool_testkit::tls::TestCerts;
+use livepool_testkit::{expect_eviction, token, wait_until, within};
 use parking_lot::Mutex;
-use support::tls::TestCerts;
-use support::{expect_eviction, token, wait_until, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;

@@ -4,8 +4,6 @@
 //! that closes with our request unread (the kernel's ECONNRESET), and TCP options skipped
 //! without a warning. Every wait is bounded.
 
-mod support;
-
 use std::io;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
@@ -14,8 +12,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use livepool::{Builder, EvictReason, Pool};
+use livepool_testkit::{wait_until, within};
 use parking_lot::Mutex;
-use support::{wait_until, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
@@ -356,7 +354,7 @@ async fn peer_closing_with_our_request_unread_is_a_reset() {
 #[tokio::test]
 async fn tcp_options_are_skipped_on_unix_sockets_without_a_warning() {
     // Single-threaded runtime: the reaper's refill connects on this thread too.
-    let (captured, _guard) = support::capture_logs(tracing::Level::WARN);
+    let (captured, _guard) = livepool_testkit::capture_logs(tracing::Level::WARN);
     let server = UnixServer::start("opts");
     // Every TCP option set explicitly (as a TCP pool would have them).
     let pool = builder(&server)

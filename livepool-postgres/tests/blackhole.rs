@@ -6,17 +6,14 @@
 //!
 //! The detection time is printed for comparison with the configuration, never asserted.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
 use livepool::EvictReason;
 use livepool_postgres::Postgres;
 use livepool_postgres::tokio_postgres::Config;
-use support::netns::Netns;
-use support::pg::PgCluster;
-use support::within;
+use livepool_testkit::netns::Netns;
+use livepool_testkit::pg::PgCluster;
+use livepool_testkit::within;
 
 #[test]
 fn a_blackholed_server_is_evicted_within_the_heartbeat_bound() {

@@ -1,12 +1,9 @@
 //! A hostile server that echoes the cleartext password it was sent in its FATAL message: the
 //! password must reach no error text, no `Debug` output and no tracing event.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use livepool_postgres::Postgres;
 use livepool_postgres::tokio_postgres::Config;
-use support::{capture_logs, within};
+use livepool_testkit::{capture_logs, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

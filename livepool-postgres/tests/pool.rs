@@ -2,9 +2,6 @@
 //! parameters and rows, pooling, COPY both ways, a connection returned in a transaction or
 //! with a reply owed, a terminated idle session evicted without a checkout, a restart.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
@@ -12,8 +9,8 @@ use futures_util::{SinkExt, StreamExt, pin_mut};
 use livepool::{BreakerConfig, BreakerState, EvictReason};
 use livepool_postgres::tokio_postgres::{self, Config};
 use livepool_postgres::{Pool, Postgres};
-use support::pg::PgCluster;
-use support::{wait_until, within};
+use livepool_testkit::pg::PgCluster;
+use livepool_testkit::{wait_until, within};
 
 const MS: Duration = Duration::from_millis(1);
 

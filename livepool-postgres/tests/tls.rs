@@ -2,18 +2,15 @@
 //! the certificate and its name verified, a wrong name a configuration error, no TLS refused.
 #![cfg(feature = "tls")]
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use std::time::Duration;
 
 use livepool::BreakerState;
 use livepool::rustls::pki_types::ServerName;
 use livepool_postgres::Postgres;
 use livepool_postgres::tokio_postgres::Config;
-use support::pg::PgCluster;
-use support::tls::TestCerts;
-use support::within;
+use livepool_testkit::pg::PgCluster;
+use livepool_testkit::tls::TestCerts;
+use livepool_testkit::within;
 
 fn config(c: &PgCluster) -> Config {
     let mut config = Config::new();

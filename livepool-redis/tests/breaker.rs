@@ -4,15 +4,12 @@
 //! configuration error that counts not at all (a real `redis-server`). Real time, every
 //! wait bounded.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use livepool::BreakerState;
 use livepool_redis::{Pool, Redis, RedisConfig};
-use support::within;
+use livepool_testkit::within;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Eight callers connect at the same moment to a server that accepts but never answers
@@ -127,7 +124,7 @@ async fn a_server_still_loading_is_retried_within_the_connect_and_counts_once() 
 /// `get()`, which leaves the breaker alone (the server is up and answering).
 #[tokio::test]
 async fn no_password_for_a_server_that_wants_one_is_a_config_error_at_get() {
-    use support::redis_server::{RedisOptions, RedisServer};
+    use livepool_testkit::redis_server::{RedisOptions, RedisServer};
     let Some(server) = RedisServer::start_with(RedisOptions::new().password("sesame-41")).await
     else {
         return;

@@ -4,23 +4,14 @@
 //! command's own block; a command that may block forever is not waited for (its connection
 //! is closed). And a large reply does not stay resident in an idle member.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
-#[path = "common/admin.rs"]
-mod admin;
-
-#[path = "common/stop.rs"]
-mod stop;
-
 use std::time::Duration;
 
 use livepool::EvictReason;
 use livepool_redis::redis::{self, AsyncCommands};
 use livepool_redis::{Conn, Pool, Redis, RedisConfig};
-use stop::{Stopped, server_pid};
-use support::redis_server::RedisServer;
-use support::within;
+use livepool_testkit::redis_server::RedisServer;
+use livepool_testkit::redis_stop::{Stopped, server_pid};
+use livepool_testkit::within;
 
 const CANCELLED: usize = 50;
 

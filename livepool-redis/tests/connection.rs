@@ -10,19 +10,13 @@
 //! protocol; `tests/pool.rs` covers that path); here they are checked through the public
 //! API: the next call reads them first, queues a push, and still gets its own reply.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
-#[path = "common/admin.rs"]
-mod admin;
-
 use std::net::SocketAddr;
 
-use admin::{admin_run, bulk, ok, text};
 use livepool_redis::redis::{self, AsyncCommands, ErrorKind, PushKind, RedisError, Value};
 use livepool_redis::{RedisConfig, RedisConnection};
-use support::redis_server::{RedisOptions, RedisServer};
-use support::{CLOSE_WAIT, kernel_socket, wait_until, within};
+use livepool_testkit::redis_admin::{admin_run, bulk, ok, text};
+use livepool_testkit::redis_server::{RedisOptions, RedisServer};
+use livepool_testkit::{CLOSE_WAIT, kernel_socket, wait_until, within};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 

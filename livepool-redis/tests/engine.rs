@@ -7,20 +7,14 @@
 //! run on a plain `RedisConnection` over a `TcpStream`, outside any pool. Real time
 //! throughout (a real server); every wait is bounded.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
-#[path = "common/admin.rs"]
-mod admin;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use livepool::{BreakerConfig, BreakerState, Builder, Events, EvictReason, EvictionEvent};
 use livepool_redis::redis::{self, AsyncCommands, FromRedisValue};
 use livepool_redis::{Conn, Pool, Redis, RedisConfig};
-use support::redis_server::RedisServer;
-use support::{wait_until, within};
+use livepool_testkit::redis_server::RedisServer;
+use livepool_testkit::{wait_until, within};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -60,7 +54,7 @@ async fn client_id(conn: &mut Conn) -> i64 {
 }
 
 /// An unpooled admin connection (no response timeout: it runs DEBUG SLEEP).
-type Admin = admin::AdminSession;
+type Admin = livepool_testkit::redis_admin::AdminSession;
 
 /// One command on the admin connection that must succeed within `secs` seconds.
 async fn admin_cmd<T: FromRedisValue>(admin: &mut Admin, secs: u64, cmd: &redis::Cmd) -> T {

@@ -7,20 +7,14 @@
 //! last one left (its `CLIENT ID` is checked), and `created == 1` shows it was brought back,
 //! not replaced.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
-#[path = "common/admin.rs"]
-mod admin;
-
 use std::time::Duration;
 
-use admin::AdminSession;
 use livepool::EvictReason;
 use livepool_redis::redis::{self, AsyncCommands, ErrorKind, Value};
 use livepool_redis::{Conn, Pool, Redis, RedisConfig};
-use support::redis_server::RedisServer;
-use support::within;
+use livepool_testkit::redis_admin::AdminSession;
+use livepool_testkit::redis_server::RedisServer;
+use livepool_testkit::within;
 
 fn pool_of_one(redis: &RedisServer, cfg: RedisConfig) -> Pool {
     livepool::Pool::builder(redis.addr())

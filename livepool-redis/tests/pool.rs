@@ -11,23 +11,17 @@
 //! `CLIENT LIST` are read after `CONFIG RESETSTAT`. Real time throughout; every wait is
 //! bounded and panics with what it waited for.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
-#[path = "common/admin.rs"]
-mod admin;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use admin::{AdminSession, admin_run, bulk, ok, text};
 #[cfg(feature = "tls")]
 use livepool::EvictReason;
 use livepool::{BreakerState, Builder, Events, EvictionEvent};
 use livepool_redis::redis::{self, AsyncCommands, PushKind, Value};
 use livepool_redis::{Conn, Pool, Redis, RedisConfig};
-use support::redis_server::{RedisOptions, RedisServer};
-use support::{kernel_socket, wait_until, within};
+use livepool_testkit::redis_admin::{AdminSession, admin_run, bulk, ok, text};
+use livepool_testkit::redis_server::{RedisOptions, RedisServer};
+use livepool_testkit::{kernel_socket, wait_until, within};
 
 const MS: Duration = Duration::from_millis(1);
 const PASSWORD: &str = "pool-Pw_4417";

@@ -3,17 +3,14 @@
 //! reaches the wrong caller, no request outlives its deadline, and the pool serves again
 //! after the restart.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use livepool_redis::redis;
 use livepool_redis::{Redis, RedisConfig};
-use support::redis_server::RedisServer;
-use support::{wait_until, within};
+use livepool_testkit::redis_server::RedisServer;
+use livepool_testkit::{wait_until, within};
 
 const TASKS: u64 = 8;
 /// Per request: longer than any honest answer, so a request past it is a hang.

@@ -7,23 +7,14 @@
 //! serves again. Every wait is bounded far below the pool's own bounds (30 s), so a wait for
 //! any of those fails the test; nothing asserts a duration.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
-#[path = "common/admin.rs"]
-mod admin;
-
-#[path = "common/stop.rs"]
-mod stop;
-
 use std::time::Duration;
 
 use livepool::{BreakerState, EvictReason};
 use livepool_redis::redis::{self, RedisError};
 use livepool_redis::{Conn, Pool, Redis, RedisConfig};
-use stop::{Stopped, server_pid};
-use support::redis_server::RedisServer;
-use support::{wait_until, within};
+use livepool_testkit::redis_server::RedisServer;
+use livepool_testkit::redis_stop::{Stopped, server_pid};
+use livepool_testkit::{wait_until, within};
 
 /// The pool's own bounds: the connect timeout, the wait for a member, the heartbeat timeout
 /// (which bounds a settle too). Far beyond every `within` of the test.

@@ -12,20 +12,14 @@
 //! Every wait is bounded; after a `Reconnected` the subscriptions are confirmed, so a message
 //! published then must arrive (no publish-and-hope).
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
-#[path = "common/admin.rs"]
-mod admin;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use livepool_redis::redis::{self, FromRedisValue};
 use livepool_redis::{Pool, Redis, RedisConfig, Subscriber, SubscriberError, SubscriberMessage};
-use support::redis_server::{RedisOptions, RedisServer};
-use support::{wait_until, within};
+use livepool_testkit::redis_server::{RedisOptions, RedisServer};
+use livepool_testkit::{wait_until, within};
 use tokio::net::TcpStream;
 
 const MS: Duration = Duration::from_millis(1);
@@ -46,7 +40,7 @@ fn pool(server: &RedisServer, cfg: RedisConfig, max_size: usize) -> Pool {
 
 /// An unpooled admin connection (no response timeout: it runs DEBUG SLEEP and waits
 /// behind CLIENT PAUSE).
-type Admin = admin::AdminSession;
+type Admin = livepool_testkit::redis_admin::AdminSession;
 
 /// One command on the admin connection that must succeed within 10 s.
 async fn must<T: FromRedisValue>(admin: &mut Admin, cmd: &redis::Cmd) -> T {

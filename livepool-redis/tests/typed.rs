@@ -4,16 +4,13 @@
 //! AUTH with an ACL user and RESP3, and a blocking command that takes as long as its own
 //! timeout says.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use livepool_redis::redis::{self, AsyncCommands, AsyncIter, Value};
 use livepool_redis::{Pool, Redis, RedisConfig};
-use support::redis_server::{RedisOptions, RedisServer};
-use support::within;
+use livepool_testkit::redis_server::{RedisOptions, RedisServer};
+use livepool_testkit::within;
 
 fn pool(redis: &RedisServer, cfg: RedisConfig) -> Pool {
     livepool::Pool::builder(redis.addr())

@@ -1,5 +1,35 @@
-//! Shared test helpers: a loopback fault server, bounded waits, kernel socket state, fd counts.
-#![allow(dead_code)]
+//! The helpers that livepool's tests, benches and examples share (the core's and the
+//! integration crates'): not published, a dev-dependency of each crate of the workspace.
+//!
+//! Here: bounded waits ([`within`], [`wait_until`]), visible skips ([`skip_without`]: a test
+//! that lacks root or a program says so, and fails instead under `LIVEPOOL_REQUIRE_ALL=1`), a
+//! loopback [`FaultServer`] that faults its connections on command and logs what it did, the
+//! kernel's view of a socket ([`kernel_socket`], exactly, through [`diag`]), open fds, captured
+//! logs, and a few pool exchanges with it. Real servers and machinery in modules:
+//! [`redis_server`] (a `redis-server` child), [`pg`] (a throwaway PostgreSQL cluster),
+//! [`netns`] (two network namespaces to blackhole), [`hosts`] (a test name in `/etc/hosts`,
+//! always removed) and [`tls`] (a self-signed certificate and rustls configurations). With
+//! feature `redis` (livepool-redis's tests): `redis_admin` (an admin session to a test
+//! server, outside any pool) and `redis_stop` (SIGSTOP a server, always resumed).
+//!
+//! # One livepool
+//!
+//! This crate depends on `livepool`, and `livepool` dev-depends on it. Integration tests,
+//! benches and examples link the same `livepool` library as this crate, so its types
+//! ([`exchange`], [`idle_member`], [`expect_eviction`]) are theirs. The core's own unit tests
+//! (`#[cfg(test)]` in `src/`) are another build of `livepool`, whose types are not this
+//! crate's: they must not use these helpers.
+
+pub mod diag;
+pub mod hosts;
+pub mod netns;
+pub mod pg;
+#[cfg(feature = "redis")]
+pub mod redis_admin;
+pub mod redis_server;
+#[cfg(feature = "redis")]
+pub mod redis_stop;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -564,8 +594,6 @@ pub async fn exchange(conn: &mut livepool::Io, n: u64) -> std::io::Result<[u8; 8
     conn.read_exact(&mut buf).await?;
     Ok(buf)
 }
-pub mod diag;
-pub mod netns;
 
 /// Checks out one connection, does exchange `n` on it (asserting the echo), returns it to the
 /// pool idle; returns its local address.
@@ -595,7 +623,3 @@ pub async fn expect_eviction(
     assert_eq!(ev.local_addr, Some(addr), "{ev:?}");
     ev
 }
-pub mod hosts;
-pub mod pg;
-pub mod redis_server;
-pub mod tls;

@@ -140,7 +140,7 @@ impl Netns {
     /// Creates the pair, or returns `None` after printing SKIPPED when namespaces are not
     /// available (panics instead under `LIVEPOOL_REQUIRE_ALL=1`).
     pub fn create() -> Option<Netns> {
-        if super::skip_without(Self::available(), "root and ip netns") {
+        if crate::skip_without(Self::available(), "root and ip netns") {
             return None;
         }
         Some(Self::setup())

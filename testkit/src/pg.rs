@@ -44,12 +44,12 @@ impl PgCluster {
 
     async fn start_at(netns: Option<String>, ip: std::net::Ipv4Addr) -> Option<PgCluster> {
         let Some((initdb, pg_ctl)) = find_binaries() else {
-            super::skip_without(false, "PostgreSQL (initdb, pg_ctl)");
+            crate::skip_without(false, "PostgreSQL (initdb, pg_ctl)");
             return None;
         };
         let as_postgres = is_root();
         if as_postgres && !user_exists("postgres") {
-            super::skip_without(false, "a `postgres` user to run initdb as when root");
+            crate::skip_without(false, "a `postgres` user to run initdb as when root");
             return None;
         }
         let cluster = tokio::task::spawn_blocking(move || {
@@ -249,7 +249,7 @@ impl PgCluster {
         let addr = self.addr();
         let reachable = match &self.netns {
             Some(ns) => {
-                super::netns::Netns::exec_in(ns, move || std::net::TcpStream::connect(addr).is_ok())
+                crate::netns::Netns::exec_in(ns, move || std::net::TcpStream::connect(addr).is_ok())
             }
             None => std::net::TcpStream::connect(addr).is_ok(),
         };

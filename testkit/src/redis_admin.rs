@@ -3,9 +3,7 @@
 //! `default` user when the server has a password. The tests read the server's own view
 //! through it (`INFO`, `CLIENT LIST`, `GET`) and act on the server (`CLIENT KILL`, `SET`).
 //!
-//! Included by each test file next to the shared support:
-//! `#[path = "common/admin.rs"] mod admin;` (it uses `crate::support`).
-#![allow(dead_code)]
+//! Feature `redis` (livepool-redis's tests turn it on).
 
 use livepool_redis::redis::aio::ConnectionLike;
 use livepool_redis::redis::{self, Value};
@@ -13,8 +11,8 @@ use livepool_redis::{RedisConfig, RedisConnection};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::support::redis_server::RedisServer;
-use crate::support::within;
+use crate::redis_server::RedisServer;
+use crate::within;
 
 /// Any stream an admin session can run over (plain TCP or TLS); `Sync` so that the redis
 /// crate's `AsyncCommands` run on the session.
@@ -28,15 +26,10 @@ impl RedisServer {
     /// A raw stream to the server: TLS when the server is TLS-only, else plain TCP.
     pub async fn connect_stream(&self) -> Box<dyn AdminStream> {
         if self.is_tls() {
-            #[cfg(feature = "tls")]
-            {
-                let s = within(5, "tls connect", self.certs().connect(self.addr()))
-                    .await
-                    .expect("tls connect to redis-server");
-                return Box::new(s);
-            }
-            #[cfg(not(feature = "tls"))]
-            panic!("a TLS-only redis-server without the tls feature");
+            let s = within(5, "tls connect", self.certs().connect(self.addr()))
+                .await
+                .expect("tls connect to redis-server");
+            return Box::new(s);
         }
         let s = within(5, "connect", TcpStream::connect(self.addr()))
             .await

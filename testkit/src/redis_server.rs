@@ -1,6 +1,5 @@
 //! A real `redis-server` child process for tests: free loopback ports, optional
-//! `requirepass`, an ACL user and TLS; killed and reaped on drop. Plus an admin connection
-//! helper (feature `redis`).
+//! `requirepass`, an ACL user and TLS; killed and reaped on drop.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::skip_without;
+use crate::skip_without;
 
 /// How to start the server.
 #[derive(Clone, Debug, Default)]
@@ -40,7 +39,6 @@ impl RedisOptions {
     }
 
     /// TLS only: `--port 0 --tls-port P` with a fresh self-signed certificate.
-    #[cfg(feature = "tls")]
     pub fn tls(mut self) -> Self {
         self.tls = true;
         self
@@ -59,8 +57,7 @@ pub struct RedisServer {
     port: u16,
     opts: RedisOptions,
     dir: PathBuf,
-    #[cfg(feature = "tls")]
-    certs: Option<super::tls::TestCerts>,
+    certs: Option<crate::tls::TestCerts>,
 }
 
 impl RedisServer {
@@ -90,14 +87,12 @@ impl RedisServer {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        #[cfg(feature = "tls")]
-        let certs = opts.tls.then(super::tls::TestCerts::new);
+        let certs = opts.tls.then(crate::tls::TestCerts::new);
         let mut server = RedisServer {
             child: None,
             port: 0,
             opts,
             dir,
-            #[cfg(feature = "tls")]
             certs,
         };
         // A free port can be taken by someone else before redis binds it: try a few.
@@ -130,8 +125,7 @@ impl RedisServer {
     }
 
     /// The certificate the TLS port presents (and that `certs().client_config()` trusts).
-    #[cfg(feature = "tls")]
-    pub fn certs(&self) -> &super::tls::TestCerts {
+    pub fn certs(&self) -> &crate::tls::TestCerts {
         self.certs.as_ref().expect("server started without tls")
     }
 
@@ -155,15 +149,12 @@ impl RedisServer {
         push(&["--logfile", &self.log_path().display().to_string()]);
         let port = self.port.to_string();
         if self.opts.tls {
-            #[cfg(feature = "tls")]
-            {
-                let c = self.certs();
-                push(&["--port", "0", "--tls-port", &port]);
-                push(&["--tls-cert-file", &c.cert_path().display().to_string()]);
-                push(&["--tls-key-file", &c.key_path().display().to_string()]);
-                push(&["--tls-ca-cert-file", &c.cert_path().display().to_string()]);
-                push(&["--tls-auth-clients", "no"]);
-            }
+            let c = self.certs();
+            push(&["--port", "0", "--tls-port", &port]);
+            push(&["--tls-cert-file", &c.cert_path().display().to_string()]);
+            push(&["--tls-key-file", &c.key_path().display().to_string()]);
+            push(&["--tls-ca-cert-file", &c.cert_path().display().to_string()]);
+            push(&["--tls-auth-clients", "no"]);
         } else {
             push(&["--port", &port]);
         }
@@ -231,11 +222,8 @@ impl RedisServer {
     /// One PING on a fresh connection; the first reply line.
     async fn raw_ping(&self) -> Option<String> {
         if self.opts.tls {
-            #[cfg(feature = "tls")]
-            {
-                let mut s = self.certs().connect(self.addr()).await.ok()?;
-                return ping_line(&mut s).await;
-            }
+            let mut s = self.certs().connect(self.addr()).await.ok()?;
+            return ping_line(&mut s).await;
         }
         let mut s = TcpStream::connect(self.addr()).await.ok()?;
         ping_line(&mut s).await

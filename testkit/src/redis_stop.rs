@@ -2,15 +2,13 @@
 //! acknowledges what is sent; nobody reads or answers) and letting it go on with SIGCONT. The
 //! guard always resumes it, a failed assertion included, so that nothing is left stopped.
 //!
-//! Included by each test file next to the shared support and the admin helper:
-//! `#[path = "common/stop.rs"] mod stop;` (it uses `crate::support` and `crate::admin`).
-#![allow(dead_code)]
+//! Feature `redis` (livepool-redis's tests turn it on).
 
 use std::process::Command;
 
-use crate::admin::text;
-use crate::support::redis_server::RedisServer;
-use crate::support::wait_until;
+use crate::redis_admin::text;
+use crate::redis_server::RedisServer;
+use crate::wait_until;
 
 /// The server's process id, from its own `INFO server` (read before stopping it).
 pub async fn server_pid(server: &RedisServer) -> u32 {

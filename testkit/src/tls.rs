@@ -2,7 +2,6 @@
 //! rcgen), its PEM files in a temporary directory (removed on drop), and rustls client and
 //! server configurations that trust exactly that certificate. Every config is built with
 //! the ring provider explicitly, so no process-wide provider needs installing.
-#![cfg(feature = "tls")]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
