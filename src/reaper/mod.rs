@@ -56,7 +56,7 @@ use wheel::Wheel;
 /// A heartbeat: the member back if it is alive.
 type Beat<P> = Pin<Box<dyn Future<Output = Option<Arc<Shared<P>>>> + Send>>;
 /// deadpool's `WeakPool` upgrades to the pool with its default wrapper: the reaper wraps
-/// what it checks out in [`Conn`] itself.
+/// what it checks out in [`Conn`](crate::Conn) itself.
 pub(crate) type Deadpool<P> = deadpool::managed::Pool<Manager<P>>;
 
 /// Heartbeats started per round of the reaper's loop (see `start_beats`).
