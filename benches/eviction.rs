@@ -939,14 +939,6 @@ fn raise_nofile(want: usize) -> String {
     )
 }
 
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// One connection held by the child server, and the way to close it: the sender gets the
 /// `CLOCK_MONOTONIC` time taken just before the close.
 struct ChildConn {
@@ -1614,7 +1606,7 @@ fn fin_phase(
         Some(d) => anchor_ns + d.as_nanos() as i128,
         None => anchor_ns - anchor.duration_since(t).as_nanos() as i128,
     };
-    let mut rng = 0x5eed_u64 ^ listed as u64;
+    let mut rng = fastrand::Rng::with_seed(0x5eed_u64 ^ listed as u64);
     let (mut delivered, mut on_workers, mut off_workers) = (Vec::new(), Vec::new(), Vec::new());
     let (mut detected, mut evicted_at) = (Vec::new(), Vec::new());
     let (mut missed, mut gone, mut late, mut done) = (0usize, 0usize, 0usize, 0usize);
@@ -1626,7 +1618,7 @@ fn fin_phase(
             break;
         }
         done += 1;
-        let pick = (splitmix(&mut rng) % conns.len() as u64) as usize;
+        let pick = rng.usize(..conns.len());
         let (port, peer) = conns.swap_remove(pick);
         let ev = events[port].take().expect("events");
         // Even FINs: the subscriber is a task on the runtime's workers (which also run the

@@ -185,19 +185,6 @@ fn parse_args() -> Result<Option<Opts>, String> {
     Ok(Some(o))
 }
 
-/// SplitMix64: enough randomness for picking faults, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) % n as u64) as usize
-    }
-}
-
 /// A server-side connection the scheduler may fault.
 struct ServerConn {
     tx: mpsc::UnboundedSender<Fault>,
@@ -431,7 +418,7 @@ async fn inject_faults(chaos: Arc<Chaos>, restarts: Vec<mpsc::Sender<()>>) {
     } else {
         (RESTART_GAP, 2 * DOWNTIME)
     };
-    let mut rng = Rng(chaos.opts.seed);
+    let mut rng = fastrand::Rng::with_seed(chaos.opts.seed);
     let mut next_restart = Instant::now() + RESTART_GAP / 2;
     let mut tick = tokio::time::interval_at(Instant::now() + every, every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -440,19 +427,19 @@ async fn inject_faults(chaos: Arc<Chaos>, restarts: Vec<mpsc::Sender<()>>) {
             _ = tick.tick() => {}
             _ = sleep_until(chaos.end) => return,
         }
-        let mut fault = faults[rng.below(faults.len())];
+        let mut fault = faults[rng.usize(..faults.len())];
         let near_end = chaos.end.saturating_duration_since(Instant::now()) < quiet_end;
         if fault == Fault::Restart && (Instant::now() < next_restart || near_end) {
             let others: Vec<_> = faults.iter().filter(|&&f| f != Fault::Restart).collect();
             if others.is_empty() {
                 continue;
             }
-            fault = *others[rng.below(others.len())];
+            fault = *others[rng.usize(..others.len())];
         }
         if fault == Fault::Restart {
             next_restart = Instant::now() + gap;
             let srv = if several {
-                rng.below(chaos.servers.len())
+                rng.usize(..chaos.servers.len())
             } else {
                 0
             };
@@ -476,10 +463,10 @@ async fn inject_faults(chaos: Arc<Chaos>, restarts: Vec<mpsc::Sender<()>>) {
         let conns = match with_targets.len() {
             0 => continue,
             1 => &mut with_targets[0],
-            n => &mut with_targets[rng.below(n)],
+            n => &mut with_targets[rng.usize(..n)],
         };
         let mut targets: Vec<_> = conns.values_mut().filter(|c| !c.faulted).collect();
-        let i = rng.below(targets.len());
+        let i = rng.usize(..targets.len());
         targets[i].faulted = true;
         let _ = targets[i].tx.send(fault);
     }

@@ -58,13 +58,6 @@ struct Tally {
     restarts: AtomicU64,
 }
 
-fn rng(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
-}
-
 /// The fault server's frames with one setup step: ask the server for its id of the
 /// connection. Otherwise raw bytes pinged as `FramePing` pings.
 #[derive(Debug)]
@@ -160,7 +153,7 @@ async fn fault_matrix_soak() {
             next_token.clone(),
         );
         workers.push(tokio::spawn(async move {
-            let mut seed = 0x9e37_79b9 ^ (w + 1);
+            let mut rng = fastrand::Rng::with_seed(0x9e37_79b9 ^ (w + 1));
             while !stop.load(SeqCst) {
                 let started = Instant::now();
                 let got = tokio::time::timeout(get_deadline, pool.get()).await;
@@ -217,7 +210,7 @@ async fn fault_matrix_soak() {
                     }
                 }
                 drop(conn);
-                if rng(&mut seed).is_multiple_of(4) {
+                if rng.usize(..4) == 0 {
                     tokio::time::sleep(MS).await;
                 }
             }
@@ -226,7 +219,7 @@ async fn fault_matrix_soak() {
 
     // The injector: a fault every 40 ms; the server goes away and comes back every ~3 s.
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut seed = 0x1234_5678u64;
+    let mut rng = fastrand::Rng::with_seed(0x1234_5678);
     let mut next_restart = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
         tokio::time::sleep(40 * MS).await;
@@ -249,8 +242,8 @@ async fn fault_matrix_soak() {
             if clients.is_empty() {
                 continue;
             }
-            let client = clients[(rng(&mut seed) % clients.len() as u64) as usize];
-            let kind = (rng(&mut seed) % 4) as u8;
+            let client = clients[rng.usize(..clients.len())];
+            let kind = rng.u8(..4);
             let Some(id) = s.try_fault(client, kind) else {
                 continue;
             };
