@@ -20,20 +20,29 @@ use std::time::Duration;
 ///     .db(5)
 ///     .resp3(true)
 ///     .client_name("worker-1");
-/// assert_eq!(cfg.database(), 5);
+/// assert_eq!(cfg.db, 5);
 /// let shown = format!("{cfg:?}");
 /// assert!(shown.contains("<redacted>") && !shown.contains("hunter2"));
 /// ```
+///
+/// Each setting is a public field, readable under its setter's name (`config.db`); the extra
+/// setup commands are set with [`on_connect`](Self::on_connect()) only.
 #[derive(Clone)]
 pub struct RedisConfig {
-    username: Option<String>,
-    password: Option<String>,
-    db: u32,
-    resp3: bool,
-    client_name: Option<String>,
+    /// The ACL user (see [`username`](Self::username())).
+    pub username: Option<String>,
+    /// The password (see [`password`](Self::password())). `Debug` shows it redacted.
+    pub password: Option<String>,
+    /// The database `setup` selects (see [`db`](Self::db())).
+    pub db: u32,
+    /// Whether `setup` sends `HELLO 3` (see [`resp3`](Self::resp3())).
+    pub resp3: bool,
+    /// The name for `CLIENT SETNAME` (see [`client_name`](Self::client_name())).
+    pub client_name: Option<String>,
     /// Extra commands of the setup, part of the session "as set up".
     on_connect: Vec<Vec<Vec<u8>>>,
-    response_timeout: Option<Duration>,
+    /// The reply deadline (see [`response_timeout`](Self::response_timeout())).
+    pub response_timeout: Option<Duration>,
 }
 
 /// The default [`RedisConfig::response_timeout`]: the redis crate's own default.
@@ -58,8 +67,8 @@ impl RedisConfig {
     ///
     /// ```
     /// let cfg = livepool_redis::RedisConfig::new();
-    /// assert_eq!(cfg.database(), 0);
-    /// assert!(!cfg.is_resp3());
+    /// assert_eq!(cfg.db, 0);
+    /// assert!(!cfg.resp3);
     /// ```
     pub fn new() -> Self {
         Self::default()
@@ -70,7 +79,7 @@ impl RedisConfig {
     ///
     /// ```
     /// let cfg = livepool_redis::RedisConfig::new().username("app").password("pw");
-    /// assert_eq!(cfg.user(), Some("app"));
+    /// assert_eq!(cfg.username.as_deref(), Some("app"));
     /// ```
     pub fn username(mut self, username: impl Into<String>) -> Self {
         self.username = Some(username.into());
@@ -82,7 +91,7 @@ impl RedisConfig {
     ///
     /// ```
     /// let cfg = livepool_redis::RedisConfig::new().password("pw");
-    /// assert!(cfg.has_password());
+    /// assert!(cfg.password.is_some());
     /// ```
     pub fn password(mut self, password: impl Into<String>) -> Self {
         self.password = Some(password.into());
@@ -93,7 +102,7 @@ impl RedisConfig {
     ///
     /// ```
     /// let cfg = livepool_redis::RedisConfig::new().db(3);
-    /// assert_eq!(cfg.database(), 3);
+    /// assert_eq!(cfg.db, 3);
     /// ```
     pub fn db(mut self, db: u32) -> Self {
         self.db = db;
@@ -105,7 +114,7 @@ impl RedisConfig {
     ///
     /// ```
     /// let cfg = livepool_redis::RedisConfig::new().resp3(true);
-    /// assert!(cfg.is_resp3());
+    /// assert!(cfg.resp3);
     /// ```
     pub fn resp3(mut self, on: bool) -> Self {
         self.resp3 = on;
@@ -116,7 +125,7 @@ impl RedisConfig {
     ///
     /// ```
     /// let cfg = livepool_redis::RedisConfig::new().client_name("worker-1");
-    /// assert_eq!(cfg.name(), Some("worker-1"));
+    /// assert_eq!(cfg.client_name.as_deref(), Some("worker-1"));
     /// ```
     pub fn client_name(mut self, name: impl Into<String>) -> Self {
         self.client_name = Some(name.into());
@@ -162,68 +171,13 @@ impl RedisConfig {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let cfg = livepool_redis::RedisConfig::new().response_timeout(Some(Duration::from_secs(2)));
-    /// assert_eq!(cfg.reply_timeout(), Some(Duration::from_secs(2)));
-    /// assert_eq!(livepool_redis::RedisConfig::new().reply_timeout(), Some(Duration::from_millis(500)));
+    /// let cfg = livepool_redis::RedisConfig::new().response_timeout(Duration::from_secs(2));
+    /// assert_eq!(cfg.response_timeout, Some(Duration::from_secs(2)));
+    /// assert_eq!(livepool_redis::RedisConfig::new().response_timeout, Some(Duration::from_millis(500)));
     /// ```
-    pub fn response_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.response_timeout = timeout;
+    pub fn response_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.response_timeout = timeout.into();
         self
-    }
-
-    /// The configured [`response_timeout`](Self::response_timeout).
-    ///
-    /// ```
-    /// let cfg = livepool_redis::RedisConfig::new().response_timeout(None);
-    /// assert_eq!(cfg.reply_timeout(), None);
-    /// ```
-    pub fn reply_timeout(&self) -> Option<Duration> {
-        self.response_timeout
-    }
-
-    /// The configured ACL user, if any.
-    ///
-    /// ```
-    /// assert_eq!(livepool_redis::RedisConfig::new().user(), None);
-    /// ```
-    pub fn user(&self) -> Option<&str> {
-        self.username.as_deref()
-    }
-
-    /// Whether a password is configured (the password itself is not readable back).
-    ///
-    /// ```
-    /// assert!(!livepool_redis::RedisConfig::new().has_password());
-    /// ```
-    pub fn has_password(&self) -> bool {
-        self.password.is_some()
-    }
-
-    /// The database `setup` selects.
-    ///
-    /// ```
-    /// assert_eq!(livepool_redis::RedisConfig::new().db(7).database(), 7);
-    /// ```
-    pub fn database(&self) -> u32 {
-        self.db
-    }
-
-    /// Whether `setup` sends `HELLO 3`.
-    ///
-    /// ```
-    /// assert!(!livepool_redis::RedisConfig::new().is_resp3());
-    /// ```
-    pub fn is_resp3(&self) -> bool {
-        self.resp3
-    }
-
-    /// The configured client name, if any.
-    ///
-    /// ```
-    /// assert_eq!(livepool_redis::RedisConfig::new().name(), None);
-    /// ```
-    pub fn name(&self) -> Option<&str> {
-        self.client_name.as_deref()
     }
 
     /// Replaces every occurrence of the password in `text` (belt and braces: servers do not

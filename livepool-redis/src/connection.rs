@@ -336,7 +336,7 @@ impl<S> RedisConnection<S> {
             && self.buf.len() == self.scan.start()
             && !self.in_multi
             && !self.watching
-            && self.db == i64::from(self.config.database())
+            && self.db == i64::from(self.config.db)
             && !self.tainted
             && self.broken.is_none()
             && !self.subscribed
@@ -585,7 +585,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
             in_multi: false,
             queued: Vec::new(),
             watching: false,
-            db: i64::from(config.database()),
+            db: i64::from(config.db),
             tainted: false,
             pushes: VecDeque::new(),
             broken: None,
@@ -597,9 +597,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
             steps.push(("PING", vec![b"PING".to_vec()]));
         }
         tracing::debug!(
-            resp3 = conn.config.is_resp3(),
-            auth = conn.config.has_password(),
-            db = conn.config.database(),
+            resp3 = conn.config.resp3,
+            auth = conn.config.password.is_some(),
+            db = conn.config.db,
             steps = steps.len(),
             "redis connection setup"
         );
@@ -619,7 +619,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
         if steps.is_empty() {
             return Ok(None);
         }
-        let Some(limit) = self.config.reply_timeout() else {
+        let Some(limit) = self.config.response_timeout else {
             return self.send_steps(steps).await;
         };
         let res = tokio::time::timeout(limit, self.send_steps(steps)).await;
@@ -752,7 +752,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
     /// longest block a blocking command among them announced; `None` without a timeout or
     /// when one may block forever.
     fn reply_limit(&self) -> Option<Duration> {
-        let mut limit = self.config.reply_timeout()?;
+        let mut limit = self.config.response_timeout?;
         let mut longest = Duration::ZERO;
         for owed in &self.pending {
             match owed.block {
@@ -919,7 +919,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
         if !self.scan.is_idle() || self.buf.len() != self.scan.start() {
             return Err("bytes beyond the replies owed".to_string());
         }
-        let setup_db = i64::from(self.config.database());
+        let setup_db = i64::from(self.config.db);
         let mut steps: Vec<(&'static str, Vec<Vec<u8>>)> = Vec::new();
         if self.tainted {
             // RESET ends MULTI, WATCH, tracking, CLIENT REPLY, the name, the user and RESP3,

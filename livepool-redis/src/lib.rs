@@ -160,7 +160,7 @@ impl Redis {
     ///
     /// ```
     /// let p = livepool_redis::Redis::new(livepool_redis::RedisConfig::new().db(1));
-    /// assert_eq!(p.config().database(), 1);
+    /// assert_eq!(p.config().db, 1);
     /// ```
     pub fn new(config: RedisConfig) -> Self {
         Redis {
@@ -172,7 +172,7 @@ impl Redis {
     ///
     /// ```
     /// let p = livepool_redis::Redis::new(livepool_redis::RedisConfig::new().resp3(true));
-    /// assert!(p.config().is_resp3());
+    /// assert!(p.config().resp3);
     /// ```
     pub fn config(&self) -> &RedisConfig {
         &self.config

@@ -582,7 +582,7 @@ async fn tls_setup_ping_and_kill() {
         let v: String = within(5, "GET over tls", s.get("t")).await.expect("GET");
         assert_eq!(v, "over tls");
         assert!(s.is_clean());
-        assert_eq!(s.db(), i64::from(cfg.database()));
+        assert_eq!(s.db(), i64::from(cfg.db));
 
         // Whatever arrived by now (TLS 1.3 session tickets) is no reply: the next call
         // gets its own, and nothing is queued.
