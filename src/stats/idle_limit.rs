@@ -20,7 +20,11 @@
 //! **The rule.** The detector keeps the last [`WINDOW`] samples (a fixed ring). After each
 //! one it looks at the longest run of consecutive samples, ending with the newest, whose
 //! idle ages agree: the longest is at most 5/3 of the shortest (±25 % around their middle)
-//! or within 200 ms of it (±100 ms). The run is a finding when it holds at least
+//! or within 200 ms of it (±100 ms), or, when the shortest is at least [`WHOLE_FROM`],
+//! within [`WHOLE_SECONDS`] of it. That last allowance is for servers that count idle time
+//! in whole seconds, as Redis does: `timeout 1` closes a connection once the clock's second
+//! has turned twice since the last command, 1 to 2 s after it (plus its 100 ms check), so
+//! ages of 1.1 and 2.0 s are the same limit. The run is a finding when it holds at least
 //! [`MIN_AGREE`] closes and they were seen over a span of at least half the shortest age and
 //! at least [`MIN_SPREAD`]: one burst of closes (a server restart dropping members that
 //! happened to be returned together) is not a limit; the pattern must repeat. The figure is
@@ -28,10 +32,16 @@
 //!
 //! **Two clocks.** Ages are measured twice: since the last traffic (what the idle timers of
 //! Redis, proxies and load balancers count, heartbeats included) and since the last return
-//! (they differ only for members that answered a heartbeat in between). The longer run wins,
-//! then the tighter one, then the first clock. A run on the second clock alone means
+//! (they differ only for members that answered a heartbeat in between). The longer run wins.
+//! Of two as long, the first clock's wins when it holds a close without a heartbeat in
+//! between (that close measures the limit on both clocks, and the heartbeats' closes agree
+//! with it on the first), else the tighter one. A run on the second clock alone means
 //! heartbeats were answered and the server closed the connections anyway, counting from
-//! their last real use: it does not take heartbeats for activity.
+//! their last real use: it does not take heartbeats for activity. Whole seconds can mimic
+//! that: Redis ignores a heartbeat in the same second as the last command and counts one in
+//! the next second as one second more, so with heartbeats sent late in the server's second
+//! a member that answered one is closed 1.1 s after it and one that did not 2.0 s after its
+//! return; only the allowance above reads those as one limit on the first clock.
 //!
 //! **The warning.** The first finding is logged once at WARN with the endpoint, the figure
 //! and the settings in effect, naming the setting to change ([`message`]). A later finding
@@ -56,6 +66,14 @@ pub(crate) const MIN_AGREE: usize = 3;
 pub(crate) const MIN_AGE: Duration = Duration::from_millis(20);
 /// Ages this close agree whatever their size (±100 ms around their middle).
 const SLACK: Duration = Duration::from_millis(200);
+/// Ages this close agree from [`WHOLE_FROM`] on: a server that counts whole seconds closes
+/// up to a second late (the rounding) plus its check interval (Redis: 100 ms), and the pool
+/// reads a heartbeat's answer, which it takes for the last traffic, a little after the
+/// server read the heartbeat.
+pub(crate) const WHOLE_SECONDS: Duration = Duration::from_millis(1_250);
+/// The shortest age [`WHOLE_SECONDS`] applies to: a limit of whole seconds is at least 1 s,
+/// less the time between the server reading a heartbeat and the pool reading its answer.
+pub(crate) const WHOLE_FROM: Duration = Duration::from_millis(750);
 /// The agreeing closes must be seen over at least this span (and half their figure).
 pub(crate) const MIN_SPREAD: Duration = Duration::from_secs(1);
 /// A changed figure is warned about again at most this often.
@@ -148,14 +166,14 @@ impl IdleLimit {
         let traffic = self.run(|s| s.quiet);
         let ret = self.run(|s| s.held);
         let f = match (traffic, ret) {
-            (Some(t), Some(r)) if better(&r, &t) => Finding {
+            (Some(t), Some(r)) if return_wins(&r, &t) => Finding {
                 since: Since::Return,
-                ..r
+                ..r.finding
             },
-            (Some(t), _) => t,
+            (Some(t), _) => t.finding,
             (None, Some(r)) => Finding {
                 since: Since::Return,
-                ..r
+                ..r.finding
             },
             (None, None) => return None,
         };
@@ -172,10 +190,11 @@ impl IdleLimit {
 
     /// The longest run of agreeing samples ending with the newest, by `age`, if it is a
     /// finding (measured from the last traffic; the caller relabels it).
-    fn run(&self, age: impl Fn(&Sample) -> u64) -> Option<Finding> {
+    fn run(&self, age: impl Fn(&Sample) -> u64) -> Option<Run> {
         let (mut lo, mut hi) = (u64::MAX, 0);
         let (mut first, mut last) = (u64::MAX, 0);
         let mut n = 0;
+        let mut plain = false;
         for k in 1..=self.len {
             let s = &self.ring[(self.next + WINDOW - k) % WINDOW];
             let a = age(s);
@@ -185,20 +204,38 @@ impl IdleLimit {
             }
             (lo, hi, n) = (l, h, n + 1);
             (first, last) = (first.min(s.at), last.max(s.at));
+            plain |= s.held == s.quiet;
         }
         let spread = (lo / 2).max(MIN_SPREAD.as_nanos() as u64);
-        (n >= MIN_AGREE && last - first >= spread).then(|| Finding {
-            limit: Duration::from_nanos(lo),
-            longest: Duration::from_nanos(hi),
-            closes: n,
-            since: Since::Traffic,
+        (n >= MIN_AGREE && last - first >= spread).then(|| Run {
+            finding: Finding {
+                limit: Duration::from_nanos(lo),
+                longest: Duration::from_nanos(hi),
+                closes: n,
+                since: Since::Traffic,
+            },
+            plain,
         })
     }
 }
 
-/// The largest age that agrees with `lo` as the shortest: 5/3 of it, or 200 ms more.
+/// A run that is a finding on one clock.
+struct Run {
+    finding: Finding,
+    /// Whether it holds a close with no heartbeat answered in between (same age on both
+    /// clocks).
+    plain: bool,
+}
+
+/// The largest age that agrees with `lo` as the shortest: 5/3 of it, 200 ms more, or from
+/// 750 ms on 1.25 s more (whole seconds).
 fn upper(lo: u64) -> u64 {
-    (lo.saturating_mul(5) / 3).max(lo.saturating_add(SLACK.as_nanos() as u64))
+    let u = (lo.saturating_mul(5) / 3).max(lo.saturating_add(SLACK.as_nanos() as u64));
+    if lo >= WHOLE_FROM.as_nanos() as u64 {
+        u.max(lo.saturating_add(WHOLE_SECONDS.as_nanos() as u64))
+    } else {
+        u
+    }
 }
 
 /// Whether two figures agree by the detector's tolerance.
@@ -207,10 +244,17 @@ fn agree(a: Duration, b: Duration) -> bool {
     hi <= upper(lo)
 }
 
-/// Whether run `a` explains the closes better than `b`: longer, or as long and tighter.
-fn better(a: &Finding, b: &Finding) -> bool {
+/// Whether the run `r` on the second clock (since the return) explains the closes better
+/// than `t` on the first (since the last traffic): longer, or as long and tighter unless `t`
+/// holds a close without a heartbeat in between. Such a close measures the limit on both
+/// clocks at once; when the heartbeats' closes agree with it on the first clock they are no
+/// evidence that the server ignored the heartbeats, however much tighter the second clock
+/// is (whole seconds make it so: Redis closes a member whose heartbeat came in the same
+/// second as its return exactly when it closes one without a heartbeat).
+fn return_wins(r: &Run, t: &Run) -> bool {
     let ratio = |f: &Finding| f.longest.as_secs_f64() / f.limit.as_secs_f64();
-    a.closes > b.closes || (a.closes == b.closes && ratio(a) < ratio(b))
+    let (r, plain, t) = (&r.finding, t.plain, &t.finding);
+    r.closes > t.closes || (r.closes == t.closes && !plain && ratio(r) < ratio(t))
 }
 
 /// The settings the advice depends on.
@@ -505,6 +549,83 @@ mod tests {
         assert_eq!(f.limit, ms(2_000));
         assert_eq!(f.closes, 3);
         assert_eq!(d.limit(), Some(ms(2_000)));
+    }
+
+    /// Redis `timeout 1` with the reaper's ticks late in the server's second, as recorded
+    /// from a real `redis-server` (the integration test's case): a member without a
+    /// heartbeat is closed 2.0 s after its return; one that answered a heartbeat 1.9 s after
+    /// it lives a second more, closed 1.1 s after the heartbeat. Redis counted the heartbeat
+    /// (in whole seconds): the limit is on the first clock, and the second clock, where the
+    /// ages agree by 5/3 while 1.1 and 2.0 s do not, must not win with "does not count
+    /// heartbeats".
+    #[test]
+    fn whole_seconds_after_a_heartbeat_are_still_traffic() {
+        let mut d = IdleLimit::new();
+        let closes = [
+            (1_964, 1_964, 3_105),
+            (1_106, 2_966, 4_108),
+            (2_009, 2_009, 5_115),
+            (1_144, 3_037, 7_145),
+            (1_153, 3_039, 8_154),
+            (1_158, 3_014, 10_160),
+        ];
+        let found = feed(&mut d, &closes);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let (i, f) = found[0];
+        assert_eq!(i, 2);
+        assert_eq!(f.since, Since::Traffic, "{f:?}");
+        assert_eq!((f.limit, f.longest, f.closes), (ms(1_106), ms(2_009), 3));
+        assert_eq!(d.limit(), Some(ms(1_106)));
+    }
+
+    /// A heartbeat in the same whole second as the return is not counted by Redis: that
+    /// member is closed when one without a heartbeat is, 2.0 s after its return and 1.1 s
+    /// after the heartbeat. The second clock is tighter (all 2.0 s), but the closes without
+    /// a heartbeat agree with it on the first clock too: no evidence that heartbeats are
+    /// ignored.
+    #[test]
+    fn a_tie_with_closes_without_heartbeat_goes_to_the_first_clock() {
+        let mut d = IdleLimit::new();
+        let found = feed(
+            &mut d,
+            &[
+                (2_000, 2_000, 10_000),
+                (1_100, 2_000, 11_000),
+                (2_000, 2_000, 12_000),
+            ],
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].1.since, Since::Traffic);
+        assert_eq!(found[0].1.limit, ms(1_100));
+
+        // Every close after a heartbeat (one every half second, ignored by a server that
+        // closes 2 s after the return): the short quiet spells agree by ±100 ms, but the
+        // second clock is as long and tighter, and nothing anchors the first.
+        let mut d = IdleLimit::new();
+        let found = feed(
+            &mut d,
+            &[
+                (300, 2_000, 10_000),
+                (450, 2_050, 11_000),
+                (400, 2_020, 12_000),
+            ],
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].1.since, Since::Return);
+        assert_eq!(found[0].1.limit, ms(2_000));
+    }
+
+    /// From 750 ms on, ages a whole second (and 250 ms) apart agree; below, only by 5/3 or
+    /// 200 ms.
+    #[test]
+    fn whole_seconds_agree_from_750_ms() {
+        assert!(agree(ms(1_000), ms(2_250)));
+        assert!(!agree(ms(1_000), ms(2_260)));
+        assert!(agree(ms(750), ms(2_000)));
+        assert!(!agree(ms(740), ms(1_240)));
+        assert!(agree(ms(740), ms(1_230)));
+        assert!(agree(ms(3_000), ms(5_000)), "5/3 beyond 1.875 s");
+        assert!(!agree(ms(3_000), ms(5_010)));
     }
 
     /// A figure that moves within the tolerance is not warned about again; one that moves out
