@@ -19,8 +19,7 @@
 //!
 //! Run: `cargo bench --bench breaker`. Results: /tmp/bench-results-eviction.md.
 
-mod common;
-use common::*;
+use livepool_testkit::bench::*;
 
 use std::io;
 use std::net::SocketAddr;

@@ -56,8 +56,7 @@
 //! --features tls -- paired-only` (the filter matches no criterion row). Results and
 //! findings: BENCHMARKS.md.
 
-mod common;
-use common::*;
+use livepool_testkit::bench::*;
 
 use std::hint::black_box;
 use std::io;

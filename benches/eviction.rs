@@ -87,8 +87,7 @@
 //! - `SUMMARY`: all of the above in one line; every size's line is printed again at the end,
 //!   as a table.
 
-mod common;
-use common::*;
+use livepool_testkit::bench::*;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -72,9 +72,7 @@
 //! about `eject` (or `brk open`, if earlier) plus D at most, and `failed` is about the
 //! requests in flight on the far endpoint at the cut.
 
-mod common;
-use common::percentile;
-
+use livepool_testkit::bench::percentile;
 use livepool_testkit::netns::Netns;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

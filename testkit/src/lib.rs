@@ -8,7 +8,8 @@
 //! logs, and a few pool exchanges with it. Real servers and machinery in modules:
 //! [`redis_server`] (a `redis-server` child), [`pg`] (a throwaway PostgreSQL cluster),
 //! [`netns`] (two network namespaces to blackhole), [`hosts`] (a test name in `/etc/hosts`,
-//! always removed) and [`tls`] (a self-signed certificate and rustls configurations). With
+//! always removed), [`tls`] (a self-signed certificate and rustls configurations) and
+//! [`bench`] (the benches' runtimes, latency figures and a deadpool manager). With
 //! feature `redis` (livepool-redis's tests): `redis_admin` (an admin session to a test
 //! server, outside any pool) and `redis_stop` (SIGSTOP a server, always resumed).
 //!
@@ -20,6 +21,7 @@
 //! (`#[cfg(test)]` in `src/`) are another build of `livepool`, whose types are not this
 //! crate's: they must not use these helpers.
 
+pub mod bench;
 pub mod diag;
 pub mod hosts;
 pub mod netns;

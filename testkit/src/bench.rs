@@ -1,5 +1,5 @@
-//! Helpers shared by the benches (a module of each bench, not a bench of its own).
-#![allow(dead_code)]
+//! What the benches share: their runtimes, livepool's own kernel check at checkout (for
+//! peers that have none), latency figures and deadpool as most users run it.
 
 use std::io;
 use std::mem::MaybeUninit;
