@@ -63,6 +63,11 @@ pub enum EvictReason {
     /// On return, the protocol said the connection is not clean: replies still owed, an open
     /// transaction or `MULTI`, session state changed by the caller.
     NotClean,
+    /// On return, a reply still owed did not come in time: the protocol's own deadline
+    /// ([`Protocol::settle`](crate::Protocol::settle) said so) or the pool's bound on
+    /// settling (`heartbeat_timeout`). Counted against the endpoint, like a heartbeat
+    /// timeout: the server stopped answering.
+    Unanswered,
     /// The server announced that it is closing the connection (Postgres `FATAL 57P01` from
     /// `pg_terminate_backend` or a fast shutdown, a MySQL shutdown error).
     Terminated,
@@ -78,7 +83,7 @@ impl EvictReason {
     /// ```
     /// assert_eq!(livepool::EvictReason::ALL.len(), 18);
     /// ```
-    pub const ALL: [EvictReason; 18] = [
+    pub const ALL: [EvictReason; 19] = [
         EvictReason::PeerClosed,
         EvictReason::Reset,
         EvictReason::SocketError,
@@ -95,6 +100,7 @@ impl EvictReason {
         EvictReason::HeartbeatBadReply,
         EvictReason::PoolClosed,
         EvictReason::NotClean,
+        EvictReason::Unanswered,
         EvictReason::Terminated,
         EvictReason::DriverGone,
     ];
@@ -122,6 +128,7 @@ impl EvictReason {
             EvictReason::HeartbeatBadReply => "heartbeat_bad_reply",
             EvictReason::PoolClosed => "pool_closed",
             EvictReason::NotClean => "not_clean",
+            EvictReason::Unanswered => "unanswered",
             EvictReason::Terminated => "terminated",
             EvictReason::DriverGone => "driver_gone",
         }

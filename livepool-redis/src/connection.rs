@@ -201,6 +201,14 @@ pub(crate) fn classify(cmd: &Cmd) -> RedisResult<(Effect, Block)> {
     Ok((effect, block))
 }
 
+/// Why a returned connection could not be settled.
+#[derive(Debug)]
+pub(crate) struct Unsettled {
+    pub(crate) why: String,
+    /// The server did not answer within the response timeout (evidence against it).
+    pub(crate) unanswered: bool,
+}
+
 /// Why a connection's setup failed.
 #[derive(Debug)]
 pub(crate) enum SetupFailure {
@@ -911,13 +919,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
     /// blocking command among the replies owed announced, as the call itself was): a
     /// server that did not answer a call in time and does not answer the drain either gets
     /// the connection closed then, not after the pool's own (heartbeat) bound.
-    pub(crate) async fn settle(&mut self) -> Result<(), String> {
+    pub(crate) async fn settle(&mut self) -> Result<(), Unsettled> {
+        let other = |why: String| Unsettled {
+            why,
+            unanswered: false,
+        };
         if !self.can_settle() {
-            return Err("cannot be settled".to_string());
+            return Err(other("cannot be settled".to_string()));
         }
-        self.drain_owed().await.map_err(|e| e.to_string())?;
+        self.drain_owed().await.map_err(|e| Unsettled {
+            why: e.to_string(),
+            unanswered: e.is_timeout(),
+        })?;
         if !self.scan.is_idle() || self.buf.len() != self.scan.start() {
-            return Err("bytes beyond the replies owed".to_string());
+            return Err(other("bytes beyond the replies owed".to_string()));
         }
         let setup_db = i64::from(self.config.db);
         let mut steps: Vec<(&'static str, Vec<Vec<u8>>)> = Vec::new();
@@ -941,12 +956,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisConnection<S> {
             }
         }
         let refused = self.run_steps(&steps).await.map_err(|e| match e {
-            SetupFailure::Refused(t, _) | SetupFailure::Protocol(t) => t,
-            SetupFailure::Io(e) => e.to_string(),
+            SetupFailure::Refused(t, _) | SetupFailure::Protocol(t) => other(t),
+            SetupFailure::Io(e) => Unsettled {
+                unanswered: e.kind() == io::ErrorKind::TimedOut,
+                why: e.to_string(),
+            },
         })?;
         if let Some((text, _)) = refused {
             self.broken = Some(format!("reset refused: {text}"));
-            return Err(text);
+            return Err(other(text));
         }
         if self.tainted {
             // Pushes the last holder's own tracking brought (its keys) are not the next one's.
@@ -1265,8 +1283,13 @@ mod tests {
         assert!(e.is_timeout(), "{e}");
         assert_eq!(c.owed(), 1);
         assert!(c.can_settle());
-        let why = c.settle().await.unwrap_err();
-        assert!(why.contains("no reply to the call that gave up"), "{why}");
+        let e = c.settle().await.unwrap_err();
+        assert!(e.unanswered, "{}", e.why);
+        assert!(
+            e.why.contains("no reply to the call that gave up"),
+            "{}",
+            e.why
+        );
         assert!(!c.can_settle() && !c.is_clean());
     }
 

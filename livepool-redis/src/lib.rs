@@ -251,9 +251,13 @@ impl livepool::Protocol for Redis {
     }
 
     async fn settle(&self, conn: &mut Self::Conn) -> Result<(), livepool::EvictReason> {
-        conn.settle().await.map_err(|why| {
-            tracing::debug!(why = %why, "a returned redis connection could not be settled");
-            livepool::EvictReason::NotClean
+        conn.settle().await.map_err(|e| {
+            tracing::debug!(why = %e.why, "a returned redis connection could not be settled");
+            if e.unanswered {
+                livepool::EvictReason::Unanswered
+            } else {
+                livepool::EvictReason::NotClean
+            }
         })
     }
 

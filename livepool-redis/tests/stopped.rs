@@ -1,9 +1,10 @@
 //! A server that stops answering (a real `redis-server`, SIGSTOPped: the kernel still
 //! accepts its connections and acknowledges what is sent, nobody answers). The requests in
 //! flight fail at the response timeout; the members they leave are given up after one more
-//! response timeout (not the pool's heartbeat timeout); new connections fail their setup at
-//! the response timeout (not the connect timeout), and those failures open the circuit
-//! breaker, so that later callers fail at once, without a connect. After SIGCONT the pool
+//! response timeout (not the pool's heartbeat timeout) as `unanswered`, which counts against
+//! the endpoint; new connections fail their setup at the response timeout (not the connect
+//! timeout), which counts too. Those failures open the circuit breaker, so that later
+//! callers fail at once, without a connect. After SIGCONT the pool
 //! serves again. Every wait is bounded far below the pool's own bounds (30 s), so a wait for
 //! any of those fails the test; nothing asserts a duration.
 
@@ -22,6 +23,14 @@ const POOL_BOUND: Duration = Duration::from_secs(30);
 
 /// What the last failed setup said, as the breaker repeats it.
 const NO_SETUP_REPLY: &str = "no reply to the setup within";
+/// What the pool says of a drain that was not answered (the breaker's last error then).
+const UNANSWERED: &str = "not answered in time";
+
+/// The breaker's error names the last failure counted: an unanswered drain or setup.
+fn names_the_silence(e: &livepool::Error) -> bool {
+    let text = e.to_string();
+    text.contains(NO_SETUP_REPLY) || text.contains(UNANSWERED)
+}
 
 async fn echo(conn: &mut Conn, token: &str) -> Result<String, RedisError> {
     redis::cmd("ECHO").arg(token).query_async(conn).await
@@ -84,12 +93,14 @@ async fn a_stopped_server_opens_the_breaker_and_later_callers_fail_fast_until_it
         assert_eq!(owed, 1);
     }
 
-    // 2. One caller after another. The first waits for a member the drain holds (bounded
-    //    by the response timeout: a drain bounded by the 30 s heartbeat timeout would not
-    //    end within the 10 s of `within`), then opens a new connection: the kernel accepts
-    //    it, the setup's `PING` is not answered, and the setup fails at the response
-    //    timeout (not the 30 s connect timeout). Each such failure began after the last one
-    //    was counted, so each counts: the third opens the breaker.
+    // 2. One caller after another. The first waits for a member a drain holds (bounded by
+    //    the response timeout: a drain bounded by the 30 s heartbeat timeout would not end
+    //    within the 10 s of `within`). Each drain given up counts against the endpoint; a
+    //    caller that gets a slot before the breaker opens opens a new connection: the
+    //    kernel accepts it, the setup's `PING` is not answered, and the setup fails at the
+    //    response timeout (not the 30 s connect timeout), which counts too. The third
+    //    failure counted opens the breaker; at least one drain comes first (every member
+    //    is held by one), so at most three setups fail before it.
     let mut failed_setups = 0;
     let opened = within(10, "the breaker opens", async {
         loop {
@@ -105,11 +116,14 @@ async fn a_stopped_server_opens_the_breaker_and_later_callers_fail_fast_until_it
         }
     })
     .await;
-    assert_eq!(failed_setups, 3, "the breaker's failure threshold");
-    assert!(opened.to_string().contains(NO_SETUP_REPLY), "{opened}");
+    assert!(
+        failed_setups <= 3,
+        "{failed_setups} setups failed before the breaker opened"
+    );
+    assert!(names_the_silence(&opened), "{opened}");
     assert!(opened.retry_after().is_some(), "{opened:?}");
-    wait_until(10, "the four drains given up", || {
-        pool.statistics().evicted(EvictReason::NotClean) == 4
+    wait_until(10, "the four drains given up as unanswered", || {
+        pool.statistics().evicted(EvictReason::Unanswered) == 4
     })
     .await;
 
@@ -122,7 +136,7 @@ async fn a_stopped_server_opens_the_breaker_and_later_callers_fail_fast_until_it
         match within(10, "get while the breaker is open", pool.get()).await {
             Ok(conn) => panic!("the server is stopped, yet a connection came: {conn:?}"),
             Err(e) if e.is_circuit_open() => {
-                assert!(e.to_string().contains(NO_SETUP_REPLY), "{e}");
+                assert!(names_the_silence(&e), "{e}");
                 fast += 1;
             }
             Err(e) => {

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::time::Instant;
 
 use super::Shared;
+use crate::breaker::Outcome;
 use crate::pool::manager::Manager;
 use crate::protocol::{Protocol, Raw};
 use crate::stats::EvictReason;
@@ -319,11 +320,16 @@ impl<P: Protocol> Drop for Settling<P> {
 }
 
 /// Settles a returned member, bounded by the heartbeat timeout: back to the idle queue if
-/// the protocol brought it to a clean state, else closed.
+/// the protocol brought it to a clean state, else closed. A reply that never came
+/// (`Unanswered`, or the bound reached) also counts against the endpoint, as an unanswered
+/// heartbeat does: callers then fail fast on the breaker instead of waiting on a server
+/// that stopped answering.
 async fn settle<P: Protocol>(mut job: Settling<P>) {
     let obj = job.0.as_mut().expect("a new job holds its member");
-    let timeout = obj.shared.pool.config.heartbeat_timeout;
+    let pool = obj.shared.pool.clone();
+    let timeout = pool.config.heartbeat_timeout;
     let protocol = obj.shared.protocol.clone();
+    let seen = pool.evidence();
     let reason = match obj.conn.as_deref_mut() {
         Some(conn) => {
             // A read the last holder's call left pending is now the protocol's to finish.
@@ -331,11 +337,18 @@ async fn settle<P: Protocol>(mut job: Settling<P>) {
             match tokio::time::timeout(timeout, protocol.settle(conn)).await {
                 Ok(Ok(())) => P::io(conn).dirty_reason(false),
                 Ok(Err(reason)) => Some(reason),
-                Err(_) => Some(EvictReason::NotClean),
+                Err(_) => Some(EvictReason::Unanswered),
             }
         }
         None => Some(EvictReason::NotClean),
     };
+    if reason == Some(EvictReason::Unanswered) {
+        let io = io::Error::new(
+            io::ErrorKind::TimedOut,
+            "a reply owed to a returned connection was not answered in time",
+        );
+        pool.report(Outcome::Failure, Some(&io), seen);
+    }
     if let Some(reason) = reason {
         tracing::debug!(
             conn.id = obj.shared.id(),

@@ -181,7 +181,12 @@ pub trait Protocol: Send + Sync + 'static {
     /// saw an error meanwhile).
     ///
     /// # Errors
-    /// The reason to evict the member with.
+    /// The reason to evict the member with. [`EvictReason::Unanswered`] when the server did
+    /// not answer in time (a drain that reached the protocol's own response deadline): it
+    /// counts against the endpoint's circuit breaker, as an unanswered heartbeat does, so
+    /// that callers fail fast instead of waiting on a server that stopped answering. Any
+    /// other reason only closes the connection. The pool's own bound counts as
+    /// `Unanswered` too.
     fn settle(
         &self,
         conn: &mut Self::Conn,
