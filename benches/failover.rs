@@ -12,8 +12,8 @@
 //!
 //! Setup of one run (every run has fresh namespaces, servers and balancer, so no ejection,
 //! breaker or backoff carries over):
-//! - two network namespaces joined by a veth pair (`tests/support/netns.rs`, included as it
-//!   is): the client namespace A and the server namespace B;
+//! - two network namespaces joined by a veth pair (the testkit's `netns`, as the tests use
+//!   it): the client namespace A and the server namespace B;
 //! - three frame servers (8-byte frames: a `FramePing` ping is answered with its pong,
 //!   anything else is echoed), each on its own thread and runtime: two on A's loopback
 //!   (127.0.0.2 and 127.0.0.3, the near endpoints), one on B's veth address (the far one);

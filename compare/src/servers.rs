@@ -1,7 +1,8 @@
 //! The real servers the comparison restarts: a `redis-server` child process and a throwaway
 //! PostgreSQL cluster, both on a free port of 127.0.0.1. Each is killed and its directory
 //! removed when dropped, also when the run failed. (The repo's tests have launchers of their
-//! own in `tests/support`, built around the test harness: they panic and skip.)
+//! own in the workspace's testkit, `testkit/`, built around the test harness: they panic and
+//! skip.)
 //!
 //! The face-off (`faceoff`) also starts them elsewhere ([`Place`]: an address inside a network
 //! namespace, a password shared by two clusters), stops and continues their processes
