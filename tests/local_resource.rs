@@ -45,10 +45,6 @@ impl Drop for NofileLimit {
     }
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
 /// Opens `/dev/null` until the process is out of descriptors; returns them.
 fn exhaust_fds() -> Vec<File> {
     let mut held = Vec::new();
