@@ -9,7 +9,7 @@
 //! [`redis_server`] (a `redis-server` child), [`pg`] (a throwaway PostgreSQL cluster),
 //! [`netns`] (two network namespaces to blackhole), [`hosts`] (a test name in `/etc/hosts`,
 //! always removed), [`tls`] (a self-signed certificate and rustls configurations) and
-//! [`bench`] (the benches' runtimes, latency figures and a deadpool manager). With
+//! [`bench`](mod@bench) (the benches' runtimes, latency figures and a deadpool manager). With
 //! feature `redis` (livepool-redis's tests): `redis_admin` (an admin session to a test
 //! server, outside any pool) and `redis_stop` (SIGSTOP a server, always resumed).
 //!
