@@ -1,5 +1,5 @@
-//! The helpers that livepool's tests, benches and examples share (the core's and the
-//! integration crates'): not published, a dev-dependency of each crate of the workspace.
+//! The helpers that livepool's tests and benches share (the core's and the integration
+//! crates'): not published, a dev-dependency of each crate of the workspace.
 //!
 //! Here: bounded waits ([`within`], [`wait_until`]), visible skips ([`skip_without`]: a test
 //! that lacks root or a program says so, and fails instead under `LIVEPOOL_REQUIRE_ALL=1`), a
