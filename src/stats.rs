@@ -81,7 +81,7 @@ impl EvictReason {
     /// Every reason, in the order of their counters.
     ///
     /// ```
-    /// assert_eq!(livepool::EvictReason::ALL.len(), 18);
+    /// assert_eq!(livepool::EvictReason::ALL.len(), 19);
     /// ```
     pub const ALL: [EvictReason; 19] = [
         EvictReason::PeerClosed,
