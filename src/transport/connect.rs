@@ -535,13 +535,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     fn opts() -> TcpOptions {
-        TcpOptions {
-            nodelay: true,
-            keepalive: Some(Duration::from_secs(60)),
-            keepalive_interval: Duration::from_secs(10),
-            keepalive_retries: 3,
-            user_timeout: Some(Duration::from_secs(30)),
-        }
+        TcpOptions::default()
     }
 
     fn addr(s: &str) -> SocketAddr {
