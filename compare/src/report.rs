@@ -89,6 +89,45 @@ pub fn chain(mut text: String, e: &(dyn std::error::Error + 'static)) -> String 
     text
 }
 
+/// How [`error_class`] folds an error text: each binary keeps its own way.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorClass {
+    /// A `.` between digits belongs to the number: `1.5` and `127.0.0.1` are one `#` each
+    /// (otherwise `#.#` and `#.#.#.#`).
+    pub dotted_numbers: bool,
+    /// At most this many characters, then `…`.
+    pub max_chars: usize,
+}
+
+/// Numbers (runs of digits) to `#`, whitespace folded, cut as `how` says: errors that differ
+/// only in numbers (ports, pids, durations) count as one.
+pub fn error_class(e: &str, how: ErrorClass) -> String {
+    let mut out = String::new();
+    let mut chars = e.chars().peekable();
+    while let Some(c) = chars.next() {
+        let digit_dot = how.dotted_numbers
+            && c == '.'
+            && out.ends_with('#')
+            && chars.peek().is_some_and(char::is_ascii_digit);
+        if c.is_ascii_digit() || digit_dot {
+            if !out.ends_with('#') {
+                out.push('#');
+            }
+        } else if c.is_whitespace() {
+            if !out.ends_with(' ') {
+                out.push(' ');
+            }
+        } else {
+            out.push(c);
+        }
+        if out.chars().count() >= how.max_chars {
+            out.push('…');
+            break;
+        }
+    }
+    out
+}
+
 /// The median (NaN for no values).
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {

@@ -75,7 +75,7 @@ use livepool_redis::redis::{self, Value};
 use livepool_redis::{Redis, RedisConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use report::{describe, livepool_commit, markdown};
+use report::{ErrorClass, describe, error_class, livepool_commit, markdown};
 use servers::{PG_USER, PgCluster, RedisServer};
 
 /// Each worker stops after this many requests in a round, whatever else happens.
@@ -150,20 +150,10 @@ fn parse_options() -> Result<Option<Options>, String> {
     if let Ok(list) = std::env::var("LIVEPOOL_COMPARE_OUTAGES") {
         o.outages = parse_outages(&list)?;
     }
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "-h" || flag == "--help" {
-            return Ok(None);
-        }
-        let value = args
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value (see --help)"))?;
-        let num = |v: &str| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{flag}: {v:?} is not a whole number"))
-        };
-        match flag.as_str() {
-            "--outages" => o.outages = parse_outages(&value)?,
+    let Some(o) = report::options(o, |o, flag, value| {
+        let num = |v: &str| report::num(flag, v);
+        match flag {
+            "--outages" => o.outages = parse_outages(value)?,
             "--servers" => {
                 (o.redis, o.postgres) = (false, false);
                 for s in value.split(',') {
@@ -174,18 +164,22 @@ fn parse_options() -> Result<Option<Options>, String> {
                     }
                 }
             }
-            "--workers" => o.workers = num(&value)?.clamp(1, 64),
-            "--deadline-ms" => o.deadline = Duration::from_millis(num(&value)?.max(1)),
-            "--pace-ms" => o.pace = Duration::from_millis(num(&value)?),
-            "--warmup-ms" => o.warmup = Duration::from_millis(num(&value)?),
-            "--tail-ms" => o.tail = Duration::from_millis(num(&value)?),
-            "--max-recovery-s" => o.max_recovery = Duration::from_secs(num(&value)?.max(1)),
+            "--workers" => o.workers = num(value)?.clamp(1, 64),
+            "--deadline-ms" => o.deadline = Duration::from_millis(num(value)?.max(1)),
+            "--pace-ms" => o.pace = Duration::from_millis(num(value)?),
+            "--warmup-ms" => o.warmup = Duration::from_millis(num(value)?),
+            "--tail-ms" => o.tail = Duration::from_millis(num(value)?),
+            "--max-recovery-s" => o.max_recovery = Duration::from_secs(num(value)?.max(1)),
             "--livepool-open-for-ms" => {
-                o.open_for = Some(Duration::from_millis(num(&value)?.max(1)));
+                o.open_for = Some(Duration::from_millis(num(value)?.max(1)));
             }
-            other => return Err(format!("unknown option {other:?} (see --help)")),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?
+    else {
+        return Ok(None);
+    };
     if o.outages.is_empty() || !(o.redis || o.postgres) {
         return Err("nothing to run".into());
     }
@@ -707,32 +701,12 @@ struct Group {
     notes: Vec<String>,
 }
 
-/// Numbers (`12`, `3.5`, `127.0.0.1`) to `#` and at most 120 characters: errors that differ
-/// only in numbers count as one.
-fn error_class(e: &str) -> String {
-    let mut out = String::new();
-    let mut chars = e.chars().peekable();
-    while let Some(c) = chars.next() {
-        let digit_dot =
-            c == '.' && out.ends_with('#') && chars.peek().is_some_and(char::is_ascii_digit);
-        if c.is_ascii_digit() || digit_dot {
-            if !out.ends_with('#') {
-                out.push('#');
-            }
-        } else if c.is_whitespace() {
-            if !out.ends_with(' ') {
-                out.push(' ');
-            }
-        } else {
-            out.push(c);
-        }
-        if out.chars().count() >= 120 {
-            out.push('…');
-            break;
-        }
-    }
-    out
-}
+/// Error texts that differ only in numbers (`12`, `3.5`, `127.0.0.1`: each one `#`) count as
+/// one; at most 120 characters.
+const ERRORS: ErrorClass = ErrorClass {
+    dotted_numbers: true,
+    max_chars: 120,
+};
 
 async fn round(groups: &mut [Group], outage: Duration, o: &Arc<Options>) -> Result<(), String> {
     let origin = Instant::now();
@@ -883,7 +857,7 @@ async fn round(groups: &mut [Group], outage: Duration, o: &Arc<Options>) -> Resu
                     row.first_ok = Some(row.first_ok.map_or(after, |d| d.min(after)));
                 }
                 let class = match (&e.error, e.kind) {
-                    (Some(err), _) => error_class(err),
+                    (Some(err), _) => error_class(err, ERRORS),
                     (None, Kind::Hung) => format!("hung past the {:?} deadline", o.deadline),
                     _ => continue,
                 };
@@ -1073,4 +1047,28 @@ fn first_column(
 async fn main() -> std::process::ExitCode {
     let run = |o| async move { run(Arc::new(o)).await.map(|()| true) };
     report::main(parse_options(), USAGE, run, "").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_fold_dotted_numbers_and_stop_at_120_characters() {
+        assert_eq!(
+            error_class(
+                "connect 127.0.0.1:6379 failed after  1.5 s (os error 111)",
+                ERRORS
+            ),
+            "connect #:# failed after # s (os error #)"
+        );
+        // A dot that ends a sentence is kept.
+        assert_eq!(
+            error_class("timed out after 2. Retry", ERRORS),
+            "timed out after #. Retry"
+        );
+        let long = "x".repeat(200);
+        let class = error_class(&long, ERRORS);
+        assert_eq!(class, format!("{}…", "x".repeat(120)));
+    }
 }

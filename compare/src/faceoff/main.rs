@@ -78,7 +78,7 @@ use tokio::time::Instant;
 use faults::{Fault, Marks, Server, ServerKind, Target};
 use harness::{Control, Figures, Outcome, Reply, Subject};
 use netns::NetNs;
-use report::{livepool_commit, markdown};
+use report::{ErrorClass, error_class, livepool_commit, markdown};
 use servers::{PG_USER, Place};
 
 /// Each worker stops after this many requests in a round, whatever else happens.
@@ -132,7 +132,7 @@ struct Options {
 }
 
 fn parse_options() -> Result<Option<Options>, String> {
-    let mut o = Options {
+    let o = Options {
         servers: vec![ServerKind::Redis, ServerKind::Postgres],
         faults: Fault::ALL.to_vec(),
         tasks: 4,
@@ -144,20 +144,10 @@ fn parse_options() -> Result<Option<Options>, String> {
         max_tail: Duration::from_secs(15),
         out: PathBuf::from("target/faceoff"),
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "-h" || flag == "--help" {
-            return Ok(None);
-        }
-        let value = args
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value (see --help)"))?;
-        let num = |v: &str| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{flag}: {v:?} is not a whole number"))
-        };
+    let Some(o) = report::options(o, |o, flag, value| {
+        let num = |v: &str| report::num(flag, v);
         let ms = |v: &str| num(v).map(Duration::from_millis);
-        match flag.as_str() {
+        match flag {
             "--servers" => {
                 o.servers.clear();
                 for s in value.split(',').map(str::trim) {
@@ -183,17 +173,21 @@ fn parse_options() -> Result<Option<Options>, String> {
                     }
                 }
             }
-            "--tasks" => o.tasks = num(&value)?.clamp(1, 64) as usize,
-            "--deadline-ms" => o.deadline = ms(&value)?.max(Duration::from_millis(1)),
-            "--pace-ms" => o.pace = ms(&value)?,
-            "--outage-ms" => o.outage = ms(&value)?,
-            "--idle-ms" => o.idle = ms(&value)?,
-            "--warmup-ms" => o.warmup = ms(&value)?,
-            "--max-tail-s" => o.max_tail = Duration::from_secs(num(&value)?.max(1)),
+            "--tasks" => o.tasks = num(value)?.clamp(1, 64) as usize,
+            "--deadline-ms" => o.deadline = ms(value)?.max(Duration::from_millis(1)),
+            "--pace-ms" => o.pace = ms(value)?,
+            "--outage-ms" => o.outage = ms(value)?,
+            "--idle-ms" => o.idle = ms(value)?,
+            "--warmup-ms" => o.warmup = ms(value)?,
+            "--max-tail-s" => o.max_tail = Duration::from_secs(num(value)?.max(1)),
             "--out" => o.out = PathBuf::from(value),
-            other => return Err(format!("unknown option {other:?} (see --help)")),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?
+    else {
+        return Ok(None);
+    };
     if o.servers.is_empty() || o.faults.is_empty() {
         return Err("nothing to run".into());
     }
@@ -277,7 +271,11 @@ impl Subject for Watched {
                         .get_or_insert_with(|| (token.to_string(), r.clone()));
                 }
                 Err(e) if counting => {
-                    *self.errors.lock().entry(error_class(e)).or_default() += 1;
+                    *self
+                        .errors
+                        .lock()
+                        .entry(error_class(e, ERRORS))
+                        .or_default() += 1;
                 }
                 _ => {}
             }
@@ -294,29 +292,12 @@ impl Subject for Watched {
     }
 }
 
-/// Numbers to `#`, whitespace folded, at most 140 characters: errors that differ only in
-/// numbers (ports, pids, durations) count as one.
-fn error_class(e: &str) -> String {
-    let mut out = String::new();
-    for c in e.chars() {
-        if c.is_ascii_digit() {
-            if !out.ends_with('#') {
-                out.push('#');
-            }
-        } else if c.is_whitespace() {
-            if !out.ends_with(' ') {
-                out.push(' ');
-            }
-        } else {
-            out.push(c);
-        }
-        if out.chars().count() >= 140 {
-            out.push('…');
-            break;
-        }
-    }
-    out
-}
+/// Error texts that differ only in numbers (ports, pids, durations) count as one; a dot
+/// stays (`127.0.0.1` is `#.#.#.#`); at most 140 characters.
+const ERRORS: ErrorClass = ErrorClass {
+    dotted_numbers: false,
+    max_chars: 140,
+};
 
 // ---------------------------------------------------------------------------------------------
 // The servers of the run
@@ -1329,9 +1310,12 @@ mod tests {
         ]);
         assert_eq!(spans, [(10, 1500), (2000, 3000)]);
         assert_eq!(
-            error_class("connect 127.0.0.1:6379 failed after  12 ms"),
+            error_class("connect 127.0.0.1:6379 failed after  12 ms", ERRORS),
             "connect #.#.#.#:# failed after # ms"
         );
+        assert_eq!(error_class("after 1.5 s", ERRORS), "after #.# s");
+        let long = "x".repeat(200);
+        assert_eq!(error_class(&long, ERRORS), format!("{}…", "x".repeat(140)));
     }
 
     #[test]
