@@ -36,6 +36,26 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("bind a free loopback port: {e}"))
 }
 
+/// Runs `start` on `fixed` or, when `None`, on a free port, at most five times (a free port
+/// can be taken by someone else before the server binds it); the last error otherwise.
+fn on_a_port(
+    fixed: Option<u16>,
+    mut start: impl FnMut(u16) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let port = match fixed {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        match start(port) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// Where a server listens: by default 127.0.0.1 on a free port; or `ip` (and `port`) inside
 /// the network namespace `netns` (its processes started through `ip netns exec`).
 #[derive(Clone, Debug, Default)]
@@ -117,7 +137,8 @@ fn wait_accepting(addr: SocketAddr, limit: Duration) -> bool {
     false
 }
 
-fn text(out: &Output) -> String {
+/// A finished command's status and output, for an error.
+pub fn text(out: &Output) -> String {
     format!(
         "{}: {}{}",
         out.status,
@@ -170,25 +191,19 @@ impl RedisServer {
             dir: fresh_dir("redis")?,
             place,
         };
-        // A free port can be taken by someone else before the server binds it: try a few.
-        let mut last = String::new();
-        for _ in 0..5 {
-            server.port = match server.place.port {
-                Some(p) => p,
-                None => free_port()?,
-            };
+        on_a_port(server.place.port, |port| {
+            server.port = port;
             server.spawn()?;
             if wait_accepting(server.addr(), Duration::from_secs(10)) {
-                return Ok(server);
+                return Ok(());
             }
             server.kill();
-            last = format!(
-                "redis-server on port {} did not accept within 10 s; log:\n{}",
-                server.port,
+            Err(format!(
+                "redis-server on port {port} did not accept within 10 s; log:\n{}",
                 last_lines(&server.log(), 20)
-            );
-        }
-        Err(last)
+            ))
+        })?;
+        Ok(server)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -392,18 +407,11 @@ impl PgCluster {
                 .and_then(|mut f| f.write_all(b"host all all 0.0.0.0/0 scram-sha-256\n"))
                 .map_err(|e| format!("append to {}: {e}", hba.display()))?;
         }
-        let mut last = String::new();
-        for _ in 0..5 {
-            cluster.port = match cluster.place.port {
-                Some(p) => p,
-                None => free_port()?,
-            };
-            match cluster.start_again() {
-                Ok(()) => return Ok(cluster),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        on_a_port(cluster.place.port, |port| {
+            cluster.port = port;
+            cluster.start_again()
+        })?;
+        Ok(cluster)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -450,13 +458,18 @@ impl PgCluster {
     /// `pg_ctl stop -m immediate`: the postmaster SIGQUITs every backend and exits without a
     /// shutdown checkpoint, as close to a crash as `pg_ctl` goes. Blocks until it is gone.
     pub fn kill(&mut self) -> Result<(), String> {
+        self.stop("immediate")
+    }
+
+    /// `pg_ctl stop -m <mode>` (continued first if it was stopped); blocks until it is gone.
+    fn stop(&mut self, mode: &str) -> Result<(), String> {
         let _ = self.pause(false);
         if !self.running {
             return Ok(());
         }
-        let out = self.pg_ctl(&["-m", "immediate", "-w", "-t", "30", "stop"])?;
+        let out = self.pg_ctl(&["-m", mode, "-w", "-t", "30", "stop"])?;
         if !out.status.success() {
-            return Err(format!("pg_ctl stop -m immediate failed: {}", text(&out)));
+            return Err(format!("pg_ctl stop -m {mode} failed: {}", text(&out)));
         }
         self.running = false;
         Ok(())
@@ -548,16 +561,7 @@ impl PgCluster {
     /// `pg_ctl stop -m fast`: every session is told (FATAL 57P01) and closed, then the server
     /// shuts down cleanly. Blocks until it is gone.
     pub fn stop_fast(&mut self) -> Result<(), String> {
-        let _ = self.pause(false);
-        if !self.running {
-            return Ok(());
-        }
-        let out = self.pg_ctl(&["-m", "fast", "-w", "-t", "30", "stop"])?;
-        if !out.status.success() {
-            return Err(format!("pg_ctl stop -m fast failed: {}", text(&out)));
-        }
-        self.running = false;
-        Ok(())
+        self.stop("fast")
     }
 }
 

@@ -23,19 +23,12 @@
 //! gone) are removed by the next run.
 
 use std::net::Ipv4Addr;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const PREFIX: &str = "livepool-faceoff-";
+use crate::servers::text;
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}: {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout).trim(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )
-}
+const PREFIX: &str = "livepool-faceoff-";
 
 /// Runs `ip ARGS`; an error with its output if it fails.
 fn ip(args: &[&str]) -> Result<String, String> {
