@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 
 use livepool_redis::redis::{self, AsyncCommands, ErrorKind, PushKind, RedisError, Value};
 use livepool_redis::{RedisConfig, RedisConnection};
-use livepool_testkit::redis_admin::{admin_run, bulk, ok, text};
+use livepool_testkit::redis_admin::{admin_run, bulk, ok, shown, text};
 use livepool_testkit::redis_server::{RedisOptions, RedisServer};
 use livepool_testkit::{CLOSE_WAIT, kernel_socket, wait_until, within};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -45,17 +45,6 @@ async fn setup_err(redis: &RedisServer, cfg: &RedisConfig) -> RedisError {
         Ok(s) => panic!("setup with {cfg:?} succeeded: {s:?}"),
         Err(e) => e,
     }
-}
-
-/// A command's words, for messages.
-fn shown(cmd: &redis::Cmd) -> String {
-    cmd.args_iter()
-        .map(|a| match a {
-            redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
-            _ => "<cursor>".to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// One command that must succeed: its reply (an error reply fails the test).

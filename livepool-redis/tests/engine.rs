@@ -13,6 +13,7 @@ use std::time::Duration;
 use livepool::{BreakerConfig, BreakerState, Builder, Events, EvictReason, EvictionEvent};
 use livepool_redis::redis::{self, AsyncCommands, FromRedisValue};
 use livepool_redis::{Conn, Pool, Redis, RedisConfig};
+use livepool_testkit::redis_admin::shown;
 use livepool_testkit::redis_server::RedisServer;
 use livepool_testkit::{wait_until, within};
 
@@ -21,17 +22,6 @@ const MS: Duration = Duration::from_millis(1);
 // ---------------------------------------------------------------------------------------------
 // Commands.
 // ---------------------------------------------------------------------------------------------
-
-/// A command as it would be typed (for messages).
-fn shown(cmd: &redis::Cmd) -> String {
-    cmd.args_iter()
-        .map(|a| match a {
-            redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
-            _ => "<cursor>".to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 /// One command on a pooled connection that must succeed within 5 s, its reply typed.
 async fn must<T: FromRedisValue>(conn: &mut Conn, cmd: &redis::Cmd) -> T {

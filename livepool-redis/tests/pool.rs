@@ -19,7 +19,7 @@ use livepool::EvictReason;
 use livepool::{BreakerState, Builder, Events, EvictionEvent};
 use livepool_redis::redis::{self, AsyncCommands, PushKind, Value};
 use livepool_redis::{Conn, Pool, Redis, RedisConfig};
-use livepool_testkit::redis_admin::{AdminSession, admin_run, bulk, ok, text};
+use livepool_testkit::redis_admin::{AdminSession, admin_run, bulk, ok, shown, text};
 use livepool_testkit::redis_server::{RedisOptions, RedisServer};
 use livepool_testkit::{kernel_socket, wait_until, within};
 
@@ -51,17 +51,6 @@ async fn get(pool: &Pool) -> Conn {
         Ok(c) => c,
         Err(e) => panic!("pool.get(): {e}"),
     }
-}
-
-/// A command's words, for messages.
-fn shown(cmd: &redis::Cmd) -> String {
-    cmd.args_iter()
-        .map(|a| match a {
-            redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
-            _ => "<cursor>".to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// One command on a pooled connection that must succeed (a reply, not an error reply: the

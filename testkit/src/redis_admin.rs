@@ -74,6 +74,17 @@ pub async fn admin_run(adm: &mut AdminSession, args: &[&[u8]]) -> Value {
     }
 }
 
+/// A command as it would be typed (for messages): its words, a cursor as `<cursor>`.
+pub fn shown(cmd: &redis::Cmd) -> String {
+    cmd.args_iter()
+        .map(|a| match a {
+            redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+            _ => "<cursor>".to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The `+OK` reply.
 pub fn ok() -> Value {
     Value::Okay
