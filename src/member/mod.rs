@@ -484,11 +484,7 @@ impl<P: Protocol> Shared<P> {
         let cfg = &self.pool.config;
         if cfg.has_heartbeat {
             let interval = cfg.heartbeat_interval.as_nanos() as u64;
-            let u = share_of(
-                interval,
-                cfg.jitter_seed ^ self.state.load().bits(),
-                self.id(),
-            );
+            let u = share_of(interval, cfg.seed ^ self.state.load().bits(), self.id());
             // In (0, interval]: `u` is in [0, interval).
             self.beat_due_ns
                 .store(ns + (interval - u), Ordering::Relaxed);

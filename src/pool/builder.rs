@@ -365,7 +365,7 @@ impl<P: Protocol> Builder<P> {
         let has_heartbeat = self.protocol.has_heartbeat();
         self.settings.validate(has_heartbeat)?;
         let mut config = Config::new(endpoint, self.settings, has_heartbeat);
-        config.jitter_seed ^= self.salt;
+        config.seed ^= self.salt;
         config.observer = self.observer;
         #[cfg(feature = "tls")]
         {

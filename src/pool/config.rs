@@ -182,8 +182,9 @@ impl Default for PoolConfig {
 pub(crate) struct Config {
     pub(crate) endpoint: Endpoint,
     pub(crate) settings: PoolConfig,
-    /// `settings.jitter_seed`, or a fresh random one.
-    pub(crate) jitter_seed: u64,
+    /// The jitter seed in effect: `settings.jitter_seed`, or a fresh random one (named
+    /// apart from the setting, which the `Deref` to the settings also reaches).
+    pub(crate) seed: u64,
     /// Whether the protocol pings idle members (taken from it at `build()`).
     pub(crate) has_heartbeat: bool,
     #[cfg(feature = "tls")]
@@ -293,7 +294,7 @@ impl Config {
     pub(crate) fn new(endpoint: Endpoint, settings: PoolConfig, has_heartbeat: bool) -> Self {
         Config {
             endpoint,
-            jitter_seed: settings
+            seed: settings
                 .jitter_seed
                 .unwrap_or_else(crate::jitter::fresh_seed),
             settings,
@@ -304,21 +305,16 @@ impl Config {
         }
     }
 
-    /// The TCP options of every new connection (skipped on Unix sockets).
-    pub(crate) fn tcp_options(&self) -> TcpOptions {
-        self.settings.tcp.clone()
-    }
-
     /// This member's maximum lifetime, shortened by up to `lifetime_jitter` of it.
     pub(crate) fn lifetime_for(&self, id: u64) -> Option<Duration> {
         self.max_lifetime
-            .map(|life| life.mul_f64(1.0 - self.lifetime_jitter * unit(self.jitter_seed, id)))
+            .map(|life| life.mul_f64(1.0 - self.lifetime_jitter * unit(self.seed, id)))
     }
 
     /// This member's heartbeat interval, shortened by up to `heartbeat_jitter` of it.
     pub(crate) fn heartbeat_interval_for(&self, id: u64) -> Duration {
         self.heartbeat_interval
-            .mul_f64(1.0 - self.heartbeat_jitter * unit(self.jitter_seed ^ 0x9e37, id))
+            .mul_f64(1.0 - self.heartbeat_jitter * unit(self.seed ^ 0x9e37, id))
     }
 }
 
@@ -361,7 +357,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("endpoint", &self.endpoint)
             .field("settings", &self.settings)
-            .field("jitter_seed", &self.jitter_seed)
+            .field("seed", &self.seed)
             .field("has_heartbeat", &self.has_heartbeat)
             .finish_non_exhaustive()
     }
@@ -387,7 +383,7 @@ mod tests {
     #[test]
     fn each_pool_draws_its_own_jitter_by_default() {
         let (a, b) = (cfg(), cfg());
-        assert_ne!(a.jitter_seed, b.jitter_seed);
+        assert_ne!(a.seed, b.seed);
         // So two pools' connections with the same id live for different times.
         let differ = (1..=10).any(|id| a.lifetime_for(id) != b.lifetime_for(id));
         assert!(differ);

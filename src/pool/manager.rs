@@ -270,7 +270,7 @@ impl<P: Protocol> Manager<P> {
     async fn open(&self) -> Result<(Arc<crate::transport::Socket>, P::Conn), OpenError> {
         let cfg = &self.shared.config;
         // The connect timeout bounds the whole of `open`; each address gets its share of it.
-        let sock = transport::open(&cfg.endpoint, &cfg.tcp_options(), cfg.connect_timeout)
+        let sock = transport::open(&cfg.endpoint, &cfg.tcp, cfg.connect_timeout)
             .await
             .map_err(OpenError::Connect)?;
         let sock = Arc::new(sock);

@@ -84,7 +84,7 @@ impl PoolShared {
         let breaker = config
             .breaker
             .clone()
-            .map(|b| Mutex::new(Breaker::new(b, config.jitter_seed)));
+            .map(|b| Mutex::new(Breaker::new(b, config.seed)));
         let endpoint: Arc<str> = config.endpoint.to_string().into();
         PoolShared {
             stats: Stats::new(),
