@@ -69,7 +69,8 @@
 //! each call in flight at its response timeout. Then:
 //! - the drain of each timed-out call's reply gets one more response timeout (a slow
 //!   server answers within it: no reconnect); unanswered, the connection is closed then
-//!   (`not_clean`), not after the pool's `heartbeat_timeout`;
+//!   (`unanswered`), not after the pool's `heartbeat_timeout`, and that counts toward the
+//!   circuit breaker (the drains of one outage begin together, so they count once);
 //! - a new connection's setup waits for its replies for the response timeout too, and a
 //!   setup that has nothing to send (no password, database, name or `on_connect` command)
 //!   sends `PING`, so the pool never counts a connection the server did not answer as a
@@ -82,10 +83,9 @@
 //!   answered;
 //! - idle members' heartbeats (`PING`) time out at the response timeout, and count too.
 //!
-//! A call's own timeout and a drain that timed out are not counted toward the breaker:
-//! livepool's `Protocol` hooks report only setups and heartbeats to it. The connects that
-//! follow them are. A server that does not even complete the TCP handshake (a blackhole)
-//! is bounded by the pool's `connect_timeout`.
+//! A call's own timeout is not counted toward the breaker (the drain that follows it is).
+//! A server that does not even complete the TCP handshake (a blackhole) is bounded by the
+//! pool's `connect_timeout`.
 
 #![forbid(unsafe_code)]
 #![warn(
